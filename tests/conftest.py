@@ -1,0 +1,42 @@
+"""Shared fixtures. Real test data lives outside the repository in ``../shared/data`` (or where
+``STECA_SHARED_DATA`` points). A test that needs it fails under ``CI=true`` when it is missing and
+is skipped with a clear message otherwise (a user's clone has no ``../shared``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("STECA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def _need(path: Path, what: str) -> Path:
+    if path.exists():
+        return path
+    msg = (f"{what} not found at {path}. Tests on real data read ../shared/data next to the clone "
+           f"(or set STECA_SHARED_DATA).")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg + " CI=true, so this is an error.")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def alfworld_data() -> Path:
+    """Root holding ``json_2.1.1/{train,valid_seen}`` and ``alfworld_sft_sample.json``."""
+    return _need(shared_data_dir() / "alfworld", "The shared ALFWorld data")
+
+
+@pytest.fixture(scope="session")
+def alfworld_sft_sample(alfworld_data: Path) -> Path:
+    return _need(alfworld_data / "alfworld_sft_sample.json", "The shared ALFWorld SFT sample")
+
+
+@pytest.fixture(scope="session")
+def virtualhome_data() -> Path:
+    """Folder with ``scene_graphs/``, ``resources/`` and ``vh_seen_test.jsonl``."""
+    return _need(shared_data_dir() / "virtualhome", "The shared VirtualHome data")
