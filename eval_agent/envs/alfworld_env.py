@@ -1,0 +1,297 @@
+"""ALFWorld through the real TextWorld PDDL engine, as the STeCa pipeline plays it.
+
+Each instance owns one TextWorld ``PddlEnv`` (wrapped by alfworld's ``AlfredDemangler`` and
+``AlfredInfos``, as ``AlfredTWEnv`` does) and plays one game at a time. Observations are shown as
+STeCa shows them: the ``-= Welcome ... =-`` banner dropped from the first one and the
+``You arrive at loc N. `` prefix stripped; an action the engine does not know answers
+``Nothing happens.``.
+
+Why it is fast. Loading a game translates its PDDL into fast-downward's SAS format twice (about
+0.2 s), and ``PddlEnv.reset`` repeats that translation every time. Here a game is loaded once per
+instance and kept (LRU), and every engine state reached by :meth:`reset_to_prefix` is kept as a
+*snapshot*: the fast-downward operators applied since the initial state, a copy of the Python-side
+fact sets and the last ``GameState``. Restoring a snapshot reloads the cached SAS task, re-applies
+those operators inside fast-downward (microseconds each) and puts the copies back, so reaching a
+prefix that was reached before costs no translation and no text generation, and reaching prefix
+``t`` after prefix ``t-1`` costs one engine step. The result is identical to reset + replay (a test
+checks observation by observation).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections import Counter, OrderedDict, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from eval_agent.envs.alfworld_expert import Goal, next_action
+from eval_agent.envs.alfworld_games import (GameInfo, collect_games, default_data_root, resolve_game_file)
+from eval_agent.envs.base import TaskEnv
+from eval_agent.types import StepOutcome
+
+logger = logging.getLogger(__name__)
+
+_ARRIVE_RE = re.compile(r"You arrive at loc \d+\. ")
+NOTHING_HAPPENS = "Nothing happens."
+
+
+def clean_observation(text: str) -> str:
+    """STeCa's observation text: no welcome banner, no ``You arrive at loc N. `` prefix, stripped."""
+    text = text.strip()
+    if text.startswith("-="):
+        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    return _ARRIVE_RE.sub("", text).strip()
+
+
+@contextmanager
+def _keep_argv() -> Iterator[None]:
+    """fast-downward's translator overwrites ``sys.argv`` while loading a game; put it back."""
+    saved = list(sys.argv)
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
+def _start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+    infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=policy_commands,
+                               extras=["gamefile"])
+    with _keep_argv():
+        return textworld.start(str(game_path), request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
+
+
+@dataclass
+class _Snapshot:
+    """An engine state: fast-downward operators since the initial state plus Python-side copies."""
+
+    ops: tuple[tuple[int, int], ...]  # (operator id, number of effect atoms)
+    facts: dict[Any, set]
+    vars_by_name: dict
+    vars_by_type: dict[Any, set]
+    var_counts: Counter
+    operators: dict
+    game_state: Any
+    moves: int
+    outcomes: tuple[StepOutcome, ...] = ()
+
+
+@dataclass
+class _LoadedGame:
+    path: Path
+    game_data: dict
+    logic: Any
+    pddl_state: Any
+    entity_infos: dict
+    first_observation: str
+    initial: _Snapshot | None = None
+
+
+class AlfWorldEnv(TaskEnv):
+    """ALFWorld games of one split (``train``, ``dev`` = valid_seen, ``test`` = valid_unseen).
+
+    ``reset`` accepts a task id of the split (``<task>/<trial>``) or any game file resolvable under
+    the data root (the ``game_file`` of an SFT record, e.g. ``data/json_2.1.1/train/<task>/<trial>``).
+    """
+
+    name = "alfworld"
+
+    def __init__(self, data_dir: str | Path | None = None, split: str = "dev", max_steps: int = 40,
+                 max_games: int = 128, max_snapshots: int = 4096):
+        root = Path(data_dir) if data_dir is not None else default_data_root()
+        if root is None:
+            raise ValueError("no ALFWorld data root: pass data_dir or set ALFWORLD_DATA")
+        self.data_root = root
+        self.split = split
+        self.max_steps = max_steps
+        self.max_games = max_games
+        self.max_snapshots = max_snapshots
+        self.games: list[GameInfo] = collect_games(root, split)
+        self._by_id = {g.task_id: g for g in self.games}
+        self._env: Any = None
+        self._loaded: "OrderedDict[Path, _LoadedGame]" = OrderedDict()
+        self._current: _LoadedGame | None = None
+        self._history: list[str] = []
+        self._expert_cache: dict[Path, list[str]] = {}
+        # engine states reached by reset_to_prefix, keyed by (game, actions); LRU over all games
+        self._snapshots: "OrderedDict[tuple[Path, tuple[str, ...]], _Snapshot]" = OrderedDict()
+
+    # ------------------------------------------------------------------ task lookup
+    def task_ids(self) -> list[str]:
+        return [g.task_id for g in self.games]
+
+    def game_path(self, task_id: str) -> Path:
+        if task_id in self._by_id:
+            return self._by_id[task_id].path
+        return resolve_game_file(task_id, self.data_root)
+
+    def game_file(self, task_id: str) -> str:
+        if task_id in self._by_id:
+            return self._by_id[task_id].game_file
+        return task_id
+
+    # ------------------------------------------------------------------ engine plumbing
+    def _engine(self, first_game: Path) -> Any:
+        if self._env is None:
+            self._env = _start_textworld(first_game)
+        return self._env
+
+    def _load(self, path: Path) -> _LoadedGame:
+        game = self._loaded.get(path)
+        if game is not None:
+            self._loaded.move_to_end(path)
+            return game
+        env = self._engine(path)
+        with _keep_argv():
+            env.load(str(path))
+            state = env.reset()
+        u = env.unwrapped
+        game = _LoadedGame(path, u._game_data, u._logic, u._pddl_state, u._entity_infos,
+                           clean_observation(state.feedback))
+        game.initial = self._snapshot(u, (), ())
+        self._loaded[path] = game
+        if len(self._loaded) > self.max_games:
+            old, _ = self._loaded.popitem(last=False)
+            for key in [k for k in self._snapshots if k[0] == old]:
+                del self._snapshots[key]
+        return game
+
+    @staticmethod
+    def _snapshot(u: Any, ops: tuple[tuple[int, int], ...], outcomes: tuple[StepOutcome, ...]) -> _Snapshot:
+        ps = u._pddl_state
+        return _Snapshot(
+            ops=ops,
+            facts={k: set(v) for k, v in ps._facts.items()},
+            vars_by_name=dict(ps._vars_by_name),
+            vars_by_type={k: set(v) for k, v in ps._vars_by_type.items()},
+            var_counts=Counter(ps._var_counts),
+            operators=dict(getattr(ps, "_operators", {})),
+            game_state=u.state,
+            moves=u._moves,
+            outcomes=outcomes,
+        )
+
+    def _restore(self, game: _LoadedGame, snap: _Snapshot) -> None:
+        import fast_downward
+
+        u = self._env.unwrapped
+        ps = game.pddl_state
+        u._game_data, u._logic, u._pddl_state, u._entity_infos = game.game_data, game.logic, ps, game.entity_infos
+        u.walkthrough = game.game_data.get("walkthrough")
+        lib = ps.downward_lib
+        lib.load_sas(ps.sas.encode("utf-8"))
+        for op_id, n_effects in snap.ops:
+            lib.apply_operator(op_id, (fast_downward.Atom * n_effects)())
+        ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
+        ps._vars_by_name = dict(snap.vars_by_name)
+        ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
+        ps._var_counts = Counter(snap.var_counts)
+        ps._operators = dict(snap.operators)
+        u.state = snap.game_state
+        u.prev_state = None
+        u._last_action = None
+        u._moves = snap.moves
+        self._current = game
+        self._ops = snap.ops
+
+    # ------------------------------------------------------------------ TaskEnv API
+    def reset(self, task_id: str) -> str:
+        game = self._load(self.game_path(task_id))
+        self._restore(game, game.initial)
+        self._history = []
+        return game.first_observation
+
+    def execute(self, action: str) -> StepOutcome:
+        if self._current is None:
+            raise RuntimeError("execute() before reset()")
+        env = self._env
+        u = env.unwrapped
+        operators_before = u._pddl_state._operators  # replaced by the step's own bookkeeping
+        state, _, _ = env.step(action)
+        if u._last_action is not None:
+            op = operators_before[u._last_action.id]
+            self._ops = self._ops + ((op.id, op.nb_effect_atoms),)
+        feedback = clean_observation(state.feedback)
+        self._history.append(action)
+        return StepOutcome(observation=feedback, won=bool(state["won"]), valid=state.feedback.strip() != NOTHING_HAPPENS)
+
+    def reset_to_prefix(self, task_id: str, actions: Sequence[str]) -> tuple[str, list[StepOutcome]]:
+        path = self.game_path(task_id)
+        game = self._load(path)
+        key = tuple(actions)
+        k = len(key)
+        while k > 0 and (path, key[:k]) not in self._snapshots:
+            k -= 1
+        if k:
+            snap = self._snapshots[(path, key[:k])]
+            self._snapshots.move_to_end((path, key[:k]))
+        else:
+            snap = game.initial
+        self._restore(game, snap)
+        self._history = list(key[:k])
+        outcomes = list(snap.outcomes)
+        for i in range(k, len(key)):
+            outcomes.append(self.execute(key[i]))
+            self._snapshots[(path, key[: i + 1])] = self._snapshot(self._env.unwrapped, self._ops, tuple(outcomes))
+            if len(self._snapshots) > self.max_snapshots:
+                self._snapshots.popitem(last=False)
+        return game.first_observation, outcomes
+
+    def admissible_commands(self) -> list[str]:
+        """The engine's admissible commands in the current state."""
+        return list(self._env.unwrapped.state["admissible_commands"])
+
+    def plan_from_here(self) -> list[str]:
+        """A plan from fast-downward's planner (the engine's ``policy_commands``) for the current state."""
+        u = self._env.unwrapped
+        ps = u._pddl_state
+        ps.downward_lib.load_sas_replan(ps.sas_replan.encode("utf-8"))
+        return list(ps.replan(u._entity_infos))
+
+    def expert_actions(self, task_id: str) -> list[str]:
+        """A winning action list for ``task_id`` (leaves the env reset to the task's initial state).
+
+        The oracle expert of :mod:`eval_agent.envs.alfworld_expert` acts on the true state; where
+        none of its rules applies, fast-downward's planner (the engine's ``policy_commands``)
+        finishes from that state. Plans are cached per game.
+        """
+        path = self.game_path(task_id)
+        if path not in self._expert_cache:
+            self._expert_cache[path] = self._solve(task_id, path)
+        self.reset(task_id)
+        return list(self._expert_cache[path])
+
+    def _solve(self, task_id: str, path: Path) -> list[str]:
+        goal = Goal.from_traj_data(path)
+        self.reset(task_id)
+        u = self._env.unwrapped
+        actions: list[str] = []
+        for _ in range(4 * self.max_steps):
+            admissible = list(u.state["admissible_commands"])
+            action = next_action(u._pddl_state.facts, u._entity_infos, goal, admissible)
+            if action is None or action not in admissible:
+                logger.info("%s: oracle expert stuck after %d actions; planning from here", task_id, len(actions))
+                return actions + self.plan_from_here()
+            actions.append(action)
+            if self.execute(action).won:
+                return actions
+        raise RuntimeError(f"{path}: the expert did not solve the game in {4 * self.max_steps} actions")
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        self._loaded.clear()
+        self._snapshots.clear()
+        self._current = None
+
+
+def load_game_json(path: Path) -> dict:
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)

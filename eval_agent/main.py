@@ -1,0 +1,184 @@
+"""Evaluate an agent on a split: ``python -m eval_agent.main --exp_config alfworld --split dev --agent_config expert``.
+
+Writes one JSON per task (STeCa's per-task output: ``meta`` + ``conversations``) and a
+``summary.json`` into ``--output_path``; tasks whose file already holds a finished episode are not
+run again unless ``--override``, so a killed evaluation resumes where it stopped. The last line
+printed is ``Success rate: X.XXXX`` over all tasks of the split.
+
+Agents: ``expert`` plays the environment's own expert actions; ``hf``/``vllm``/``openai`` (or a
+JSON config file) run a model (``--model_name``: a local directory or a served model name) through
+the batched rollout engine.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from eval_agent.envs import ENVIRONMENTS, make_env
+from eval_agent.envs.base import TaskEnv
+from eval_agent.episode import start_episode, step_episode
+from eval_agent.types import EpisodeState, Message
+
+logger = logging.getLogger("eval_agent.main")
+
+
+def task_file_name(task_id: str) -> str:
+    """A file name for a task id (ids may contain ``/``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", task_id) + ".json"
+
+
+def _write_json_atomic(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_finished(path: Path) -> EpisodeState | None:
+    """The finished episode stored at ``path``, or None (missing, unreadable or unfinished)."""
+    if not path.exists():
+        return None
+    try:
+        state = EpisodeState.from_output(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning("%s: unreadable (%s); the task runs again", path, e)
+        return None
+    return state if state.finished else None
+
+
+def expert_turn(action: str) -> str:
+    """The assistant turn the expert agent writes for ``action``."""
+    return f"Thought: I follow the expert plan.\nAction: {action}"
+
+
+def run_expert(env: TaskEnv, task_ids: Sequence[str], prompt: Sequence[Message], out_dir: Path,
+               override: bool) -> dict[str, EpisodeState]:
+    """Play every task with the environment's expert actions, one JSON per task as it finishes."""
+    results: dict[str, EpisodeState] = {}
+    todo = []
+    for t in task_ids:
+        done = None if override else load_finished(out_dir / task_file_name(t))
+        if done is not None:
+            results[t] = done
+        else:
+            todo.append(t)
+    for t in tqdm(todo, desc="expert episodes", dynamic_ncols=True):
+        try:
+            actions = env.expert_actions(t)
+            state = start_episode(env, t, prompt)
+            for a in actions:
+                if state.finished:
+                    break
+                step_episode(env, state, expert_turn(a))
+            if not state.finished:
+                state.finished, state.terminate_reason = True, "expert_exhausted"
+        except Exception as e:  # one broken task never stops the run
+            logger.exception("task %s failed", t)
+            state = EpisodeState(task_id=t, game_file=t, finished=True, terminate_reason="env_error",
+                                 extra={"error": f"{type(e).__name__}: {e}"})
+        _write_json_atomic(out_dir / task_file_name(t), state.to_output())
+        results[t] = state
+    return {t: results[t] for t in task_ids}
+
+
+def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids: Sequence[str],
+              out_dir: Path) -> dict[str, EpisodeState]:
+    """Evaluate a model backend through the batched rollout engine."""
+    from eval_agent.agents import load_agent_config, make_policy, sampling_from_config
+    from eval_agent.engine import RolloutEngine, run_evaluation
+    from eval_agent.prompts import prompt_for
+
+    cfg = load_agent_config(args.agent_config)
+    if not args.model_name:
+        raise SystemExit("--model_name is required for model-backed agents")
+    policy = make_policy(cfg, args.model_name)
+    params = sampling_from_config(cfg, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+    with RolloutEngine(policy, env_factory, num_workers=args.num_workers, max_active=args.max_active,
+                       seed=args.seed) as engine:
+        return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t),
+                              params=params, override=args.override)
+
+
+def summarize(results: dict[str, EpisodeState], env: TaskEnv) -> dict[str, object]:
+    """Success over all tasks, and over reachable tasks where the environment classifies them."""
+    n = len(results)
+    wins = sum(s.success for s in results.values())
+    summary: dict[str, object] = {"n_tasks": n, "n_success": wins, "success_rate": wins / n if n else 0.0,
+                                  "terminate_reasons": {}}
+    reasons: dict[str, int] = {}
+    for s in results.values():
+        reasons[str(s.terminate_reason)] = reasons.get(str(s.terminate_reason), 0) + 1
+    summary["terminate_reasons"] = reasons
+    is_reachable = getattr(env, "is_reachable", None)
+    if callable(is_reachable):
+        reach = [t for t in results if is_reachable(t)]
+        rw = sum(results[t].success for t in reach)
+        summary.update(n_reachable=len(reach), reachable_success_rate=rw / len(reach) if reach else 0.0)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_config", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--split", default="dev", help="train, dev (seen) or test (unseen)")
+    p.add_argument("--agent_config", default="expert", help="expert, hf, vllm, openai or a JSON config path")
+    p.add_argument("--model_name", default=None, help="model directory (hf/vllm) or served model name (openai)")
+    p.add_argument("--data_dir", default=None, help="environment data root (ALFWorld: holds json_2.1.1/)")
+    p.add_argument("--test_path", default=None, help="VirtualHome task file (jsonl)")
+    p.add_argument("--sft_file", default=None, help="take the instruction from this SFT file's first turn")
+    p.add_argument("--icl_num", type=int, default=1, help="in-context examples in the prompt (0 or 1)")
+    p.add_argument("--output_path", default=None, help="folder for per-task JSON files and summary.json")
+    p.add_argument("--override", action="store_true", help="rerun tasks that already have a finished output")
+    p.add_argument("--max_tasks", type=int, default=None, help="only the first N tasks of the split")
+    p.add_argument("--max_steps", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=None, help="default: the agent config's (greedy)")
+    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("--num_workers", type=int, default=1, help="environment worker processes (0: in-process)")
+    p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log_level", default="WARNING")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    env_factory = functools.partial(make_env, args.exp_config, args.split, data_dir=args.data_dir,
+                                    test_path=args.test_path, max_steps=args.max_steps)
+    env = env_factory()
+    task_ids = env.task_ids()[: args.max_tasks] if args.max_tasks else env.task_ids()
+    if not task_ids:
+        raise SystemExit(f"no tasks in split {args.split!r} of {args.exp_config}")
+    name = Path(args.model_name).name if args.model_name else args.agent_config
+    out_dir = Path(args.output_path or Path("outputs") / f"{args.exp_config}_{name}_{args.split}")
+    if args.agent_config == "expert":
+        from eval_agent.prompts import prompt_for
+
+        prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+        results = run_expert(env, task_ids, prompt, out_dir, args.override)
+    else:
+        results = run_model(args, env_factory, task_ids, out_dir)
+    summary = summarize(results, env)
+    summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name)
+    _write_json_atomic(out_dir / "summary.json", summary)
+    env.close()
+    print(f"Output folder: {out_dir}")
+    if "reachable_success_rate" in summary:
+        print(f"Reachable success rate: {summary['reachable_success_rate']:.4f} ({summary['n_reachable']} tasks)")
+    print(f"Success rate: {summary['success_rate']:.4f}")
+    sys.stdout.flush()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
