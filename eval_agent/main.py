@@ -15,11 +15,12 @@ import argparse
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -60,9 +61,42 @@ def expert_turn(action: str) -> str:
     return f"Thought: I follow the expert plan.\nAction: {action}"
 
 
-def run_expert(env: TaskEnv, task_ids: Sequence[str], prompt: Sequence[Message], out_dir: Path,
-               override: bool) -> dict[str, EpisodeState]:
-    """Play every task with the environment's expert actions, one JSON per task as it finishes."""
+def play_expert(env: TaskEnv, task_id: str, prompt: Sequence[Message]) -> EpisodeState:
+    """One episode of ``task_id`` played with the environment's expert actions; errors end it as env_error."""
+    try:
+        actions = env.expert_actions(task_id)
+        state = start_episode(env, task_id, prompt)
+        for a in actions:
+            if state.finished:
+                break
+            step_episode(env, state, expert_turn(a))
+        if not state.finished:
+            state.finished, state.terminate_reason = True, "expert_exhausted"
+    except Exception as e:  # one broken task never stops the run
+        logger.exception("task %s failed", task_id)
+        state = EpisodeState(task_id=task_id, game_file=task_id, finished=True, terminate_reason="env_error",
+                             extra={"error": f"{type(e).__name__}: {e}"})
+    return state
+
+
+_WORKER_ENV: list[TaskEnv] = []  # the env of an expert worker process (one per process)
+
+
+def _expert_worker_init(env_factory: Callable[[], TaskEnv]) -> None:
+    _WORKER_ENV.append(env_factory())
+
+
+def _expert_worker_play(job: tuple[str, Sequence[Message]]) -> tuple[str, dict]:
+    task_id, prompt = job
+    return task_id, play_expert(_WORKER_ENV[0], task_id, prompt).to_output()
+
+
+def run_expert(env: TaskEnv, env_factory: Callable[[], TaskEnv], task_ids: Sequence[str],
+               prompt: Sequence[Message], out_dir: Path, override: bool, num_workers: int = 0) -> dict[str, EpisodeState]:
+    """Play every task with the expert, writing one JSON per task as it finishes.
+
+    ``num_workers > 1`` plays tasks in that many processes, each with its own environment.
+    """
     results: dict[str, EpisodeState] = {}
     todo = []
     for t in task_ids:
@@ -71,38 +105,35 @@ def run_expert(env: TaskEnv, task_ids: Sequence[str], prompt: Sequence[Message],
             results[t] = done
         else:
             todo.append(t)
-    for t in tqdm(todo, desc="expert episodes", dynamic_ncols=True):
-        try:
-            actions = env.expert_actions(t)
-            state = start_episode(env, t, prompt)
-            for a in actions:
-                if state.finished:
-                    break
-                step_episode(env, state, expert_turn(a))
-            if not state.finished:
-                state.finished, state.terminate_reason = True, "expert_exhausted"
-        except Exception as e:  # one broken task never stops the run
-            logger.exception("task %s failed", t)
-            state = EpisodeState(task_id=t, game_file=t, finished=True, terminate_reason="env_error",
-                                 extra={"error": f"{type(e).__name__}: {e}"})
-        _write_json_atomic(out_dir / task_file_name(t), state.to_output())
-        results[t] = state
+    bar = tqdm(total=len(todo), desc="expert episodes", dynamic_ncols=True)
+    if num_workers > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(num_workers, len(todo)), _expert_worker_init, (env_factory,)) as pool:
+            for t, out in pool.imap_unordered(_expert_worker_play, [(t, list(prompt)) for t in todo]):
+                _write_json_atomic(out_dir / task_file_name(t), out)
+                results[t] = EpisodeState.from_output(out)
+                bar.update()
+    else:
+        for t in todo:
+            state = play_expert(env, t, prompt)
+            _write_json_atomic(out_dir / task_file_name(t), state.to_output())
+            results[t] = state
+            bar.update()
+    bar.close()
     return {t: results[t] for t in task_ids}
 
 
 def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids: Sequence[str],
               out_dir: Path) -> dict[str, EpisodeState]:
     """Evaluate a model backend through the batched rollout engine."""
-    from eval_agent.agents import load_agent_config, make_policy, sampling_from_config
+    from eval_agent.agents.cli import policy_from_args
     from eval_agent.engine import RolloutEngine, run_evaluation
     from eval_agent.prompts import prompt_for
 
-    cfg = load_agent_config(args.agent_config)
-    if not args.model_name:
-        raise SystemExit("--model_name is required for model-backed agents")
-    policy = make_policy(cfg, args.model_name)
-    params = sampling_from_config(cfg, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    policy, params = policy_from_args(args)
     prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+    if args.exp_config == "alfworld":  # a worker multiplexes its games over one env: keep them all loaded
+        env_factory = functools.partial(env_factory, max_games=max(128, args.max_active))
     with RolloutEngine(policy, env_factory, num_workers=args.num_workers, max_active=args.max_active,
                        seed=args.seed) as engine:
         return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t),
@@ -143,10 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_steps", type=int, default=40)
     p.add_argument("--temperature", type=float, default=None, help="default: the agent config's (greedy)")
     p.add_argument("--max_new_tokens", type=int, default=None)
-    p.add_argument("--num_workers", type=int, default=1, help="environment worker processes (0: in-process)")
+    p.add_argument("--num_workers", type=int, default=1,
+                   help="environment worker processes (0: in-process; the expert plays tasks in parallel when > 1)")
     p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_level", default="WARNING")
+    from eval_agent.agents.cli import add_backend_arguments
+
+    add_backend_arguments(p)
     return p
 
 
@@ -165,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         from eval_agent.prompts import prompt_for
 
         prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
-        results = run_expert(env, task_ids, prompt, out_dir, args.override)
+        results = run_expert(env, env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
     else:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)

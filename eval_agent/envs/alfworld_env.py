@@ -23,12 +23,13 @@ import logging
 import re
 import sys
 from collections import Counter, OrderedDict, defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from eval_agent.envs.alfworld_expert import Goal, next_action
+from eval_agent.envs.alfworld_memo import EngineMemo
 from eval_agent.envs.alfworld_games import (GameInfo, collect_games, default_data_root, resolve_game_file)
 from eval_agent.envs.base import TaskEnv
 from eval_agent.types import StepOutcome
@@ -103,7 +104,7 @@ class AlfWorldEnv(TaskEnv):
     name = "alfworld"
 
     def __init__(self, data_dir: str | Path | None = None, split: str = "dev", max_steps: int = 40,
-                 max_games: int = 128, max_snapshots: int = 4096):
+                 max_games: int = 128, max_snapshots: int = 4096, memoize: bool = True):
         root = Path(data_dir) if data_dir is not None else default_data_root()
         if root is None:
             raise ValueError("no ALFWorld data root: pass data_dir or set ALFWORLD_DATA")
@@ -119,6 +120,7 @@ class AlfWorldEnv(TaskEnv):
         self._current: _LoadedGame | None = None
         self._history: list[str] = []
         self._expert_cache: dict[Path, list[str]] = {}
+        self._memo = EngineMemo() if memoize else None
         # engine states reached by reset_to_prefix, keyed by (game, actions); LRU over all games
         self._snapshots: "OrderedDict[tuple[Path, tuple[str, ...]], _Snapshot]" = OrderedDict()
 
@@ -148,7 +150,7 @@ class AlfWorldEnv(TaskEnv):
             self._loaded.move_to_end(path)
             return game
         env = self._engine(path)
-        with _keep_argv():
+        with _keep_argv(), self._memoized():
             env.load(str(path))
             state = env.reset()
         u = env.unwrapped
@@ -200,6 +202,9 @@ class AlfWorldEnv(TaskEnv):
         self._current = game
         self._ops = snap.ops
 
+    def _memoized(self) -> Any:
+        return self._memo.active() if self._memo is not None else nullcontext()
+
     # ------------------------------------------------------------------ TaskEnv API
     def reset(self, task_id: str) -> str:
         game = self._load(self.game_path(task_id))
@@ -213,7 +218,8 @@ class AlfWorldEnv(TaskEnv):
         env = self._env
         u = env.unwrapped
         operators_before = u._pddl_state._operators  # replaced by the step's own bookkeeping
-        state, _, _ = env.step(action)
+        with self._memoized():
+            state, _, _ = env.step(action)
         if u._last_action is not None:
             op = operators_before[u._last_action.id]
             self._ops = self._ops + ((op.id, op.nb_effect_atoms),)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Stage 4: STeCa reinforced training on the merged pair file (D_c + D_e + D_s) -> STeCa agent.
+#
+#   bash Reinfoced_train/steca_train.sh                                  # CPU, tiny SFT model
+#   PROFILE=gpu MODEL_PATH=outputs/sft_alfworld_gpu bash Reinfoced_train/steca_train.sh   # released 7B setting
+#   VARIANT=no_weighting bash Reinfoced_train/steca_train.sh             # ablation: every pair weighs 1
+#   VARIANT=dpo BETA=0.1 bash Reinfoced_train/steca_train.sh             # "SFT + DPO" (trl DPOTrainer)
+#   BETA=0.1 bash Reinfoced_train/steca_train.sh                         # STeCa objective with the DPO term
+#
+# Loss per pair (VARIANT=steca): reward * [ -log sigmoid(BETA * delta) - sum log pi(chosen) ];
+# BETA=0 (released) loads no reference model. Every variable can be overridden from the
+# environment; extra trainer options can be appended as arguments. Reruns resume from the last
+# checkpoint-* in OUTPUT_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ------------------------------------------------------------------ editable variables
+PROFILE=${PROFILE:-cpu}                     # cpu: tiny model | gpu: released Llama-2-7B-chat setting
+VARIANT=${VARIANT:-steca}                   # steca | no_weighting | dpo
+TRAIN_DATA=${TRAIN_DATA:-outputs/data_collection/alfworld_steca_pairs.json}
+BETA=${BETA:-$([ "$VARIANT" = dpo ] && echo 0.1 || echo 0.0)}   # released: 0; the DPO variant defaults to 0.1
+USE_LORA=${USE_LORA:-false}
+SEED=${SEED:-42}
+SAVE_STEPS=${SAVE_STEPS:-200}
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-512}
+MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-3072}
+if [ "$PROFILE" = "gpu" ]; then
+  # released setting: lr 3e-6, 1 epoch, global batch 15, constant with 10% warmup, bf16, FSDP
+  MODEL_PATH=${MODEL_PATH:-outputs/sft_alfworld_gpu}
+  NUM_GPUS=${NUM_GPUS:-5}                   # GPUs in total; 5 x 1 x 3 = 15
+  NUM_MACHINES=${NUM_MACHINES:-1}
+  MACHINE_RANK=${MACHINE_RANK:-0}
+  MAIN_PROCESS_IP=${MAIN_PROCESS_IP:-127.0.0.1}
+  MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-29500}
+  ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-sft/configs/fsdp.yaml}
+  DTYPE=${DTYPE:-float32}                     # fp32 master weights; bf16 mixed precision below
+  # FSDP checkpoints activations itself (fsdp_activation_checkpointing); under DeepSpeed the trainer does it
+  GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-$(case "$ACCELERATE_CONFIG" in *zero3*) echo true;; *) echo false;; esac)}
+  LR=${LR:-3e-6}
+  PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-1}
+  GRAD_ACCUM=${GRAD_ACCUM:-3}
+  BF16=${BF16:-true}
+else
+  MODEL_PATH=${MODEL_PATH:-outputs/sft_alfworld_cpu}
+  NPROC=${NPROC:-1}                         # >1: torchrun with the gloo backend
+  MASTER_PORT=${MASTER_PORT:-29500}
+  DTYPE=${DTYPE:-auto}
+  GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-false}
+  LR=${LR:-1e-4}
+  PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-2}
+  GRAD_ACCUM=${GRAD_ACCUM:-1}
+  BF16=${BF16:-false}
+fi
+EPOCHS=${EPOCHS:-1}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}_alfworld_${PROFILE}}
+# ------------------------------------------------------------------
+
+ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir "$OUTPUT_DIR"
+      --learning_rate "$LR" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$PER_DEVICE_BATCH"
+      --gradient_accumulation_steps "$GRAD_ACCUM" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1
+      --bf16 "$BF16" --seed "$SEED" --save_steps "$SAVE_STEPS" --use_lora "$USE_LORA" --dtype "$DTYPE"
+      --gradient_checkpointing "$GRADIENT_CHECKPOINTING" --beta "$BETA"
+      --max_prompt_length "$MAX_PROMPT_LENGTH" --max_target_length "$MAX_TARGET_LENGTH")
+case "$VARIANT" in
+  steca) ENTRY=Reinfoced_train/steca_train.py ;;
+  no_weighting) ENTRY=Reinfoced_train/steca_train.py; ARGS+=(--no_reward_weighting true) ;;
+  dpo) ENTRY=Reinfoced_train/dpo_train.py ;;
+  *) echo "VARIANT must be steca, no_weighting or dpo, got $VARIANT" >&2; exit 2 ;;
+esac
+
+if [ "$PROFILE" = "gpu" ]; then
+  accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
+    --num_machines "$NUM_MACHINES" --machine_rank "$MACHINE_RANK" \
+    --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
+    "$ENTRY" "${ARGS[@]}" "$@"
+elif [ "$NPROC" -gt 1 ]; then
+  torchrun --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" "$ENTRY" "${ARGS[@]}" --ddp_backend gloo "$@"
+else
+  python "$ENTRY" "${ARGS[@]}" "$@"
+fi

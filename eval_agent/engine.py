@@ -1,0 +1,625 @@
+"""The batched rollout engine: many episodes in flight, one generation call per turn.
+
+Every later stage is "run a policy in many environments at once": evaluation (one greedy episode
+per task), exploration (one episode from an expert prefix) and Monte Carlo step rewards (N sampled
+rollouts from the state after an expert prefix plus one action). The engine runs them all:
+
+* a :class:`RolloutJob` names a task, the prompt turns, an optional prefix of assistant turns to
+  replay first (their actions reach the state through ``env.reset_to_prefix``), an optional forced
+  first assistant turn, sampling parameters, a seed and ``n`` rollouts;
+* each turn, the unfinished episodes send their chats to the policy in **one** ``generate`` call;
+* environments live in ``num_workers`` worker processes (0: in this process). Each worker builds
+  its own environment from a picklable factory (e.g. ``functools.partial(make_env, "alfworld",
+  "dev", data_dir=...)``); the actions of one turn are dispatched to all workers before any answer
+  is awaited, so workers step in parallel. Episodes of the same task always go to the same worker
+  (its environment caches the game and its prefix states);
+* an episode leaves the batch the moment it ends (success, ``max_steps``, environment done, an
+  environment error or a generation error) and is handed to the caller at once
+  (:meth:`RolloutEngine.run_iter` yields it; :meth:`RolloutEngine.run` also calls a sink, e.g.
+  :class:`JsonlWriter`, which flushes each record), so a crash loses only episodes in flight;
+* determinism: rollout ``k`` of a job has the seed ``mix(job seed, k)`` and its turn ``t`` samples
+  with ``mix(rollout seed, t)``. Backends that take per-row parameters (all of ours) sample each row
+  with its own seed, so an episode's trajectory does not depend on which episodes share its batch,
+  on the number of workers or on the batch size.
+
+Worker environments. A worker holds ONE environment and multiplexes its episodes over it when the
+environment overrides ``reset_to_prefix`` (``env_mode="multiplex"``): a step of episode ``e``
+calls ``reset_to_prefix(task, actions_of_e + [action])``; ALFWorld restores a cached snapshot of
+``actions_of_e`` and executes one action. Environments without a fast ``reset_to_prefix`` get one
+instance per in-flight episode (``env_mode="pool"``, instances are reused).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.errors import FatalPolicyError, RowErrors
+from eval_agent.envs.base import TaskEnv, parse_action
+from eval_agent.episode import new_episode, record_step
+from eval_agent.types import EpisodeState, Message
+
+logger = logging.getLogger(__name__)
+
+EnvFactory = Callable[[], TaskEnv]
+
+
+def mix_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from ``parts`` (blake2b of their repr; independent of PYTHONHASHSEED)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class RolloutJob:
+    """Roll out ``n`` episodes of ``task_id``.
+
+    ``prompt``: the turns before the first observation (instruction, in-context example, "OK").
+    ``prefix``: assistant turns (``Thought: ...\\nAction: ...``) replayed before generation starts;
+    their observations come from the environment. ``forced_output``: the first turn of the rollout
+    itself, executed without asking the policy (the expert action ``a*_t`` or an explored action
+    ``â_t`` of Monte Carlo sampling). Prefix and forced turns count towards ``max_steps``.
+    ``params``: sampling (None: the engine's default). ``seed``: None derives one from the engine
+    seed and ``job_id``. ``meta``: copied into every result's ``meta``.
+    """
+
+    job_id: str
+    task_id: str
+    prompt: Sequence[Message]
+    prefix: Sequence[str] = ()
+    forced_output: str | None = None
+    params: SamplingParams | None = None
+    seed: int | None = None
+    n: int = 1
+    max_steps: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutResult:
+    """One finished rollout. ``episode.extra`` holds job_id, rollout, seed, n_prefix_turns, error."""
+
+    job_id: str
+    rollout: int
+    episode: EpisodeState
+
+    def to_output(self) -> dict[str, Any]:
+        return self.episode.to_output()
+
+
+@dataclass
+class EngineStats:
+    generate_calls: int = 0
+    generations: int = 0
+    env_steps: int = 0
+    episodes: int = 0
+    generate_s: float = 0.0
+    env_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------- workers
+class EnvHost:
+    """Runs environment commands for many episodes (inside a worker process or in-process).
+
+    Commands: ``("start", ep, task_id, actions)`` → ``(first_observation, outcomes, game_file,
+    max_steps)``; ``("step", ep, action)`` → ``StepOutcome``; ``("drop", ep)`` → None. Each answer
+    is ``(True, value)`` or ``(False, error message)``: one failing episode never stops the others.
+    """
+
+    def __init__(self, factory: EnvFactory, env_mode: str = "auto"):
+        self.factory = factory
+        self.env_mode = env_mode
+        self._env: TaskEnv | None = None
+        self._episodes: dict[int, tuple[str, list[str]]] = {}
+        self._own: dict[int, TaskEnv] = {}
+        self._free: list[TaskEnv] = []
+        self._current: int | None = None
+
+    def _main_env(self) -> TaskEnv:
+        if self._env is None:
+            self._env = self.factory()
+            if self.env_mode == "auto":
+                fast = type(self._env).reset_to_prefix is not TaskEnv.reset_to_prefix
+                self.env_mode = "multiplex" if fast else "pool"
+        return self._env
+
+    def _env_for(self, ep: int) -> TaskEnv:
+        env = self._main_env()
+        if self.env_mode == "multiplex":
+            return env
+        if ep not in self._own:
+            in_use = {id(x) for x in self._own.values()}
+            if self._free:
+                self._own[ep] = self._free.pop()
+            elif id(env) not in in_use:
+                self._own[ep] = env
+            else:
+                self._own[ep] = self.factory()
+        return self._own[ep]
+
+    def handle(self, commands: Sequence[tuple]) -> list[tuple[bool, Any]]:
+        out = []
+        for cmd in commands:
+            try:
+                out.append((True, self._run(cmd)))
+            except Exception as e:  # reported to the engine as this episode's env_error
+                logger.debug("env command %s failed", cmd[:2], exc_info=True)
+                out.append((False, f"{type(e).__name__}: {e}"))
+        return out
+
+    def _run(self, cmd: tuple) -> Any:
+        kind, ep = cmd[0], cmd[1]
+        if kind != "drop":
+            current, self._current = self._current, None  # unknown state if the command fails midway
+        if kind == "start":
+            task_id, actions = cmd[2], list(cmd[3])
+            env = self._env_for(ep)
+            first, outcomes = env.reset_to_prefix(task_id, actions)
+            self._episodes[ep] = (task_id, actions)
+            self._current = ep
+            return first, list(outcomes), env.game_file(task_id), env.max_steps
+        if kind == "step":
+            action = cmd[2]
+            task_id, actions = self._episodes[ep]
+            env = self._env_for(ep)
+            if self.env_mode == "multiplex" and current != ep:
+                _, outcomes = env.reset_to_prefix(task_id, actions + [action])
+                outcome = outcomes[-1]
+            else:
+                outcome = env.execute(action)
+            actions.append(action)
+            self._current = ep
+            return outcome
+        if kind == "drop":
+            self._episodes.pop(ep, None)
+            if self._current == ep:
+                self._current = None
+            env = self._own.pop(ep, None)
+            if env is not None:
+                self._free.append(env)
+            return None
+        raise ValueError(f"unknown env command {kind!r}")
+
+    def close(self) -> None:
+        seen: set[int] = set()
+        for env in [self._env, *self._own.values(), *self._free]:
+            if env is not None and id(env) not in seen:
+                seen.add(id(env))
+                env.close()
+
+
+def _worker_main(conn: Any, factory: EnvFactory, env_mode: str) -> None:
+    logging.basicConfig(level=os.environ.get("STECA_WORKER_LOGLEVEL", "WARNING"))
+    host = EnvHost(factory, env_mode)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                break
+            if msg is None:
+                break
+            conn.send(host.handle(msg))
+    finally:
+        host.close()
+        conn.close()
+
+
+class _LocalWorker:
+    def __init__(self, factory: EnvFactory, env_mode: str):
+        self.host = EnvHost(factory, env_mode)
+        self._pending: list[tuple] | None = None
+
+    def submit(self, commands: list[tuple]) -> None:
+        self._pending = commands
+
+    def collect(self, timeout: float | None = None) -> list[tuple[bool, Any]]:
+        cmds, self._pending = self._pending or [], None
+        return self.host.handle(cmds)
+
+    def close(self) -> None:
+        self.host.close()
+
+
+class _ProcessWorker:
+    def __init__(self, factory: EnvFactory, env_mode: str, ctx: Any):
+        self.factory, self.env_mode, self.ctx = factory, env_mode, ctx
+        self._start()
+
+    def _start(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.factory, self.env_mode), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def submit(self, commands: list[tuple]) -> None:
+        self.conn.send(commands)
+
+    def collect(self, timeout: float | None = None) -> list[tuple[bool, Any]]:
+        if timeout is not None and not self.conn.poll(timeout):
+            raise TimeoutError(f"no answer from the environment worker within {timeout:.0f} s")
+        return self.conn.recv()
+
+    def restart(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.join(5)
+        except Exception:
+            pass
+        self._start()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+            self.proc.join(10)
+        except (BrokenPipeError, OSError):
+            pass
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+# ---------------------------------------------------------------------------------------- engine
+@dataclass
+class _Episode:
+    uid: int
+    job: RolloutJob
+    rollout: int
+    seed: int
+    worker: int
+    state: EpisodeState | None = None
+    params: SamplingParams | None = None
+
+
+class RolloutEngine:
+    """Runs :class:`RolloutJob` s with one policy over environments built by ``env_factory``.
+
+    ``num_workers``: environment processes (0: environments run in this process).
+    ``max_active``: episodes in flight at once (the generation batch). ``default_params``: sampling
+    of jobs without their own. ``start_method``: multiprocessing start method (``spawn`` is safe
+    with a model loaded in this process). ``show_progress``: a tqdm bar over episodes.
+    ``worker_timeout_s``: a worker that does not answer a turn's commands in this time is killed and
+    restarted; its episodes end with ``env_error``.
+    """
+
+    def __init__(self, policy: Policy, env_factory: EnvFactory, num_workers: int = 0, max_active: int = 64,
+                 default_params: SamplingParams | None = None, seed: int = 0, env_mode: str = "auto",
+                 start_method: str = "spawn", show_progress: bool = True, progress_desc: str = "episodes",
+                 worker_timeout_s: float | None = 600.0):
+        if max_active < 1:
+            raise ValueError("max_active must be at least 1")
+        self.policy = policy
+        self.env_factory = env_factory
+        self.num_workers = num_workers
+        self.max_active = max_active
+        self.default_params = default_params or SamplingParams()
+        self.seed = seed
+        self.show_progress = show_progress
+        self.worker_timeout_s = worker_timeout_s
+        self.progress_desc = progress_desc
+        self.stats = EngineStats()
+        if num_workers <= 0:
+            self._workers: list[Any] = [_LocalWorker(env_factory, env_mode)]
+        else:
+            ctx = mp.get_context(start_method)
+            self._workers = [_ProcessWorker(env_factory, env_mode, ctx) for _ in range(num_workers)]
+        self._task_worker: dict[str, int] = {}
+        self._load = [0] * len(self._workers)
+        self._uid = 0
+
+    # ---------------------------------------------------------------- public API
+    def run(self, jobs: Iterable[RolloutJob], sink: Callable[[RolloutResult], None] | None = None) -> list[RolloutResult]:
+        """Run every job; call ``sink`` on each result as it finishes; return all results."""
+        results = []
+        for r in self.run_iter(jobs):
+            if sink is not None:
+                sink(r)
+            results.append(r)
+        return results
+
+    def run_iter(self, jobs: Iterable[RolloutJob]) -> Iterator[RolloutResult]:
+        """Yield each rollout the moment it finishes (completion order, deterministic for a seed)."""
+        from tqdm.auto import tqdm
+
+        jobs = list(jobs)
+        queue: deque[_Episode] = deque()
+        for job in jobs:
+            if job.n < 1:
+                raise ValueError(f"job {job.job_id!r}: n must be at least 1, got {job.n}")
+            job_seed = job.seed if job.seed is not None else mix_seed(self.seed, job.job_id)
+            for k in range(job.n):
+                self._uid += 1
+                queue.append(_Episode(self._uid, job, k, mix_seed(job_seed, k), -1,
+                                      params=job.params or self.default_params))
+        bar = tqdm(total=len(queue), desc=self.progress_desc, disable=not self.show_progress, dynamic_ncols=True)
+        active: list[_Episode] = []
+        n_success = 0
+        drops: list[list[tuple]] = [[] for _ in self._workers]
+        try:
+            while queue or active:
+                admitted = []
+                while queue and len(active) + len(admitted) < self.max_active:
+                    admitted.append(queue.popleft())
+                finished = self._start(admitted, drops)
+                active.extend(e for e in admitted if not e.state.finished)  # type: ignore[union-attr]
+                finished += self._turn(active, drops)
+                active = [e for e in active if not e.state.finished]  # type: ignore[union-attr]
+                for e in finished:
+                    self._release(e, drops)
+                    self.stats.episodes += 1
+                    n_success += bool(e.state.success)  # type: ignore[union-attr]
+                    bar.update(1)
+                    bar.set_postfix(success=n_success, refresh=False)
+                    yield RolloutResult(e.job.job_id, e.rollout, e.state)  # type: ignore[arg-type]
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+        self._workers = []
+
+    def __enter__(self) -> "RolloutEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _route(self, task_id: str) -> int:
+        w = self._task_worker.get(task_id)
+        if w is None:
+            w = min(range(len(self._workers)), key=lambda i: (self._load[i], i))
+            self._task_worker[task_id] = w
+        return w
+
+    def _release(self, e: _Episode, drops: list[list[tuple]]) -> None:
+        if e.worker >= 0:
+            drops[e.worker].append(("drop", e.uid))
+            self._load[e.worker] -= 1
+
+    def _dispatch(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[list[tuple[bool, Any]]]:
+        """Send each worker its commands (pending drops first), then collect; parallel across workers."""
+        t0 = time.perf_counter()
+        sent = []
+        for i, w in enumerate(self._workers):
+            cmds = drops[i] + per_worker[i]
+            n_drop = len(drops[i])
+            drops[i] = []
+            if cmds:
+                w.submit(cmds)
+            sent.append((cmds, n_drop))
+        answers: list[list[tuple[bool, Any]]] = []
+        for i, w in enumerate(self._workers):
+            cmds, n_drop = sent[i]
+            if not cmds:
+                answers.append([])
+                continue
+            try:
+                res = w.collect(self.worker_timeout_s)
+            except (EOFError, ConnectionError, OSError, TimeoutError) as err:
+                logger.error("environment worker %d died (%s); restarting it", i, err)
+                w.restart()
+                res = [(False, f"environment worker died: {err}")] * len(cmds)
+            answers.append(res[n_drop:])
+        self.stats.env_s += time.perf_counter() - t0
+        return answers
+
+    def _start(self, eps: list[_Episode], drops: list[list[tuple]]) -> list[_Episode]:
+        """Reset admitted episodes to their prefix (+ forced turn); return those already finished."""
+        if not eps:
+            return []
+        per_worker: list[list[tuple]] = [[] for _ in self._workers]
+        index: list[list[_Episode]] = [[] for _ in self._workers]
+        for e in eps:
+            e.worker = self._route(e.job.task_id)
+            self._load[e.worker] += 1
+            turns = list(e.job.prefix) + ([e.job.forced_output] if e.job.forced_output is not None else [])
+            actions = [a for a in (parse_action(t) for t in turns) if a is not None]
+            per_worker[e.worker].append(("start", e.uid, e.job.task_id, actions))
+            index[e.worker].append(e)
+        answers = self._dispatch(per_worker, drops)
+        finished = []
+        for w, eps_w in enumerate(index):
+            for e, (ok, value) in zip(eps_w, answers[w]):
+                self._open(e, ok, value)
+                if e.state.finished:  # type: ignore[union-attr]
+                    finished.append(e)
+        return finished
+
+    def _open(self, e: _Episode, ok: bool, value: Any) -> None:
+        job = e.job
+        extra = {"job_id": job.job_id, "rollout": e.rollout, "seed": e.seed, "n_prefix_turns": len(job.prefix),
+                 "forced": job.forced_output is not None, **job.meta}
+        if not ok:
+            e.state = EpisodeState(task_id=job.task_id, game_file="", messages=list(job.prompt),
+                                   n_prompt_messages=len(job.prompt), finished=True, terminate_reason="env_error",
+                                   extra={**extra, "error": value})
+            return
+        first, outcomes, game_file, env_max = value
+        max_steps = job.max_steps or env_max
+        state = new_episode(job.task_id, game_file, job.prompt, first)
+        state.extra.update(extra)
+        turns = list(job.prefix) + ([job.forced_output] if job.forced_output is not None else [])
+        it = iter(outcomes)
+        for text in turns:
+            outcome = next(it) if parse_action(text) is not None else None
+            record_step(state, text, outcome, max_steps)
+            if state.finished:
+                break
+        e.state = state
+        e.job = replace(job, max_steps=max_steps) if job.max_steps != max_steps else job
+
+    def _turn(self, active: list[_Episode], drops: list[list[tuple]]) -> list[_Episode]:
+        """One generation call for all active episodes, then one parallel environment step."""
+        if not active:
+            return []
+        outputs, errors = self._generate(active)
+        finished: list[_Episode] = []
+        per_worker: list[list[tuple]] = [[] for _ in self._workers]
+        index: list[list[tuple[_Episode, str]]] = [[] for _ in self._workers]
+        for e, out in zip(active, outputs):
+            st = e.state
+            assert st is not None
+            if out is None:
+                st.finished, st.terminate_reason = True, "generation_error"
+                st.extra["error"] = errors.get(e.uid, "generation failed")
+                finished.append(e)
+                continue
+            action = parse_action(out)
+            if action is None:
+                record_step(st, out, None, e.job.max_steps or 40)
+                if st.finished:
+                    finished.append(e)
+                continue
+            per_worker[e.worker].append(("step", e.uid, action))
+            index[e.worker].append((e, out))
+        answers = self._dispatch(per_worker, drops)
+        for w, items in enumerate(index):
+            for (e, out), (ok, value) in zip(items, answers[w]):
+                st = e.state
+                assert st is not None
+                if ok:
+                    self.stats.env_steps += 1
+                    record_step(st, out, value, e.job.max_steps or 40)
+                else:
+                    st.messages.append(Message("assistant", out))
+                    st.steps += 1
+                    st.finished, st.terminate_reason = True, "env_error"
+                    st.extra["error"] = value
+                if st.finished:
+                    finished.append(e)
+        return finished
+
+    def _generate(self, active: list[_Episode]) -> tuple[list[str | None], dict[int, str]]:
+        """Outputs per active episode (None where generation failed) and the failures' messages."""
+        batch = [e.state.messages for e in active]  # type: ignore[union-attr]
+        rows = [replace(e.params, seed=mix_seed(e.seed, e.state.steps)) for e in active]  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        try:
+            outputs, errs = self._call(batch, rows)
+        except FatalPolicyError:
+            raise
+        except Exception as err:
+            logger.warning("batched generation failed (%s: %s); retrying one conversation at a time",
+                           type(err).__name__, err)
+            outputs, errs = [], {}
+            for i in range(len(batch)):
+                try:
+                    o, e = self._call([batch[i]], [rows[i]])
+                    outputs.append(o[0])
+                    if 0 in e:
+                        errs[i] = e[0]
+                except FatalPolicyError:
+                    raise
+                except Exception as one:
+                    outputs.append(None)
+                    errs[i] = f"{type(one).__name__}: {one}"
+        self.stats.generate_s += time.perf_counter() - t0
+        return outputs, {active[i].uid: msg for i, msg in errs.items()}
+
+    def _call(self, batch: list[list[Message]], rows: list[SamplingParams]) -> tuple[list[str | None], dict[int, str]]:
+        """``policy.generate`` with per-row params (or one call per distinct params)."""
+        if getattr(self.policy, "supports_row_params", False):
+            calls: list[tuple[list[int], Any]] = [(list(range(len(batch))), rows)]
+        else:
+            groups: dict[SamplingParams, list[int]] = {}
+            for i, p in enumerate(rows):
+                groups.setdefault(replace(p, seed=None), []).append(i)
+            calls = [(idx, rows[idx[0]]) for idx in groups.values()]
+        outputs: list[str | None] = [None] * len(batch)
+        errors: dict[int, str] = {}
+        for idx, params in calls:
+            sub = [batch[i] for i in idx]
+            self.stats.generate_calls += 1
+            try:
+                texts: list[str | None] = list(self.policy.generate(sub, params))
+            except RowErrors as err:
+                texts = list(err.outputs)
+                for j, msg in err.errors.items():
+                    errors[idx[j]] = msg
+            for j, t in zip(idx, texts):
+                outputs[j] = t
+            self.stats.generations += sum(t is not None for t in texts)
+        return outputs, errors
+
+
+# ---------------------------------------------------------------------------------------- sinks
+class JsonlWriter:
+    """Appends each result's ``to_output()`` (plus ``extra``) to a JSONL file, flushed per record.
+
+    ``eval_agent`` does not import the method package; stages that want ``steca.records.JsonlSink``
+    (which also repairs torn tails) can pass that instead.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def __call__(self, result: RolloutResult) -> None:
+        self._f.write(json.dumps(result.to_output(), ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Sequence[Message],
+                   output_path_for: Callable[[str], Path], params: SamplingParams | None = None,
+                   override: bool = False, max_steps: int | None = None) -> dict[str, EpisodeState]:
+    """Evaluate one episode per task; each finished episode is written to ``output_path_for(task)`` at once.
+
+    Tasks whose output file already holds a finished episode are not run again unless
+    ``override``; their episode is read back, so the returned mapping (and a summary built from
+    it) covers every task of ``task_ids`` exactly once, however often the run was interrupted.
+    A task whose episode failed (environment or generation error) is recorded as a failure.
+    """
+    done: dict[str, EpisodeState] = {}
+    todo: list[str] = []
+    for task in dict.fromkeys(task_ids):  # unique, order kept
+        path = output_path_for(task)
+        if not override and path.exists():
+            try:
+                state = EpisodeState.from_output(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, KeyError, TypeError) as e:
+                logger.warning("%s: unreadable (%s); running task %s again", path, e, task)
+            else:
+                if state.finished:
+                    done[task] = state
+                    continue
+        todo.append(task)
+    if done:
+        logger.info("%d of %d tasks already evaluated; running %d", len(done), len(done) + len(todo), len(todo))
+    jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps) for t in todo]
+    for result in engine.run_iter(jobs):
+        write_json_atomic(output_path_for(result.job_id), result.to_output())
+        done[result.job_id] = result.episode
+    return {t: done[t] for t in dict.fromkeys(task_ids)}

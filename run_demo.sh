@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The whole STeCa pipeline on a CPU, in one command, on the project's generated ALFWorld mini benchmark:
+#
+#   bash run_demo.sh                 # seed 0 into runs/demo_seed0
+#   SEED=1 bash run_demo.sh          # another seed into runs/demo_seed1
+#   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then mean ± sd (runs/demo_seeds.md)
+#
+# Stages (each one the very stage script a GPU user runs, with its variables set for the tiny setting):
+#   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
+#   merge -> reinforced training (STeCa) + the fair baseline (SFT for the same number of extra steps on
+#   the same tasks' expert data) -> evaluation of SFT, baseline and STeCa on seen and unseen -> table.
+# A stage writes OUT_DIR/.stages/<stage>.json only after it finished, so a rerun (after an interruption,
+# a crash or Ctrl-C) skips finished stages and the stage scripts resume their partial outputs.
+# Every variable below can be overridden from the environment.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# ------------------------------------------------------------------ editable variables
+SEED=${SEED:-0}
+SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
+OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
+ASSETS_DIR=${ASSETS_DIR:-assets}          # the plots of seed 0 are copied here ("" : do not copy)
+SKIP_INSTALL=${SKIP_INSTALL:-false}
+# mini benchmark (steca/generators/alfworld_games.py)
+N_TRAIN=${N_TRAIN:-200}                   # training games (expert trajectories for SFT)
+N_SEEN=${N_SEEN:-30}                      # valid_seen games (the "seen" column)
+N_UNSEEN=${N_UNSEEN:-30}                  # valid_unseen games: held-out layouts and goal combinations
+BENCH_SIZE=${BENCH_SIZE:-small}           # room size: small | medium | large
+# model and SFT (sft/my_sft.sh, PROFILE=cpu)
+MODEL_SIZE=${MODEL_SIZE:-tiny}            # nano | tiny | small (bootstrap model trained from scratch)
+SFT_EPOCHS=${SFT_EPOCHS:-4}
+SFT_LR=${SFT_LR:-3e-3}
+SFT_BATCH=${SFT_BATCH:-4}
+MAX_LENGTH=${MAX_LENGTH:-1024}            # tokens per training conversation
+# sampling (sampling/alfworld/*.sh)
+MC_TASKS=${MC_TASKS:-40}                  # expert trajectories whose steps get Monte Carlo rewards
+NUM_ROLLOUTS=${NUM_ROLLOUTS:-3}           # N rollouts per scored step (paper: 5)
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}      # per generated turn (paper: 512)
+MAX_STEPS=${MAX_STEPS:-20}                # episode length for sampling and evaluation (paper: 40)
+MAX_ACTIVE=${MAX_ACTIVE:-128}             # rollouts in flight (generation batch)
+PART_NUM=${PART_NUM:-1}
+# reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
+RL_LR=${RL_LR:-1e-4}
+RL_BATCH=${RL_BATCH:-2}
+RL_EPOCHS=${RL_EPOCHS:-1}
+# evaluation (eval/my_eval_alfworld.sh)
+ICL_NUM=${ICL_NUM:-0}                     # the tiny model never saw an in-context example in training
+EVAL_WORKERS=${EVAL_WORKERS:-0}
+# ------------------------------------------------------------------
+
+if [[ -n "$SEEDS" ]]; then
+  runs=()
+  for s in $SEEDS; do
+    SEED=$s SEEDS= OUT_DIR=runs/demo_seed$s bash "$0"
+    runs+=("runs/demo_seed$s")
+  done
+  python -m steca.demo seeds --output runs/demo_seeds.md "${runs[@]}"
+  exit 0
+fi
+
+if [[ "$SKIP_INSTALL" != "true" ]] && ! python -c "import steca, eval_agent, alfworld, textworld, virtualhome, trl" 2>/dev/null; then
+  bash scripts/install.sh
+fi
+
+mkdir -p "$OUT_DIR"
+BENCH=$OUT_DIR/bench
+DATA=$OUT_DIR/data
+MODELS=$OUT_DIR/models
+stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" -- "${@:2}"; }
+export PROFILE=cpu
+
+# 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
+stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
+  --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --no_progress
+stage subset python -m steca.demo subset --sft "$BENCH/sft_train.json" --n "$MC_TASKS" --seed "$SEED" \
+  --output "$DATA/mc_tasks.json"
+
+# 2. bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
+stage bootstrap python -m steca.training.bootstrap --sft_file "$BENCH/sft_train.json" \
+  --output_dir "$MODELS/bootstrap" --size "$MODEL_SIZE" --seed "$SEED"
+stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OUTPUT_DIR="$MODELS/sft" \
+  EPOCHS="$SFT_EPOCHS" LR="$SFT_LR" PER_DEVICE_BATCH="$SFT_BATCH" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" \
+  SAVE_STEPS=100000 bash sft/my_sft.sh --report_to none
+
+# 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
+sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
+              MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
+              MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
+stage expert_steps env "${sampling_env[@]}" bash sampling/alfworld/expert_generate_response.sh
+stage expert_mc env "${sampling_env[@]}" bash sampling/alfworld/expert_mc_explore.sh
+stage explore_steps env "${sampling_env[@]}" bash sampling/alfworld/explore_generate_response.sh
+stage explore_mc env "${sampling_env[@]}" bash sampling/alfworld/explore_mc_explore.sh
+
+# 4. D_s (expert sub-trajectories), D_c (calibrated; OFFLINE STAND-IN reflector), D_e (explored successes)
+steps_args=(--sft "$DATA/mc_tasks.json" --expert_steps "$OUT_DIR/sampling/expert_steps_mc.jsonl"
+            --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl")
+stage d_s python data_collection/data_expert_alfworld.py "${steps_args[@]}" --output "$DATA/d_s.json"
+stage d_c python data_collection/data_cali_alfworld.py "${steps_args[@]}" --reflector offline --output "$DATA/d_c.json"
+stage d_e python data_collection/data_explored_alfworld.py --sft "$DATA/mc_tasks.json" \
+  --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl" --output "$DATA/d_e.json"
+stage merge python data_collection/merge_data.py --output "$DATA/steca_pairs.json" \
+  "$DATA/d_s.json" "$DATA/d_c.json" "$DATA/d_e.json"
+
+# 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
+RL_STEPS=$(python -m steca.demo steps --pairs "$DATA/steca_pairs.json" --batch_size "$RL_BATCH" --epochs "$RL_EPOCHS")
+echo "reinforced training and fair baseline: $RL_STEPS optimizer steps each"
+stage steca_train env MODEL_PATH="$MODELS/sft" TRAIN_DATA="$DATA/steca_pairs.json" OUTPUT_DIR="$MODELS/steca" \
+  LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" SEED="$SEED" SAVE_STEPS=100000 \
+  bash Reinfoced_train/steca_train.sh --max_steps "$RL_STEPS" --report_to none
+stage baseline_train env MODEL_PATH="$MODELS/sft" SFT_DATA="$DATA/mc_tasks.json" OUTPUT_DIR="$MODELS/sft_more" \
+  LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" SAVE_STEPS=100000 \
+  bash sft/my_sft.sh --max_steps "$RL_STEPS" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+
+# 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
+for method in sft sft_more steca; do
+  stage "eval_$method" env MODEL_PATH="$MODELS/$method" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
+    OUTPUT_DIR="$OUT_DIR/eval/$method" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
+    EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" bash eval/my_eval_alfworld.sh
+done
+
+# 7. the table, results.md and the plots
+assets_args=()
+if [[ -n "$ASSETS_DIR" && "$SEED" == "0" ]]; then assets_args=(--assets_dir "$ASSETS_DIR"); fi
+echo
+python -m steca.demo report --run_dir "$OUT_DIR" "${assets_args[@]}"
+echo "results: $OUT_DIR/results.md"

@@ -1,0 +1,257 @@
+"""The demo's results: the paper-layout table (method x {seen, unseen}), ``results.md`` and PNG plots.
+
+A run folder (``runs/demo_seed0``) holds ``eval/<method>/<split>/summary.json`` (written by
+``python -m eval_agent.main``: ``n_tasks``, ``n_success``, ``success_rate``), the Monte Carlo step
+records ``sampling/{expert,explore}_steps_mc.jsonl``, the merged training file's summary and the
+stage markers (:mod:`steca.demo.stages`). Everything here only reads those files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from steca.demo.stages import read_timings
+from steca.records import load_steps
+
+logger = logging.getLogger(__name__)
+
+# (folder under eval/, label in the table)
+METHODS: tuple[tuple[str, str], ...] = (
+    ("sft", "SFT (base agent)"),
+    ("sft_more", "SFT + same extra steps on expert data (fair baseline)"),
+    ("steca", "STeCa (offline stand-in reflections)"),
+)
+# (eval split folder, column label)
+SPLITS: tuple[tuple[str, str], ...] = (("dev", "seen"), ("test", "unseen"))
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """Success on one split: ``rate = n_success / n_tasks``."""
+
+    n_tasks: int
+    n_success: int
+
+    @property
+    def rate(self) -> float:
+        return self.n_success / self.n_tasks if self.n_tasks else 0.0
+
+
+def load_results(run_dir: str | os.PathLike) -> dict[str, dict[str, SplitResult]]:
+    """``{method: {split: SplitResult}}`` from ``<run_dir>/eval/<method>/<split>/summary.json``.
+
+    Missing summaries are left out (the table shows ``n/a``); a malformed one raises ``ValueError``
+    naming the file and the field.
+    """
+    out: dict[str, dict[str, SplitResult]] = {}
+    for method, _ in METHODS:
+        for split, _ in SPLITS:
+            path = Path(run_dir) / "eval" / method / split / "summary.json"
+            if not path.is_file():
+                continue
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{path}: not JSON ({e})") from e
+            for key in ("n_tasks", "n_success"):
+                if not isinstance(obj.get(key), int):
+                    raise ValueError(f"{path}: field {key!r} missing or not an integer")
+            out.setdefault(method, {})[split] = SplitResult(obj["n_tasks"], obj["n_success"])
+    return out
+
+
+def format_table(results: Mapping[str, Mapping[str, SplitResult]]) -> str:
+    """Markdown table, one row per method, columns seen / unseen: ``rate% (wins/games)``."""
+    lines = ["| Method | ALFWorld seen | ALFWorld unseen |", "|---|---|---|"]
+    for method, label in METHODS:
+        cells = []
+        for split, _ in SPLITS:
+            r = results.get(method, {}).get(split)
+            cells.append("n/a" if r is None else f"{100 * r.rate:.1f} ({r.n_success}/{r.n_tasks})")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """``mean = sum(x)/n`` and sample standard deviation ``sd = sqrt(sum((x-mean)^2)/(n-1))`` (0 for n=1)."""
+    if not values:
+        raise ValueError("mean_sd of no values")
+    n = len(values)
+    m = sum(values) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1)) if n > 1 else 0.0
+    return m, sd
+
+
+def format_seed_table(per_run: Sequence[Mapping[str, Mapping[str, SplitResult]]]) -> str:
+    """Markdown table of ``mean ± sd`` success (%) over runs (seeds), with the per-seed values."""
+    lines = [f"| Method | ALFWorld seen | ALFWorld unseen |", "|---|---|---|"]
+    for method, label in METHODS:
+        cells = []
+        for split, _ in SPLITS:
+            vals = [100 * r[method][split].rate for r in per_run if split in r.get(method, {})]
+            if not vals:
+                cells.append("n/a")
+                continue
+            m, sd = mean_sd(vals)
+            cells.append(f"{m:.1f} ± {sd:.1f} ({', '.join(f'{v:.1f}' for v in vals)})")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def step_reward_curve(steps_path: str | os.PathLike) -> dict[int, tuple[float, int]]:
+    """``{t: (mean step reward over trajectories, count)}`` of the scored records in a step file."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for r in load_steps(steps_path).records:
+        if r.agent_step_reward is not None:
+            acc[r.iteration].append(r.agent_step_reward)
+    return {t: (sum(v) / len(v), len(v)) for t, v in sorted(acc.items())}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_success(results: Mapping[str, Mapping[str, SplitResult]], path: str | os.PathLike,
+                 errors: Mapping[str, Mapping[str, float]] | None = None, title: str = "") -> Path:
+    """Grouped bars: success (%) per split (x) and method (bar); optional error bars (sd, in %)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(METHODS)
+    for k, (method, label) in enumerate(METHODS):
+        xs, ys, es = [], [], []
+        for i, (split, _) in enumerate(SPLITS):
+            r = results.get(method, {}).get(split)
+            if r is None:
+                continue
+            xs.append(i + (k - (len(METHODS) - 1) / 2) * width)
+            ys.append(100 * r.rate)
+            es.append((errors or {}).get(method, {}).get(split, 0.0))
+        bars = ax.bar(xs, ys, width, yerr=es if errors else None, capsize=3, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(SPLITS)), [f"{name} ({split})" for split, name in SPLITS])
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(title or "ALFWorld mini benchmark: success per split and method")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylim(0, max(10.0, ax.get_ylim()[1] * 1.25))
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_step_rewards(curves: Mapping[str, Mapping[int, tuple[float, int]]], path: str | os.PathLike) -> Path:
+    """Mean Monte Carlo step reward against the step index t, one line per kind of step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for label, curve in curves.items():
+        if not curve:
+            continue
+        ts = sorted(curve)
+        ax.plot(ts, [curve[t][0] for t in ts], marker="o", label=f"{label} ({sum(c for _, c in curve.values())} steps)")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no scored steps", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step index t (0-based, along the expert trajectory)")
+    ax.set_ylabel("mean Monte Carlo step reward")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Step reward along expert trajectories")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _data_counts(run_dir: Path) -> dict:
+    path = run_dir / "data" / "steca_pairs_summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        logger.warning("%s: not JSON; data counts left out", path)
+        return {}
+
+
+def write_report(run_dir: str | os.PathLike, assets_dir: str | os.PathLike | None = None) -> str:
+    """Write ``<run_dir>/results.md`` and the plots; copy the plots to ``assets_dir`` if given.
+
+    Returns the table (markdown) so that the caller can print it.
+    """
+    run = Path(run_dir)
+    results = load_results(run)
+    table = format_table(results)
+    plots = [plot_success(results, run / "success.png")]
+    curves = {}
+    for label, name in (("expert steps", "expert_steps_mc.jsonl"), ("explored steps", "explore_steps_mc.jsonl")):
+        p = run / "sampling" / name
+        if p.is_file():
+            curves[label] = step_reward_curve(p)
+    plots.append(plot_step_rewards(curves, run / "step_rewards.png"))
+
+    timings = read_timings(run)
+    counts = _data_counts(run)
+    lines = [f"# STeCa CPU demo: {run.name}", "", "Success rate in % (wins/games), greedy decoding.", "", table, ""]
+    if counts:
+        lines += ["## Training pairs", "", f"{counts.get('pairs', 0)} pairs: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.get("per_set", {}).items())), ""]
+        for k, v in sorted(counts.get("per_rule", {}).items()):
+            lines.append(f"- {k}: {v}")
+        lines.append("")
+    if timings:
+        lines += ["## Stage times", "", "| stage | wall s | CPU s |", "|---|---|---|"]
+        for t in timings:
+            lines.append(f"| {t.name} | {t.wall_s:.0f} | {t.cpu_s:.0f} |")
+        lines.append(f"| total | {sum(t.wall_s for t in timings):.0f} | {sum(t.cpu_s for t in timings):.0f} |")
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    (run / "results.md").write_text("\n".join(lines), encoding="utf-8")
+    if assets_dir is not None:
+        dest = Path(assets_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in plots:
+            shutil.copyfile(p, dest / f"demo_{p.name}")
+    return table
+
+
+def write_seed_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike) -> str:
+    """Mean ± sd over several runs (seeds) into ``output`` (markdown) and ``<output stem>.png``; returns the table."""
+    per_run = [load_results(d) for d in run_dirs]
+    table = format_seed_table(per_run)
+    mean_results: dict[str, dict[str, SplitResult]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    for method, _ in METHODS:
+        for split, _ in SPLITS:
+            rs = [r[method][split] for r in per_run if split in r.get(method, {})]
+            if not rs:
+                continue
+            m, sd = mean_sd([100 * r.rate for r in rs])
+            # a SplitResult whose rate is the mean rate (scaled to 10000 games to keep 2 decimals)
+            mean_results.setdefault(method, {})[split] = SplitResult(10000, round(m * 100))
+            errors.setdefault(method, {})[split] = sd
+    out = Path(output)
+    png = plot_success(mean_results, out.with_suffix(".png"), errors,
+                       title=f"ALFWorld mini benchmark: mean ± sd over {len(per_run)} seeds")
+    timing_rows = []
+    for d in run_dirs:
+        ts = read_timings(d)
+        timing_rows.append(f"| {Path(d).name} | {sum(t.wall_s for t in ts):.0f} | {sum(t.cpu_s for t in ts):.0f} |")
+    text = "\n".join([f"# STeCa CPU demo over {len(per_run)} seeds", "",
+                      "Success rate in %: mean ± sample sd (per-seed values).", "", table, "",
+                      "| run | wall s | CPU s |", "|---|---|---|", *timing_rows, "", f"![seeds]({png.name})", ""])
+    out.write_text(text, encoding="utf-8")
+    return table

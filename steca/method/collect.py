@@ -1,0 +1,266 @@
+"""Stage 3 on files: read step records and expert trajectories, build D_s / D_c / D_e, merge, summarise.
+
+The ``data_collection/*.py`` scripts are thin wrappers over :func:`main`. Each run writes, next to
+its output file ``<out>.json``: ``<out>_summary.json`` (counts per set and per rule, turned-away
+candidates per condition, problems), ``<out>_problems.jsonl`` (every record that could not be
+built, e.g. a reflection that finally failed) and PNG histograms of step rewards and distances.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
+from steca.method.deviation import RULE_PRESETS, DeviationConfig
+from steca.method.encoders import make_encoder
+from steca.method.reflection import OfflineReflector, PolicyReflector, ReflectionCache, Reflector
+from steca.method.rewards import WEIGHT_SCHEMES, WeightScheme
+from steca.records import PairRecord, SFTRecord, StepRecord, load_pairs, load_sft, load_steps, write_records
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = {"alfworld": "alfworld", "virtualhome": "virtualhome"}
+
+
+# ---------------------------------------------------------------- outputs
+def side_path(output: Path, suffix: str) -> Path:
+    """``<dir>/<stem><suffix>`` next to ``output``."""
+    return output.with_name(output.stem + suffix)
+
+
+def plot_histograms(output: Path, step_rewards: dict[str, list[float]], distances: dict[str, list[float]]) -> list[Path]:
+    """Write ``<out>_step_rewards.png`` and ``<out>_distances.png`` (matplotlib, Agg); returns the paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for suffix, data, xlabel in (("_step_rewards.png", step_rewards, "Monte Carlo step reward"),
+                                 ("_distances.png", distances, "DTW deviation distance d")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for label, values in data.items():
+            if values:
+                ax.hist(values, bins=20, alpha=0.6, label=f"{label} (n={len(values)})")
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.legend()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+        ax.set_title(output.stem)
+        fig.tight_layout()
+        path = side_path(output, suffix)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_run(output: Path, set_name: str, result: BuildResult, step_rewards: dict[str, list[float]],
+              settings: dict, invalid: list[str]) -> dict:
+    """Write the pairs, the problems, the summary and the histograms of one builder run."""
+    write_records(output, result.pairs)
+    problems_path = side_path(output, "_problems.jsonl")
+    write_records(problems_path, result.problems, fmt="jsonl")
+    plot_histograms(output, step_rewards, {set_name: result.distances})
+    rules = Counter(str(p.extra.get("rule")) for p in result.pairs)
+    summary = {"output": str(output), "set": set_name, "pairs": len(result.pairs),
+               "per_rule": dict(rules), "turned_away": dict(result.rejected),
+               "counts": dict(result.counts), "problems": len(result.problems),
+               "problems_file": str(problems_path), "invalid_input_records": invalid, "settings": settings}
+    side_path(output, "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    logger.info("%s: %d %s pairs (%s); %d problems", output, len(result.pairs), set_name, dict(rules),
+                len(result.problems))
+    return summary
+
+
+def merge_training_files(inputs: Sequence[str | Path], output: str | Path) -> dict:
+    """Concatenate training files into one (``id, prompt, chosen, rejected, reward`` + extras).
+
+    Every input is validated; a bad record is reported and skipped, a duplicate id keeps the
+    first occurrence. Writes ``<out>_summary.json`` (counts per set and rule) and histograms.
+    """
+    out = Path(output)
+    pairs: list[PairRecord] = []
+    seen: set[str] = set()
+    errors, duplicates = [], 0
+    for path in inputs:
+        loaded = load_pairs(path)
+        errors.extend(str(e) for e in loaded.errors)
+        for p in loaded.records:
+            if p.id in seen:
+                duplicates += 1
+                continue
+            seen.add(p.id)
+            pairs.append(p)
+    write_records(out, pairs)
+    by_set: dict[str, list[float]] = {}
+    for p in pairs:
+        if isinstance(p.extra.get("distance"), (int, float)):
+            by_set.setdefault(str(p.extra.get("set", "unknown")), []).append(float(p.extra["distance"]))
+    plot_histograms(out, {}, by_set)
+    summary = {"output": str(out), "pairs": len(pairs), "inputs": [str(p) for p in inputs],
+               "per_set": dict(Counter(str(p.extra.get("set", "unknown")) for p in pairs)),
+               "per_rule": dict(Counter(f"{p.extra.get('set', 'unknown')}: {p.extra.get('rule')}" for p in pairs)),
+               "duplicates_skipped": duplicates, "invalid_records": errors}
+    side_path(out, "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    logger.info("merged %d pairs into %s (%s)", len(pairs), out, summary["per_set"])
+    return summary
+
+
+# ---------------------------------------------------------------- inputs
+def load_inputs(sft_path: str, steps_paths: Sequence[str],
+                invalid: list[str]) -> tuple[dict[str, SFTRecord], list[list[StepRecord]]]:
+    """Read the SFT file and step files; every invalid record's error (file, record, field) goes to ``invalid``."""
+    sft = load_sft(sft_path)
+    invalid.extend(str(e) for e in sft.errors)
+    sft_by_id = {r.id: r for r in sft.records}
+    steps = []
+    for p in steps_paths:
+        loaded = load_steps(p)
+        invalid.extend(str(e) for e in loaded.errors)
+        steps.append(loaded.records)
+    return sft_by_id, steps
+
+
+def make_reflector(args: argparse.Namespace) -> Reflector:
+    """The reflector the command line asks for (``offline`` needs nothing)."""
+    if args.reflector == "offline":
+        logger.warning("reflections come from the OFFLINE STAND-IN template, not from an LLM")
+        return OfflineReflector()
+    from eval_agent.agents.base import SamplingParams
+    policy = make_policy(args.reflector, args.reflection_model, args.api_base)
+    cache = ReflectionCache(args.reflection_cache) if args.reflection_cache else None
+    params = SamplingParams(temperature=args.reflection_temperature, max_new_tokens=args.reflection_max_tokens)
+    return PolicyReflector(policy, f"{args.reflector}:{args.reflection_model}", params, cache, args.reflection_batch)
+
+
+def make_policy(kind: str, model: str, api_base: str | None):
+    """The reflection backend: ``openai`` (GPT-4o or any served model), ``hf`` (a local model dir) or
+    ``base`` (the base agent's own model dir through ``hf``: the paper's self-reflection variant)."""
+    from steca.sampling.policies import build_policy
+
+    return build_policy("hf" if kind == "base" else kind, model, api_base)
+
+
+def deviation_config(args: argparse.Namespace) -> DeviationConfig:
+    cfg = RULE_PRESETS[args.rule]
+    overrides = {}
+    if args.delta is not None:
+        overrides["delta"] = args.delta
+    if args.min_step is not None:
+        overrides["min_step"] = args.min_step
+    if args.max_similarity is not None:
+        overrides["max_similarity"] = None if args.max_similarity < 0 else args.max_similarity
+    if args.require_exploration_failed is not None:
+        overrides["require_exploration_failed"] = args.require_exploration_failed
+    if args.require_action_differs is not None:
+        overrides["require_action_differs"] = args.require_action_differs
+    if args.first_only is not None:
+        overrides["first_only"] = args.first_only
+    return replace(cfg, **overrides)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=f"STeCa {stage} set for {env_name}")
+    p.add_argument("--sft", required=stage != "merge", help="expert trajectories (SFT file)")
+    p.add_argument("--output", required=True, help="training file to write (.json or .jsonl)")
+    p.add_argument("--weights", choices=sorted(WEIGHT_SCHEMES), default=DEFAULT_WEIGHTS.get(env_name, "alfworld"))
+    p.add_argument("--encoder_model", default=None,
+                   help="local BERT model dir for action embeddings ([CLS]); default: hashed n-grams (no download)")
+    if stage in ("calibrated", "expert"):
+        p.add_argument("--expert_steps", required=True, help="expert step records with MC rewards")
+    if stage in ("calibrated", "expert", "explored"):
+        p.add_argument("--explore_steps", required=True, help="explored step records with MC rewards")
+    if stage == "expert":
+        p.add_argument("--margin", type=float, default=0.01)
+        p.add_argument("--include_whole", type=_bool, default=True)
+    if stage == "calibrated":
+        p.add_argument("--rule", choices=sorted(RULE_PRESETS), default="released")
+        p.add_argument("--delta", type=float, default=None)
+        p.add_argument("--min_step", type=int, default=None)
+        p.add_argument("--max_similarity", type=float, default=None, help="negative: no similarity filter")
+        p.add_argument("--require_exploration_failed", type=_bool, default=None)
+        p.add_argument("--require_action_differs", type=_bool, default=None)
+        p.add_argument("--first_only", type=_bool, default=None)
+        p.add_argument("--reflector", choices=["offline", "openai", "hf", "base"], default="offline")
+        p.add_argument("--reflection_model", default="gpt-4o")
+        p.add_argument("--api_base", default=None)
+        p.add_argument("--reflection_cache", default=None, help="JSONL cache of replies (default: <out>_reflections.jsonl)")
+        p.add_argument("--reflection_temperature", type=float, default=0.0)
+        p.add_argument("--reflection_max_tokens", type=int, default=256)
+        p.add_argument("--reflection_batch", type=int, default=8)
+        p.add_argument("--replay_check", type=_bool, default=False,
+                       help="replay every calibrated trajectory in the environment and flag it")
+        p.add_argument("--env_data", default=None, help="environment data root for --replay_check")
+        p.add_argument("--env_split", default="train")
+        p.add_argument("--drop_non_executable", type=_bool, default=False,
+                       help="with --replay_check: drop calibrations whose expert suffix the engine rejects")
+    if stage == "merge":
+        p.add_argument("inputs", nargs="+", help="training files to merge")
+    p.add_argument("--log_level", default="INFO")
+    return p
+
+
+def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
+    """Entry point of ``data_collection/*.py``: ``stage`` is calibrated / explored / expert / merge."""
+    args = build_parser(stage, env_name).parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output = Path(args.output)
+    if stage == "merge":
+        return merge_training_files(args.inputs, output)
+    weights: WeightScheme = WEIGHT_SCHEMES[args.weights]
+    encoder = make_encoder(args.encoder_model)
+    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name}
+    invalid: list[str] = []
+    if stage == "explored":
+        sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid)
+        result = build_explored(sft, explored, encoder, weights)
+        rewards = {"explored t=0": [r.agent_step_reward for r in explored if r.iteration == 0 and r.agent_step_reward is not None]}
+        return write_run(output, "explored", result, rewards, settings, invalid)
+    sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid)
+    rewards = {"expert": [r.agent_step_reward for r in expert if r.agent_step_reward is not None],
+               "explored": [r.agent_step_reward for r in explored if r.agent_step_reward is not None]}
+    if stage == "expert":
+        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole)
+        settings.update(margin=args.margin, include_whole=args.include_whole)
+        return write_run(output, "expert", result, rewards, settings, invalid)
+    if stage != "calibrated":
+        raise ValueError(f"unknown stage {stage!r}")
+    cfg = deviation_config(args)
+    if args.reflector != "offline" and args.reflection_cache is None:
+        args.reflection_cache = str(side_path(output, "_reflections.jsonl"))
+    reflector = make_reflector(args)
+    try:
+        result = build_calibrated(sft, expert, explored, cfg, encoder, reflector, weights)
+    finally:
+        reflector.close()
+    settings.update(rule=cfg.rule_name(), reflector=reflector.source,
+                    reflection_stand_in=isinstance(reflector, OfflineReflector))
+    if args.replay_check:
+        from steca.sampling.envs import make_env
+        from steca.sampling.replay import check_calibrated_pairs
+
+        env = make_env(env_name, args.env_data, args.env_split)
+        try:
+            result.pairs, replay = check_calibrated_pairs(env, result.pairs, sft, args.drop_non_executable)
+        finally:
+            env.close()
+        settings["replay"] = replay.as_dict()
+        settings["drop_non_executable"] = args.drop_non_executable
+    return write_run(output, "calibrated", result, rewards, settings, invalid)

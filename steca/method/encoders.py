@@ -1,0 +1,164 @@
+"""Action encoders: map action strings to vectors for the similarity filter and the DTW distance.
+
+Two encoders share one small interface (:class:`ActionEncoder`):
+
+* :class:`HashingEncoder` (default, no download): a deterministic bag of hashed word unigrams and
+  character n-grams, L2-normalised. Identical strings give cosine 1; strings with no shared
+  words or n-grams give cosine 0.
+* :class:`BertClsEncoder`: the [CLS] vector of the last hidden layer of a local
+  BERT-style model directory (the released code uses ``bert-base-uncased``), through
+  ``transformers``. Nothing is downloaded unless the caller passes a hub name.
+
+Both cache vectors per string, since the same few hundred action strings recur across a run.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+class ActionEncoder(ABC):
+    """Turns action strings into fixed-size vectors (one row per string)."""
+
+    name: str = "encoder"
+
+    def __init__(self) -> None:
+        self._cache: dict[str, np.ndarray] = {}
+
+    @abstractmethod
+    def _encode_new(self, texts: list[str]) -> np.ndarray:
+        """Vectors for strings not yet cached, shape ``(len(texts), dim)``."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (shape ``(len(texts), dim)``), computed once per distinct string."""
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            vecs = np.asarray(self._encode_new(missing), dtype=np.float64)
+            for t, v in zip(missing, vecs):
+                self._cache[t] = v
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float64)
+        return np.stack([self._cache[t] for t in texts])
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Vector size."""
+
+    def cosine(self, a: str, b: str) -> float:
+        """``cos(emb(a), emb(b)) = emb(a)·emb(b) / (|emb(a)| |emb(b)|)`` (0 when either vector is zero)."""
+        va, vb = self.encode([a, b])
+        return cosine_similarity(va, vb)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """``a·b / (|a| |b|)``; 0.0 when either vector has zero norm."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+class HashingEncoder(ActionEncoder):
+    """Deterministic hashed bag of words and character n-grams; needs no model and no download.
+
+    Features of ``text`` (lower-cased): each word ``w`` (weight ``word_weight``) and each
+    character n-gram of ``" " + text + " "`` for n in ``ngram_range`` (weight 1). Each feature is
+    hashed with CRC-32 into one of ``dim`` buckets with a sign from a second hash bit; the vector
+    is L2-normalised. It is not a semantic model: it measures surface overlap, which is what
+    ALFWorld/VirtualHome action strings (``go to desk 1`` vs ``go to desk 2``) mostly differ in.
+    """
+
+    name = "hashing"
+
+    def __init__(self, dim: int = 1024, ngram_range: tuple[int, int] = (3, 4), word_weight: float = 2.0):
+        super().__init__()
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        lo, hi = ngram_range
+        if lo < 1 or hi < lo:
+            raise ValueError(f"bad ngram_range {ngram_range}")
+        self._dim = dim
+        self.ngram_range = ngram_range
+        self.word_weight = word_weight
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _features(self, text: str) -> list[tuple[str, float]]:
+        low = text.lower().strip()
+        feats: list[tuple[str, float]] = [("w:" + w, self.word_weight) for w in _WORD_RE.findall(low)]
+        padded = f" {low} "
+        lo, hi = self.ngram_range
+        for n in range(lo, hi + 1):
+            feats.extend(("c:" + padded[i:i + n], 1.0) for i in range(max(0, len(padded) - n + 1)))
+        return feats
+
+    def _encode_new(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self._dim), dtype=np.float64)
+        for row, text in enumerate(texts):
+            for feat, weight in self._features(text):
+                h = zlib.crc32(feat.encode("utf-8"))
+                sign = 1.0 if (h >> 31) & 1 == 0 else -1.0
+                out[row, h % self._dim] += sign * weight
+            norm = np.linalg.norm(out[row])
+            if norm > 0:
+                out[row] /= norm
+        return out
+
+
+class BertClsEncoder(ActionEncoder):
+    """[CLS] vectors of a BERT-style model (``last_hidden_state[:, 0]``), as the released code uses.
+
+    ``model_dir`` is a local directory (or a hub name if the caller accepts a download) loadable by
+    ``transformers.AutoTokenizer``/``AutoModel``. Runs on CPU unless ``device`` says otherwise.
+    """
+
+    name = "bert-cls"
+
+    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, max_length: int = 64):
+        super().__init__()
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._dim = int(self.model.config.hidden_size)
+        logger.info("BERT [CLS] encoder from %s (hidden size %d)", model_dir, self._dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _encode_new(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        with self._torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                chunk = texts[i:i + self.batch_size]
+                enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
+                                     return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state[:, 0]
+                rows.append(hidden.float().cpu().numpy())
+        return np.concatenate(rows, axis=0)
+
+
+def make_encoder(model_dir: str | None = None, device: str = "cpu") -> ActionEncoder:
+    """:class:`BertClsEncoder` when ``model_dir`` is given, else the no-download :class:`HashingEncoder`."""
+    if model_dir:
+        return BertClsEncoder(model_dir, device=device)
+    return HashingEncoder()

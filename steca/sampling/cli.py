@@ -1,0 +1,104 @@
+"""Command line of the sampling stages (``sampling/*/*.sh`` call this through ``sampling/run_sampling.py``).
+
+Stages::
+
+    expert_steps   --sft F --output F                       (no model: expert turns + replayed outcome)
+    explore_steps  --sft F --output F --model_path M        (greedy exploration from every expert prefix)
+    mc             --steps F --output F --model_path M      (N rollouts at temperature 1 per step record)
+
+Common: ``--env alfworld|virtualhome --env_data DIR --split train``, ``--part_num/--part_idx``
+(sharding), ``--backend hf|vllm|openai`` (``--api_base`` may list several servers, comma-separated),
+``--num_workers`` (environment processes), ``--max_active`` (rollouts in flight).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from functools import partial
+from typing import Sequence
+
+from eval_agent.agents.base import SamplingParams
+from steca.records import load_sft, load_steps
+from steca.sampling.envs import make_env
+from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="STeCa sampling stages (step records and Monte Carlo step rewards)")
+    p.add_argument("stage", choices=["expert_steps", "explore_steps", "mc"])
+    p.add_argument("--env", default="alfworld", choices=["alfworld", "virtualhome"])
+    p.add_argument("--env_data", default=None, help="environment data root (ALFWorld: holds json_2.1.1/)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--task_file", default=None, help="VirtualHome: task file overriding the split's")
+    p.add_argument("--sft", help="expert trajectories (expert_steps, explore_steps)")
+    p.add_argument("--steps", help="step records to score (mc)")
+    p.add_argument("--output", required=True, help="JSONL output; an existing file is resumed")
+    p.add_argument("--part_num", type=int, default=1)
+    p.add_argument("--part_idx", type=int, default=0)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"])
+    p.add_argument("--agent_config", default=None, help="backend config name or JSON path (default: --backend)")
+    p.add_argument("--model_path", help="model dir (hf/vllm) or served model name (openai)")
+    p.add_argument("--api_base", default=None, help="OpenAI-compatible base URL(s), comma-separated")
+    p.add_argument("--num_rollouts", type=int, default=5)
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 (explore_steps), 1.0 (mc)")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_steps", type=int, default=None, help="default: the environment's (40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=0, help="environment worker processes (0: in-process)")
+    p.add_argument("--max_active", type=int, default=256, help="rollouts in flight (generation batch)")
+    p.add_argument("--save_rollouts", action="store_true", help="mc: keep each rollout's generated turns")
+    p.add_argument("--log_level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shard = Shard(args.part_num, args.part_idx)
+    factory = partial(make_env, args.env, args.env_data, args.split, task_file=args.task_file)
+    if args.stage == "expert_steps":
+        if not args.sft:
+            raise SystemExit("expert_steps needs --sft")
+        sft = load_sft(args.sft).records
+        env = factory()
+        try:
+            report = expert_steps(sft, env, args.output, shard)
+        finally:
+            env.close()
+    else:
+        from eval_agent.engine import RolloutEngine
+        from steca.sampling.policies import build_policy
+
+        if not args.model_path:
+            raise SystemExit(f"{args.stage} needs --model_path")
+        temperature = args.temperature if args.temperature is not None else (0.0 if args.stage == "explore_steps" else 1.0)
+        params = SamplingParams(temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+        policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config)
+        engine = RolloutEngine(policy, factory, num_workers=args.num_workers, max_active=args.max_active,
+                               default_params=params, seed=args.seed, progress_desc=args.stage)
+        try:
+            if args.stage == "explore_steps":
+                if not args.sft:
+                    raise SystemExit("explore_steps needs --sft")
+                report = explore_steps(load_sft(args.sft).records, engine, args.output, params, shard, args.max_steps)
+            else:
+                if not args.steps:
+                    raise SystemExit("mc needs --steps")
+                report = monte_carlo(load_steps(args.steps).records, engine, args.output, args.num_rollouts, params,
+                                     shard, args.max_steps, args.save_rollouts)
+            logger.info("engine: %s", engine.stats)
+        finally:
+            engine.close()
+            policy.close()
+    summary = {"stage": args.stage, "output": args.output, **asdict(report)}
+    logger.info("%s", json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

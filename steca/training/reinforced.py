@@ -1,0 +1,252 @@
+"""Stage 4: STeCa's reinforced training on ``{id, prompt, chosen, rejected, reward}`` pair files.
+
+Per pair the loss is ``reward * [ -log sigmoid(beta * delta) - lp(chosen) ]`` (see
+:mod:`steca.training.losses`), with ``lp`` summed over the continuation's assistant tokens only.
+``beta = 0`` (the released setting and our default) makes it a reward-weighted summed NLL of the
+chosen continuation: no reference model is loaded and the rejected side is not even tokenised.
+With ``beta > 0`` the reference is the frozen starting model: peft's disabled adapter when
+training LoRA, else a frozen copy loaded from ``--ref_model_name_or_path`` (default: the start model).
+``--no_reward_weighting`` gives the paper's "no reward weighting" ablation (every weight 1).
+
+    python -m steca.training.reinforced --model_name_or_path out/sft --data_path data/steca_pairs.json \\
+        --output_dir out/steca --learning_rate 3e-6 --num_train_epochs 1
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from steca.records import PairRecord, RecordError, load_pairs
+from steca.training.chat import IGNORE_INDEX, encode_prompt_continuation
+from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
+                                   save_final)
+from steca.training.losses import sequence_logprobs, steca_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReinforcedArguments:
+    """Options of STeCa's objective."""
+
+    beta: float = field(default=0.0, metadata={"help": "weight of the DPO term; 0 (released) = reward-weighted NLL"})
+    no_reward_weighting: bool = field(default=False, metadata={"help": "ablation: every pair weighs 1"})
+    max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (from the end)"})
+    max_target_length: int = field(default=3072, metadata={"help": "continuation tokens kept (from the start)"})
+    ref_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "reference model for beta > 0 without LoRA (default: --model_name_or_path)"})
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    output_dir: Path
+    global_step: int
+    losses: list[float] = field(default_factory=list)
+    train_runtime: float = 0.0
+
+
+def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: int | None,
+                 max_target_length: int | None, with_rejected: bool, path: str | os.PathLike | None = None,
+                 strict: bool = False, indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Tokenise pairs: ``chosen_input_ids``/``chosen_labels`` (and the rejected ones when asked) and ``reward``.
+
+    A pair the chat template refuses or with no chosen assistant token left after truncation is
+    skipped with a warning naming it (``strict``: raised).
+    """
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    for k, rec in enumerate(tqdm(records, desc="tokenising pairs", disable=len(records) < 200)):
+        i = indices[k] if indices is not None else k
+        field_name = "chosen"
+        try:
+            row: dict[str, Any] = {"reward": float(rec.reward)}
+            enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.chosen, max_prompt_length, max_target_length)
+            if enc.n_trained == 0:
+                raise RecordError(path, i, "chosen", "no assistant token left to train after truncation", rec.id)
+            row["chosen_input_ids"], row["chosen_labels"] = enc.input_ids, enc.labels
+            if with_rejected:
+                field_name = "rejected"
+                enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.rejected, max_prompt_length,
+                                                 max_target_length)
+                row["rejected_input_ids"], row["rejected_labels"] = enc.input_ids, enc.labels
+        except RecordError as e:
+            if strict:
+                raise
+            logger.warning("skipping: %s", e)
+            continue
+        except Exception as e:  # the chat template refused the conversation
+            err = RecordError(path, i, field_name, f"cannot render with the chat template: {e}", rec.id)
+            if strict:
+                raise err from e
+            logger.warning("skipping: %s", err)
+            continue
+        rows.append(row)
+    return rows
+
+
+def build_pair_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = 512,
+                       max_target_length: int | None = 3072, with_rejected: bool = False, strict: bool = False):
+    """A ``datasets.Dataset`` of tokenised pairs from a pair file (see :func:`encode_pairs`)."""
+    from datasets import Dataset
+
+    res = load_pairs(path, strict=strict)
+    rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, with_rejected, path, strict,
+                        record_indices(len(res.records), res.errors))
+    n_bad = len(res.errors) + len(res.records) - len(rows)
+    if n_bad:
+        logger.warning("%s: %d of %d record(s) skipped", path, n_bad, len(res.records) + len(res.errors))
+    if not rows:
+        raise ValueError(f"{path}: no usable training pair")
+    return Dataset.from_list(rows)
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    n = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+
+
+@dataclass
+class PairCollator:
+    """Right-pads a batch; with rejected sequences, rows ``[0, B)`` are chosen and ``[B, 2B)`` rejected."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [r["chosen_input_ids"] for r in rows]
+        labels = [r["chosen_labels"] for r in rows]
+        if "rejected_input_ids" in rows[0]:
+            ids += [r["rejected_input_ids"] for r in rows]
+            labels += [r["rejected_labels"] for r in rows]
+        return {
+            "input_ids": _pad(ids, self.pad_token_id),
+            "attention_mask": _pad([[1] * len(s) for s in ids], 0),
+            "labels": _pad(labels, IGNORE_INDEX),
+            "reward": torch.tensor([float(r["reward"]) for r in rows], dtype=torch.float32),
+        }
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class ReinforcedTrainer(Trainer):
+        """``transformers.Trainer`` whose loss is STeCa's objective on tokenised pairs (:class:`PairCollator`)."""
+
+        def __init__(self, *args: Any, beta: float = 0.0, reward_weighting: bool = True,
+                     ref_model: torch.nn.Module | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.beta = beta
+            self.reward_weighting = reward_weighting
+            self.ref_model = ref_model
+            if ref_model is not None:
+                self.ref_model = ref_model.to(self.args.device).eval()
+                for p in self.ref_model.parameters():
+                    p.requires_grad_(False)
+            # our loss is a mean over pairs, not normalised by a token count: let Trainer divide by GA steps
+            self.loss_is_scaled_for_ga = False
+            self._pair_metrics: dict[str, list[float]] = defaultdict(list)
+
+        def _reference_logps(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            with torch.no_grad():
+                if self.ref_model is not None:
+                    logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                else:  # LoRA: the base model with the adapter switched off is the starting policy
+                    unwrapped = self.accelerator.unwrap_model(model)
+                    with unwrapped.disable_adapter():
+                        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                return sequence_logprobs(logits, inputs["labels"])
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            rewards = inputs["reward"]
+            b = rewards.shape[0]
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            logps = sequence_logprobs(out.logits, inputs["labels"])
+            if self.beta > 0:
+                if logps.shape[0] != 2 * b:
+                    raise ValueError("beta > 0 needs rejected sequences in the batch (build the dataset with_rejected)")
+                ref = self._reference_logps(model, inputs)
+                res = steca_loss(logps[:b], rewards, self.beta, logps[b:], ref[:b], ref[b:], self.reward_weighting)
+            else:
+                res = steca_loss(logps[:b], rewards, 0.0, reward_weighting=self.reward_weighting)
+            self._pair_metrics["nll_chosen"].append(res.nll.detach().mean().item())
+            if res.margin is not None:
+                self._pair_metrics["margin"].append(res.margin.detach().mean().item())
+                self._pair_metrics["preference_loss"].append(res.preference.detach().mean().item())
+            return (res.loss, out) if return_outputs else res.loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            for k, v in self._pair_metrics.items():
+                if v:
+                    logs[k] = sum(v) / len(v)
+            self._pair_metrics.clear()
+            super().log(logs, *args, **kwargs)
+
+    return ReinforcedTrainer
+
+
+def make_reinforced_trainer(model, tokenizer, train_dataset, args, beta: float = 0.0, reward_weighting: bool = True,
+                            ref_model=None, callbacks: list | None = None):
+    """A ``ReinforcedTrainer`` (``transformers.Trainer`` subclass) ready to ``train()``."""
+    args.remove_unused_columns = False
+    return _trainer_class()(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                            data_collator=PairCollator(tokenizer.pad_token_id), beta=beta,
+                            reward_weighting=reward_weighting, ref_model=ref_model, callbacks=callbacks)
+
+
+def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_args: ReinforcedArguments, config,
+                     callbacks: list | None = None) -> TrainResult:
+    """Run STeCa's reinforced training; ``config`` is a ``transformers.TrainingArguments``."""
+    from peft import get_peft_model
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    need_rejected = rl_args.beta > 0
+    dataset = build_pair_dataset(data_args.data_path, tokenizer, rl_args.max_prompt_length,
+                                 rl_args.max_target_length, need_rejected, data_args.strict_data)
+    logger.info("reinforced training on %d pairs (beta=%g, reward weighting %s)", len(dataset), rl_args.beta,
+                "off" if rl_args.no_reward_weighting else "on")
+    model = load_model(model_args)
+    ref_model = None
+    peft_cfg = lora_config(model_args)
+    if peft_cfg is not None:
+        model = get_peft_model(model, peft_cfg)
+    elif need_rejected:
+        ref_args = ModelArguments(model_name_or_path=rl_args.ref_model_name_or_path or model_args.model_name_or_path,
+                                  dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+        ref_model = load_model(ref_args)
+    trainer = make_reinforced_trainer(model, tokenizer, dataset, config, rl_args.beta,
+                                      not rl_args.no_reward_weighting, ref_model, callbacks)
+    run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
+    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(out, trainer.state.global_step, losses, float(run.metrics.get('train_runtime', 0.0)))
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, ReinforcedArguments, TrainingArguments))
+    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "lr_scheduler_type": "constant_with_warmup",
+                            "warmup_steps": 0.1, "num_train_epochs": 1.0})
+    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, rl_args, config = parse_args(argv if argv is not None else sys.argv[1:])
+    result = train_reinforced(model_args, data_args, rl_args, config, None)
+    logger.info("reinforced training done: %d steps, model saved to %s", result.global_step, result.output_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()

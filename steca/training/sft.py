@@ -1,0 +1,128 @@
+"""Stage 1: supervised fine-tuning on expert trajectories (STeCa's SFT format), loss on assistant turns only.
+
+Uses trl's ``SFTTrainer`` on a dataset we tokenise ourselves: each conversation is rendered with the
+tokenizer's chat template and every token outside an assistant turn (instruction, observations,
+role markers) gets label ``-100``; each assistant turn's tokens and its end-of-turn token are trained
+(see :mod:`steca.training.chat`). All ``transformers``/``trl`` training options are accepted on the
+command line (``--learning_rate``, ``--num_train_epochs``, ``--fsdp``, ``--deepspeed``, ...).
+
+    python -m steca.training.sft --model_name_or_path models/tiny --data_path data/alfworld_sft.json \\
+        --output_dir out/sft --num_train_epochs 3 --learning_rate 1e-3
+
+Multi-GPU: ``accelerate launch --config_file sft/configs/fsdp.yaml -m steca.training.sft ...``.
+An existing ``checkpoint-*`` in ``output_dir`` is resumed from (``--resume auto``, the default).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from steca.records import RecordError, SFTRecord, load_sft
+from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
+from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
+                                   save_final)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTResult:
+    """What a finished SFT run produced."""
+
+    output_dir: Path
+    global_step: int
+    losses: list[float] = field(default_factory=list)
+    train_runtime: float = 0.0
+
+
+def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int | None,
+                       path: str | os.PathLike | None = None, strict: bool = False,
+                       indices: Sequence[int] | None = None) -> list[EncodedChat]:
+    """Tokenise SFT records with assistant-only labels; a record the template rejects, or with nothing
+    left to train after truncation, is skipped with a warning naming it (or raises with ``strict``)."""
+    from tqdm import tqdm
+
+    out: list[EncodedChat] = []
+    for k, rec in enumerate(tqdm(records, desc="tokenising SFT data", disable=len(records) < 200)):
+        i = indices[k] if indices is not None else k
+        try:
+            enc = truncate_keep_start(encode_chat(tokenizer, rec.conversations), max_length)
+            if enc.n_trained == 0:
+                raise RecordError(path, i, "conversations", "no assistant token left to train after truncation "
+                                  f"to {max_length} tokens", rec.id)
+        except RecordError as e:
+            if strict:
+                raise
+            logger.warning("skipping: %s", e)
+            continue
+        except Exception as e:  # the chat template refused the conversation (e.g. roles do not alternate)
+            err = RecordError(path, i, "conversations", f"cannot render with the chat template: {e}", rec.id)
+            if strict:
+                raise err from e
+            logger.warning("skipping: %s", err)
+            continue
+        out.append(enc)
+    return out
+
+
+def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` from an SFT file.
+
+    Malformed records are skipped with a warning naming the file, record and field (``strict``:
+    raise the first). Raises ``ValueError`` naming the file when no usable record is left.
+    """
+    from datasets import Dataset
+
+    res = load_sft(path, strict=strict)
+    encoded = encode_sft_records(res.records, tokenizer, max_length, path, strict,
+                                 record_indices(len(res.records), res.errors))
+    n_bad = len(res.errors) + len(res.records) - len(encoded)
+    if n_bad:
+        logger.warning("%s: %d of %d record(s) skipped", path, n_bad, len(res.records) + len(res.errors))
+    if not encoded:
+        raise ValueError(f"{path}: no usable SFT record")
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+
+
+def train_sft(model_args: ModelArguments, data_args: DataArguments, config, callbacks: list | None = None) -> SFTResult:
+    """Run SFT with trl's ``SFTTrainer``; ``config`` is a ``trl.SFTConfig``. Resumes per ``data_args.resume``."""
+    from trl import SFTTrainer
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data)
+    logger.info("SFT on %d conversations, %d tokens, %d trained", len(dataset),
+                sum(len(x) for x in dataset["input_ids"]), sum(sum(1 for t in x if t != -100) for x in dataset["labels"]))
+    model = load_model(model_args)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(model_args), callbacks=callbacks)
+    resume = resolve_resume(data_args.resume, config.output_dir)
+    run = trainer.train(resume_from_checkpoint=resume)
+    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return SFTResult(out, trainer.state.global_step, losses, float(run.metrics.get('train_runtime', 0.0)))
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    from transformers import HfArgumentParser
+    from trl import SFTConfig
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, SFTConfig))
+    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "max_length": 4096})
+    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+
+
+def main(argv: Sequence[str] | None = None) -> SFTResult:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, config = parse_args(argv if argv is not None else sys.argv[1:])
+    result = train_sft(model_args, data_args, config)
+    logger.info("SFT done: %d steps, model saved to %s", result.global_step, result.output_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()

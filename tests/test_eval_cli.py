@@ -1,0 +1,54 @@
+"""The evaluation CLI contract: per-task JSON + summary, resume without --override, last line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from eval_agent.main import task_file_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "eval_agent.main", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_expert_scores_one_on_all_dev_games(alfworld_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    lines = _run("--exp_config", "alfworld", "--split", "dev", "--agent_config", "expert",
+                 "--data_dir", str(alfworld_data), "--output_path", str(out), "--num_workers", "2")
+    assert lines[-1] == "Success rate: 1.0000"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_tasks"] == 140 and summary["n_success"] == 140
+    assert len(list(out.glob("*.json"))) == 141
+
+
+def test_resume_skips_finished_tasks(alfworld_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    common = ["--exp_config", "alfworld", "--split", "dev", "--agent_config", "expert",
+              "--data_dir", str(alfworld_data), "--output_path", str(out), "--num_workers", "0"]
+    _run(*common, "--max_tasks", "2")
+    files = sorted(out.glob("*.json"))
+    stamps = {f.name: f.stat().st_mtime_ns for f in files if f.name != "summary.json"}
+    assert len(stamps) == 2
+    # a half-written (unfinished) episode file from a killed run is redone
+    third = json.loads(files[0].read_text())
+    third["meta"]["finished"] = False
+    (out / "unfinished.json").write_text(json.dumps(third))
+    lines = _run(*common, "--max_tasks", "3")
+    assert lines[-1] == "Success rate: 1.0000"
+    for name, stamp in stamps.items():
+        assert (out / name).stat().st_mtime_ns == stamp  # not redone
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_tasks"] == 3  # every task exactly once
+    lines = _run(*common, "--max_tasks", "2", "--override")
+    assert any((out / n).stat().st_mtime_ns != s for n, s in stamps.items())
+
+
+def test_task_file_names_are_flat() -> None:
+    assert task_file_name("pick_and_place_simple-X-None-Y-1/trial_T2019") == "pick_and_place_simple-X-None-Y-1__trial_T2019.json"

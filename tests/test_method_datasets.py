@@ -1,0 +1,178 @@
+"""Dataset builders (D_c, D_e, D_s), reflection plumbing, the merged file and the CLI outputs."""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import pytest
+
+from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.types import Message
+from steca.method.collect import main as collect_main
+from steca.method.datasets import (RULE_EXPERT_WHOLE, build_calibrated, build_expert, build_explored,
+                                   rule_expert_beats)
+from steca.method.deviation import RELEASED_RULE
+from steca.method.dtw import trajectory_distance
+from steca.method.encoders import HashingEncoder
+from steca.method.reflection import (OfflineReflector, PolicyReflector, ReflectionCache, ReflectionRequest,
+                                     parse_reflection, reflection_prompt)
+from steca.method.rewards import ALFWORLD_WEIGHTS, WeightScheme
+from steca.records import load_pairs, write_records
+from tests.method_fixtures import (EXPERT_ACTIONS, EXPERT_OBS, explored_fixture, explored_step, expert_prefix,
+                                   expert_rewards, expert_sft, turn)
+
+
+class ScriptedPolicy(Policy):
+    """Replies from a function of the prompt; counts calls (for cache tests of pure plumbing)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = 0
+
+    def generate(self, batch: Sequence[Sequence[Message]], params: SamplingParams) -> list[str]:
+        self.calls += 1
+        return [self.reply(list(m)) for m in batch]
+
+
+def test_calibrated_pair_structure():
+    sft = {"t1": expert_sft()}
+    res = build_calibrated(sft, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE,
+                           HashingEncoder(), OfflineReflector(), ALFWORLD_WEIGHTS)
+    assert [p.id for p in res.pairs] == ["t1_calibrated_2", "t1_calibrated_4"]
+    p = res.pairs[0]
+    # prompt = expert prefix of step 2 + the deviated turn and its observation
+    assert p.prompt[:-2] == expert_prefix(2)
+    assert p.prompt[-2].content.endswith("Action: go to shelf 1")
+    assert p.prompt[-1].content == "Observation: Nothing happens."
+    # chosen = reflective turn ending in the expert action, then the expert suffix
+    assert p.chosen[0].role == "assistant" and p.chosen[0].content.startswith("Thought: ")
+    assert p.chosen[0].content.endswith(f"\nAction: {EXPERT_ACTIONS[2]}")
+    assert p.chosen[1].content == f"Observation: {EXPERT_OBS[2]}"
+    assert [m.content for m in p.chosen[2:]] == [m.content for m in expert_sft().conversations[3 + 6:]]
+    # rejected = the exploration after the deviated step
+    assert [m.content for m in p.rejected if m.role == "assistant"] == [turn("look", "exploring").content,
+                                                                        turn("inventory", "exploring").content]
+    d = trajectory_distance(p.chosen, p.rejected, HashingEncoder())
+    assert p.extra["distance"] == pytest.approx(d) and p.reward == pytest.approx(1 + 0.01 * d)
+    assert p.extra["set"] == "calibrated" and p.extra["rule"] == RELEASED_RULE.rule_name()
+    assert p.extra["reflection_stand_in"] is True and p.extra["reflection_source"] == "offline-stand-in"
+    assert res.problems == []
+
+
+def test_policy_reflection_overrides_action_and_uses_cache(tmp_path):
+    policy = ScriptedPolicy(lambda m: "Thought: I went the wrong way; the drawer is where the pen goes.\nAction: jump")
+    cache = ReflectionCache(tmp_path / "cache.jsonl")
+    refl = PolicyReflector(policy, "scripted", cache=cache, batch_size=1)
+    sft = {"t1": expert_sft()}
+    args = (sft, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE, HashingEncoder())
+    res = build_calibrated(*args, refl, ALFWORLD_WEIGHTS)
+    refl.close()
+    assert policy.calls == 2
+    assert res.pairs[0].chosen[0].content == ("Thought: I went the wrong way; the drawer is where the pen goes.\n"
+                                              f"Action: {EXPERT_ACTIONS[2]}")
+    # a rerun with the cache on disk costs no call
+    policy2 = ScriptedPolicy(lambda m: pytest.fail("the cache should answer"))
+    refl2 = PolicyReflector(policy2, "scripted", cache=ReflectionCache(tmp_path / "cache.jsonl"))
+    res2 = build_calibrated(*args, refl2, ALFWORLD_WEIGHTS)
+    refl2.close()
+    assert policy2.calls == 0 and [p.to_dict() for p in res2.pairs] == [p.to_dict() for p in res.pairs]
+
+
+def test_failed_reflection_is_reported_not_dropped(tmp_path):
+    def reply(msgs):
+        if "go to shelf 1" in msgs[0].content.split("most recent action")[1][:40]:
+            raise ConnectionError("server said 503")
+        return "Thought: Wrong turn.\nAction: x"
+
+    class Flaky(ScriptedPolicy):
+        def generate(self, batch, params):
+            self.calls += 1
+            return [self.reply(list(m)) for m in batch]
+
+    res = build_calibrated({"t1": expert_sft()}, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE,
+                           HashingEncoder(), PolicyReflector(Flaky(reply), "flaky", batch_size=4), ALFWORLD_WEIGHTS)
+    assert [p.id for p in res.pairs] == ["t1_calibrated_4"]
+    assert len(res.problems) == 1
+    assert res.problems[0]["kind"] == "reflection_failed" and res.problems[0]["iteration"] == 2
+    assert "503" in res.problems[0]["error"]
+
+
+def test_reflection_prompt_and_parse():
+    req = ReflectionRequest("k", tuple(expert_prefix(2) + [turn("go to shelf 1"), Message("user", "Observation: x")]),
+                            "go to shelf 1", "go to drawer 1")
+    text = reflection_prompt(req)[0].content
+    assert "go to shelf 1" in text and "go to drawer 1" in text and "Your task is to: put a pen in drawer." in text
+    assert parse_reflection("Thought: a b\n c\nAction: go") == "a b c"
+    assert parse_reflection("just text") == "just text"
+    assert parse_reflection("Action: go to desk 1") is None
+
+
+def test_explored_set_threshold_and_weight():
+    sft = {"t1": expert_sft()}
+    explored = list(explored_fixture().values())
+    lenient = WeightScheme("lenient", 0.01, explored_max_distance=1.0)
+    res = build_explored(sft, explored, HashingEncoder(), lenient)
+    assert [p.id for p in res.pairs] == ["t1_explored_0"]
+    p = res.pairs[0]
+    assert p.prompt == expert_prefix(0)
+    assert [m.content for m in p.rejected] == [m.content for m in expert_sft().conversations[3:]]
+    assert p.chosen[0].content.endswith("Action: go to desk 1")
+    d = p.extra["distance"]
+    assert 0 < d < 1 and p.reward == pytest.approx(1 - 0.01 * d)
+    # the released ALFWorld threshold (d < 0.013) drops this exploration (it skips three expert steps)
+    strict = build_explored(sft, explored, HashingEncoder(), ALFWORLD_WEIGHTS)
+    assert strict.pairs == [] and strict.rejected["distance_too_large"] == 1
+
+
+def test_expert_subtrajectory_rules():
+    sft = {"t1": expert_sft()}
+    failed_t0 = explored_step(0, "go to shelf 1", 0.0, 0.0)
+    explored = [failed_t0] + [explored_fixture()[t] for t in (2, 3, 4)]
+    explored.append(explored_step(1, "go to shelf 1", 0.795, 0.0))  # r_expert(1)=0.8: margin 0.005 < 0.01
+    res = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS)
+    rules = {p.id: p.extra["rule"] for p in res.pairs}
+    # t=2: 0.8-0.4; t=3: 1.0-0.6; t=4: 1.0-0.2 (all > 0.01, outcome 1 vs 0); t=1 too close
+    assert rules == {"t1_expert_0": RULE_EXPERT_WHOLE, "t1_expert_2": rule_expert_beats(0.01),
+                     "t1_expert_3": rule_expert_beats(0.01), "t1_expert_4": rule_expert_beats(0.01)}
+    assert res.rejected["expert_step_not_better"] == 1
+    p = next(p for p in res.pairs if p.id == "t1_expert_2")
+    assert p.prompt == expert_prefix(2)
+    assert p.chosen[0].content.endswith(f"Action: {EXPERT_ACTIONS[2]}")
+    assert p.rejected[0].content.endswith("Action: go to shelf 1")
+    assert p.reward == pytest.approx(1 + 0.01 * p.extra["distance"])
+    no_whole = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS, include_whole=False)
+    assert "t1_expert_0" not in {p.id for p in no_whole.pairs}
+
+
+def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
+    write_records(tmp_path / "sft.json", [expert_sft()])
+    write_records(tmp_path / "expert_steps.jsonl", expert_rewards())
+    bad = {"id": "t9", "iteration": "two", "agent_step_output": "x", "agent_step_conversations": []}
+    with (tmp_path / "explore_steps.jsonl").open("w") as f:
+        for r in explored_fixture().values():
+            f.write(json.dumps(r.to_dict()) + "\n")
+        f.write(json.dumps(bad) + "\n")  # one bad record must not lose the others
+    common = ["--sft", str(tmp_path / "sft.json"), "--explore_steps", str(tmp_path / "explore_steps.jsonl"),
+              "--log_level", "WARNING"]
+    out = tmp_path / "run"
+    s_c = collect_main("calibrated", "alfworld", common + ["--expert_steps", str(tmp_path / "expert_steps.jsonl"),
+                                                           "--output", str(out / "cali.json")])
+    s_s = collect_main("expert", "alfworld", common + ["--expert_steps", str(tmp_path / "expert_steps.jsonl"),
+                                                       "--output", str(out / "expert.json")])
+    s_e = collect_main("explored", "alfworld", common + ["--output", str(out / "explored.json")])
+    assert s_c["pairs"] == 2 and s_c["settings"]["reflection_stand_in"] is True
+    # D_s: t=1..4 each beat by the expert (t=0 exploration succeeded: no whole-expert pair)
+    assert s_s["pairs"] == 4 and s_e["pairs"] == 0
+    assert len(s_c["invalid_input_records"]) == 1 and "record 5 (id='t9'), field 'iteration'" in s_c["invalid_input_records"][0]
+    merged = collect_main("merge", "alfworld", [str(out / "cali.json"), str(out / "expert.json"),
+                                                str(out / "explored.json"), "--output", str(out / "train.json")])
+    assert merged["pairs"] == 6 and merged["per_set"] == {"calibrated": 2, "expert": 4}
+    loaded = load_pairs(out / "train.json", strict=True).records
+    assert all(set(p.to_dict()) >= {"id", "prompt", "chosen", "rejected", "reward", "set", "rule"} for p in loaded)
+    for name in ("cali", "expert", "explored", "train"):
+        assert (out / f"{name}_summary.json").exists()
+        assert (out / f"{name}_distances.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "cali_step_rewards.png").stat().st_size > 0
+    summary = json.loads((out / "cali_summary.json").read_text())
+    assert summary["per_rule"] == {RELEASED_RULE.rule_name(): 2}
+    assert summary["turned_away"]["same_action"] == 1

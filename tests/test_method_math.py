@@ -1,0 +1,194 @@
+"""The method's pure math: step rewards, DTW, encoders, weights, the deviation rule and its filters."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from steca.method.deviation import PAPER_RULE, RELEASED_RULE, DeviationConfig, find_deviations, step_conditions
+from steca.method.dtw import assistant_actions, dtw_distance, dtw_total_cost, trajectory_distance
+from steca.method.encoders import BertClsEncoder, HashingEncoder, cosine_similarity, make_encoder
+from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS, step_reward
+from tests.method_fixtures import explored_fixture, explored_step, expert_rewards, expert_step, turn
+
+
+# ------------------------------------------------------------------ step rewards
+def test_step_reward_is_mean_of_outcomes():
+    assert step_reward([1, 0, 0, 1, 1]) == pytest.approx(0.6)
+    assert step_reward([0.0]) == 0.0
+    with pytest.raises(ValueError):
+        step_reward([])
+
+
+# ------------------------------------------------------------------ DTW
+def test_dtw_hand_computed_orthogonal_swap():
+    # C = [[1, 0], [0, 1]]; best path (0,0)->(1,1) costs 2 (diagonal) = (0,0)->(0,1)->(1,1) = 1+0+1
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    y = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert dtw_distance(x, y) == pytest.approx(2.0 / math.sqrt(8))
+
+
+def test_dtw_hand_computed_unequal_lengths():
+    # x = [e1], y = [(1,1), e2]: costs 1 - 1/sqrt(2) and 1; one path; divided by sqrt(1 + 4)
+    x = np.array([[1.0, 0.0]])
+    y = np.array([[1.0, 1.0], [0.0, 1.0]])
+    assert dtw_distance(x, y) == pytest.approx((1 - 1 / math.sqrt(2) + 1.0) / math.sqrt(5))
+
+
+def test_dtw_identical_sequences_cost_zero_and_warping_absorbs_repeats():
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert dtw_distance(x, x) == pytest.approx(0.0)
+    y = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert dtw_distance(x, y) == pytest.approx(0.0)
+
+
+def _brute_force_dtw(cost: np.ndarray) -> float:
+    n, m = cost.shape
+    best = math.inf
+
+    def walk(i: int, j: int, acc: float) -> None:
+        nonlocal best
+        acc += cost[i, j]
+        if (i, j) == (n - 1, m - 1):
+            best = min(best, acc)
+            return
+        for di, dj in ((1, 0), (0, 1), (1, 1)):
+            if i + di < n and j + dj < m:
+                walk(i + di, j + dj, acc)
+
+    walk(0, 0, 0.0)
+    return best
+
+
+def test_dtw_matches_enumeration_of_all_warping_paths():
+    rng = np.random.default_rng(0)
+    for n, m in itertools.product(range(1, 5), range(1, 5)):
+        cost = rng.random((n, m))
+        assert dtw_total_cost(cost) == pytest.approx(_brute_force_dtw(cost))
+
+
+def test_dtw_empty_sequence_raises():
+    with pytest.raises(ValueError):
+        dtw_total_cost(np.zeros((0, 3)))
+
+
+def test_trajectory_distance_uses_assistant_actions_only():
+    enc = HashingEncoder()
+    a = [turn("go to desk 1"), turn("open drawer 1")]
+    assert assistant_actions(a) == ["go to desk 1", "open drawer 1"]
+    assert trajectory_distance(a, list(a), enc) == pytest.approx(0.0, abs=1e-12)
+    b = [turn("heat mug 1 with microwave 1")]
+    expected = dtw_distance(enc.encode(["go to desk 1", "open drawer 1"]), enc.encode(["heat mug 1 with microwave 1"]))
+    assert trajectory_distance(a, b, enc) == pytest.approx(expected)
+    assert 0 < expected < 2
+
+
+# ------------------------------------------------------------------ encoders
+def test_hashing_encoder_deterministic_and_normalised():
+    e1, e2 = HashingEncoder(), HashingEncoder()
+    v1, v2 = e1.encode(["go to desk 1"]), e2.encode(["go to desk 1"])
+    np.testing.assert_array_equal(v1, v2)
+    assert np.linalg.norm(v1[0]) == pytest.approx(1.0)
+    assert e1.cosine("go to desk 1", "go to desk 1") == pytest.approx(1.0)
+    assert e1.cosine("go to desk 1", "go to desk 2") > e1.cosine("go to desk 1", "clean mug 1 with sinkbasin 1")
+    assert cosine_similarity(np.zeros(3), np.ones(3)) == 0.0
+    assert isinstance(make_encoder(None), HashingEncoder)
+
+
+def test_bert_cls_encoder_on_a_tiny_random_bert(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "go", "to", "desk", "open", "drawer", "1", "2"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True).save_pretrained(tmp_path)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)
+    BertModel(cfg).save_pretrained(tmp_path)
+    enc = make_encoder(str(tmp_path))
+    assert isinstance(enc, BertClsEncoder) and enc.dim == 16
+    vecs = enc.encode(["go to desk 1", "open drawer 2", "go to desk 1"])
+    assert vecs.shape == (3, 16)
+    np.testing.assert_allclose(vecs[0], vecs[2], rtol=1e-6)
+    assert enc.cosine("go to desk 1", "go to desk 1") == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ weights
+def test_released_weight_schemes():
+    assert ALFWORLD_WEIGHTS.calibrated(0.5) == pytest.approx(1.005)
+    assert ALFWORLD_WEIGHTS.expert(0.5) == pytest.approx(1.005)
+    assert ALFWORLD_WEIGHTS.explored(0.5) == pytest.approx(0.995)
+    assert ALFWORLD_WEIGHTS.keep_explored(0.0129) and not ALFWORLD_WEIGHTS.keep_explored(0.013)
+    assert VIRTUALHOME_WEIGHTS.calibrated(0.25) == pytest.approx(1.25)
+    assert VIRTUALHOME_WEIGHTS.explored(0.25) == pytest.approx(0.75)
+    assert VIRTUALHOME_WEIGHTS.keep_explored(0.0) and not VIRTUALHOME_WEIGHTS.keep_explored(1e-22)
+
+
+# ------------------------------------------------------------------ deviation rule
+def _selected(cfg: DeviationConfig, explored=None, expert=None) -> list[int]:
+    explored = explored if explored is not None else list(explored_fixture().values())
+    res = find_deviations(expert if expert is not None else expert_rewards(), explored, cfg, HashingEncoder())
+    return [d.t for d in res.deviations]
+
+
+def test_released_rule_selects_exactly_the_expected_steps():
+    res = find_deviations(expert_rewards(), list(explored_fixture().values()), RELEASED_RULE, HashingEncoder())
+    assert [d.t for d in res.deviations] == [2, 4]
+    assert res.rejected["step_too_early"] == 2 and res.rejected["same_action"] == 1
+    d2 = res.deviations[0]
+    assert (d2.explore_reward, d2.expert_prev_reward) == (0.4, 0.8)
+    assert d2.explored_action == "go to shelf 1" and d2.expert_action == "go to drawer 1"
+    assert d2.rule == RELEASED_RULE.rule_name()
+    assert "every_deviated_step" in d2.rule and "cos<0.95" in d2.rule
+
+
+def test_each_filter_as_an_option():
+    # skip t=0,1 off: t=1 (0.2 - 0.6 <= 0, failed, different) joins; t=0 has no r_expert(-1)
+    assert _selected(replace(RELEASED_RULE, min_step=0)) == [1, 2, 4]
+    # the same-action filter off: t=3 (0.6 - 1.0... r_expert(2)=0.8 -> -0.2 <= 0) joins, but the
+    # similarity filter still drops it (identical string, cos = 1)
+    assert _selected(replace(RELEASED_RULE, require_action_differs=False)) == [2, 4]
+    assert _selected(replace(RELEASED_RULE, require_action_differs=False, max_similarity=None)) == [2, 3, 4]
+    # paper rule: first deviated step only, no extra filters
+    assert _selected(PAPER_RULE) == [1]
+    assert _selected(replace(RELEASED_RULE, first_only=True)) == [2]
+
+
+def test_delta_threshold_and_less_equal():
+    # r_explore(2) - r_expert(1) = 0.4 - 0.8 = -0.4; r_explore(4) - r_expert(3) = 0.2 - 1.0 = -0.8
+    assert _selected(replace(RELEASED_RULE, delta=-0.5)) == [4]
+    assert _selected(replace(RELEASED_RULE, delta=-0.4)) == [2, 4]  # '<=' keeps the equal case
+    assert _selected(replace(RELEASED_RULE, delta=-0.81)) == []
+
+
+def test_exploration_failed_filter():
+    explored = [explored_step(2, "go to shelf 1", 0.4, 1.0)]  # reward drop, but the exploration succeeded
+    assert _selected(RELEASED_RULE, explored) == []
+    assert _selected(replace(RELEASED_RULE, require_exploration_failed=False), explored) == [2]
+
+
+def test_similarity_filter_catches_strings_that_differ_only_in_case():
+    explored = [explored_step(2, "Go To Drawer 1", 0.4, 0.0)]  # differs as a string, same after lower-casing
+    assert _selected(RELEASED_RULE, explored) == []
+    assert _selected(replace(RELEASED_RULE, max_similarity=None), explored) == [2]
+    assert step_conditions(2, 0.4, 0.8, 0.0, "go to drawer 1", "Go To Drawer 1", 1.0, RELEASED_RULE) == ["similar_action"]
+
+
+def test_no_reward_drop_and_missing_rewards():
+    explored = [explored_step(2, "go to shelf 1", 0.9, 0.0),  # 0.9 - 0.8 > 0
+                explored_step(3, "go to shelf 1", 0.1, 0.0)]
+    expert = [expert_step(1, 0.8), expert_step(2, 0.8)]  # no iteration 3 -> no expert action for t=3
+    res = find_deviations(expert, explored, RELEASED_RULE, HashingEncoder())
+    assert res.deviations == []
+    assert res.rejected["no_reward_drop"] == 1 and res.rejected["missing_expert_action"] == 1
+    unscored = explored_step(2, "go to shelf 1", 0.0, 0.0)
+    unscored.agent_step_reward = None
+    res = find_deviations(expert_rewards(), [unscored], RELEASED_RULE, HashingEncoder())
+    assert res.rejected["missing_explore_reward"] == 1
+
+
+def test_similarity_filter_needs_an_encoder():
+    with pytest.raises(ValueError):
+        find_deviations([], [], RELEASED_RULE, None)
