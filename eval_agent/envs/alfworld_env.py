@@ -24,7 +24,7 @@ import re
 import sys
 from collections import Counter, OrderedDict, defaultdict
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -49,7 +49,7 @@ def clean_observation(text: str) -> str:
 
 
 @contextmanager
-def _keep_argv() -> Iterator[None]:
+def keep_argv() -> Iterator[None]:
     """fast-downward's translator overwrites ``sys.argv`` while loading a game; put it back."""
     saved = list(sys.argv)
     try:
@@ -58,13 +58,14 @@ def _keep_argv() -> Iterator[None]:
         sys.argv[:] = saved
 
 
-def _start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
+def start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
+    """A TextWorld env on ``game_path`` with ALFWorld's wrappers, as ``AlfredTWEnv`` builds it."""
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
     infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=policy_commands,
                                extras=["gamefile"])
-    with _keep_argv():
+    with keep_argv():
         return textworld.start(str(game_path), request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
 
 
@@ -141,7 +142,7 @@ class AlfWorldEnv(TaskEnv):
     # ------------------------------------------------------------------ engine plumbing
     def _engine(self, first_game: Path) -> Any:
         if self._env is None:
-            self._env = _start_textworld(first_game)
+            self._env = start_textworld(first_game)
         return self._env
 
     def _load(self, path: Path) -> _LoadedGame:
@@ -150,7 +151,7 @@ class AlfWorldEnv(TaskEnv):
             self._loaded.move_to_end(path)
             return game
         env = self._engine(path)
-        with _keep_argv(), self._memoized():
+        with keep_argv(), self._memoized():
             env.load(str(path))
             state = env.reset()
         u = env.unwrapped

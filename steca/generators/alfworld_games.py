@@ -26,17 +26,13 @@ to ``DIR/.progress_<split>.jsonl`` and not replayed again.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import multiprocessing
 import os
 import random
-import re
 import shutil
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,6 +40,8 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
+from eval_agent.envs.alfworld_env import clean_observation, keep_argv, start_textworld
+from eval_agent.envs.alfworld_memo import EngineMemo
 from eval_agent.types import Message
 from steca.generators.alfworld_catalog import (APPLIANCE, GOAL_EXCLUDED, GOAL_TEMPLATES, LAMP, NEEDS, OBJECTS,
                                                ROOMS, SIZES, TASK_TYPES, RoomType)
@@ -82,17 +80,6 @@ def alfworld_instruction() -> str:
     Kept here until the prompts package owns it; the wording is the project's own.
     """
     return ALFWORLD_INSTRUCTION
-
-
-_ARRIVE_RE = re.compile(r"You arrive at loc \d+\. ")
-
-
-def clean_observation(text: str) -> str:
-    """Observation text as STeCa shows it: no welcome banner, no ``You arrive at loc N. ``."""
-    text = text.strip()
-    if text.startswith("-="):
-        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
-    return _ARRIVE_RE.sub("", text).strip()
 
 
 # ---------------------------------------------------------------- split definition
@@ -312,16 +299,6 @@ def write_game(world: World, steps: Sequence[ExpertStep], out_dir: Path, seed: i
 
 
 # ---------------------------------------------------------------- replay in the engine
-@contextmanager
-def _keep_argv() -> Iterator[None]:
-    """fast-downward's translator overwrites ``sys.argv`` while loading a game; put it back."""
-    saved = list(sys.argv)
-    try:
-        yield
-    finally:
-        sys.argv[:] = saved
-
-
 @dataclass(frozen=True)
 class Replay:
     """What the engine said while the expert played: raw first observation, raw observations, wins."""
@@ -329,51 +306,6 @@ class Replay:
     first: str
     observations: tuple[str, ...]
     won: tuple[bool, ...]
-
-
-@contextmanager
-def engine_memos() -> Iterator[None]:
-    """Memoise two pure functions of the TextWorld PDDL engine while a block of games is played.
-
-    * fast-downward's ``pddl2sas``: ``PddlEnv.load`` and ``PddlEnv.reset`` both translate the same
-      domain and problem (twice each: plain, and optimised for the planner);
-    * TextWorld's grammar-string parser (``textgen._parse_and_convert``, a TatSu parse): every
-      step re-parses the command template of every applicable action and every feedback rule,
-      and every game re-parses the same grammar rules.
-
-    Both depend only on their text arguments; parsed symbols are deep-copied out of the cache
-    because the engine mutates them. The engine's outputs are unchanged (the tests compare replays
-    with the project's environment class, which runs without these memos).
-    """
-    import fast_downward
-    from textworld.envs.pddl import textgen
-
-    original_translate = fast_downward.pddl2sas
-    original_parse = textgen._parse_and_convert
-    translations: dict[tuple[str, str, bool], Any] = {}
-    parses: dict[tuple[Any, ...], Any] = {}
-
-    def translate(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
-        key = (domain, problem, bool(optimize))
-        if key not in translations:
-            if any(k[1] != problem for k in translations):
-                translations.clear()  # one game at a time: keep only its two translations
-            translations[key] = original_translate(domain, problem, verbose=verbose, optimize=optimize)
-        return translations[key]
-
-    def parse(*args: Any, **kwargs: Any) -> Any:
-        key = (args, tuple(sorted(kwargs.items())))
-        if key not in parses:
-            parses[key] = original_parse(*args, **kwargs)
-        return copy.deepcopy(parses[key])
-
-    fast_downward.pddl2sas = translate
-    textgen._parse_and_convert = parse
-    try:
-        yield
-    finally:
-        fast_downward.pddl2sas = original_translate
-        textgen._parse_and_convert = original_parse
 
 
 class EnginePlayer:
@@ -385,14 +317,9 @@ class EnginePlayer:
 
     def play(self, game_path: str | os.PathLike, actions: Sequence[str]) -> Replay:
         """Load the game, reset it and play ``actions``; return what the engine said."""
-        import textworld
-        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
-
-        with _keep_argv():
+        with keep_argv():
             if self._env is None:
-                infos = textworld.EnvInfos(won=True, extras=["gamefile"])
-                self._env = textworld.start(str(game_path), request_infos=infos,
-                                            wrappers=[AlfredDemangler(), AlfredInfos])
+                self._env = start_textworld(Path(game_path))
             else:
                 self._env.load(str(game_path))
             state = self._env.reset()
@@ -449,7 +376,7 @@ def _replay_chunk(jobs: list[GameJob]) -> list[tuple[GameJob, Replay | None, str
     """Replay a chunk of games with one engine (run in a pool worker)."""
     player = EnginePlayer()
     try:
-        with engine_memos():
+        with EngineMemo().active():
             return [_replay_job(job, player) for job in jobs]
     finally:
         player.close()
