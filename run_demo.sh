@@ -27,16 +27,17 @@ N_SEEN=${N_SEEN:-30}                      # valid_seen games (the "seen" column)
 N_UNSEEN=${N_UNSEEN:-30}                  # valid_unseen games: held-out layouts and goal combinations
 BENCH_SIZE=${BENCH_SIZE:-small}           # room size: small | medium | large
 # model and SFT (sft/my_sft.sh, PROFILE=cpu)
-MODEL_SIZE=${MODEL_SIZE:-tiny}            # nano | tiny | small (bootstrap model trained from scratch)
-SFT_EPOCHS=${SFT_EPOCHS:-4}
-SFT_LR=${SFT_LR:-3e-3}
+MODEL_SIZE=${MODEL_SIZE:-nano}            # nano | tiny | small (bootstrap model trained from scratch)
+SFT_EPOCHS=${SFT_EPOCHS:-6}
+SFT_LR=${SFT_LR:-5e-3}
 SFT_BATCH=${SFT_BATCH:-4}
 MAX_LENGTH=${MAX_LENGTH:-1024}            # tokens per training conversation
 # sampling (sampling/alfworld/*.sh)
-MC_TASKS=${MC_TASKS:-40}                  # expert trajectories whose steps get Monte Carlo rewards
-NUM_ROLLOUTS=${NUM_ROLLOUTS:-3}           # N rollouts per scored step (paper: 5)
+MC_TASKS=${MC_TASKS:-8}                   # expert trajectories whose steps get Monte Carlo rewards
+NUM_ROLLOUTS=${NUM_ROLLOUTS:-2}           # N rollouts per scored step (paper: 5)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}      # per generated turn (paper: 512)
-MAX_STEPS=${MAX_STEPS:-20}                # episode length for sampling and evaluation (paper: 40)
+SAMPLE_MAX_STEPS=${SAMPLE_MAX_STEPS:-12}  # episode length (prefix included) in sampling (paper: 40)
+MAX_STEPS=${MAX_STEPS:-20}                # episode length in evaluation (paper: 40)
 MAX_ACTIVE=${MAX_ACTIVE:-128}             # rollouts in flight (generation batch)
 PART_NUM=${PART_NUM:-1}
 # reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
@@ -58,7 +59,11 @@ if [[ -n "$SEEDS" ]]; then
   exit 0
 fi
 
-if [[ "$SKIP_INSTALL" != "true" ]] && ! python -c "import steca, eval_agent, alfworld, textworld, virtualhome, trl" 2>/dev/null; then
+installed() {  # find_spec: importing virtualhome itself needs its Unity client, which we do not install
+  python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in
+    ('steca', 'eval_agent', 'alfworld', 'textworld', 'virtualhome', 'trl', 'peft', 'transformers')))" 2>/dev/null
+}
+if [[ "$SKIP_INSTALL" != "true" ]] && ! installed; then
   bash scripts/install.sh
 fi
 
@@ -85,7 +90,7 @@ stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OU
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
-              MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
+              MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
 stage expert_steps env "${sampling_env[@]}" bash sampling/alfworld/expert_generate_response.sh
 stage expert_mc env "${sampling_env[@]}" bash sampling/alfworld/expert_mc_explore.sh
 stage explore_steps env "${sampling_env[@]}" bash sampling/alfworld/explore_generate_response.sh

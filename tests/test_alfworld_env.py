@@ -149,3 +149,14 @@ def test_expert_solves_games_of_every_type(alfworld_data: Path) -> None:
         _, outs = env.reset_to_prefix(task, actions)
         assert outs[-1].won, task
         assert all(o.valid for o in outs)
+
+
+def test_planner_from_a_mid_state_wins(alfworld_data: Path, sample) -> None:
+    """fast-downward's planner (translated lazily, only when planning) finishes from any reached state."""
+    env = AlfWorldEnv(alfworld_data, "train")
+    rec = sample[0]
+    actions = _actions(rec)
+    env.reset_to_prefix(rec.game_file, actions[:2])
+    plan = env.plan_from_here()
+    _, outs = env.reset_to_prefix(rec.game_file, actions[:2] + plan)
+    assert plan and outs[-1].won

@@ -162,3 +162,11 @@ def test_run_demo_script_is_valid_bash():
     import subprocess
 
     subprocess.run(["bash", "-n", str(REPO / "run_demo.sh")], check=True)
+
+
+def test_framework_diagram_script(tmp_path):
+    import subprocess
+
+    out = tmp_path / "framework.png"
+    subprocess.run([sys.executable, str(REPO / "assets" / "make_framework_diagram.py"), "--output", str(out)], check=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -258,6 +258,10 @@ class AlfWorldEnv(TaskEnv):
         """A plan from fast-downward's planner (the engine's ``policy_commands``) for the current state."""
         u = self._env.unwrapped
         ps = u._pddl_state
+        if self._memo is not None and self._memo.lazy_replan and not getattr(ps, "_steca_replan_sas", False):
+            with keep_argv():
+                ps.sas_replan = EngineMemo.replan_sas(ps._logic.domain, ps.pddl_problem)
+            ps._steca_replan_sas = True
         ps.downward_lib.load_sas_replan(ps.sas_replan.encode("utf-8"))
         return list(ps.replan(u._entity_infos))
 

@@ -7,7 +7,10 @@
   game re-parses the same grammar rules.
 
 Both depend only on their text arguments. Parsed symbols are deep-copied out of the cache because
-the engine mutates them. The functions are swapped in for the duration of a ``with memo.active():``
+the engine mutates them. With ``lazy_replan`` the planner's optimised translation, which loading
+a game always computes but only replanning uses, is not computed at load: the plain translation
+stands in for it, and the caller translates for the planner when it plans
+(:meth:`EngineMemo.replan_sas`). The functions are swapped in for the duration of a ``with memo.active():``
 block and put back afterwards, so code outside the block sees the engine unchanged; the engine's
 outputs are identical (tests compare replays with and without the memo).
 """
@@ -21,7 +24,8 @@ from typing import Any, Iterator
 class EngineMemo:
     """Caches for one environment instance (one process, one game at a time)."""
 
-    def __init__(self, max_translations: int = 8, max_parses: int = 20000):
+    def __init__(self, max_translations: int = 8, max_parses: int = 20000, lazy_replan: bool = True):
+        self.lazy_replan = lazy_replan
         self.translations: dict[tuple[str, str, bool], Any] = {}
         self.parses: dict[tuple[Any, ...], Any] = {}
         self.max_translations = max_translations
@@ -37,6 +41,8 @@ class EngineMemo:
         translations, parses = self.translations, self.parses
 
         def translate(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
+            if optimize and self.lazy_replan:
+                optimize = False  # see replan_sas
             key = (domain, problem, bool(optimize))
             if key not in translations:
                 if len(translations) >= self.max_translations:
@@ -59,3 +65,10 @@ class EngineMemo:
         finally:
             fast_downward.pddl2sas = original_translate
             textgen._parse_and_convert = original_parse
+
+    @staticmethod
+    def replan_sas(domain: str, problem: str) -> str:
+        """The planner's (optimised) SAS translation of a game, as ``PddlState`` computes it at load."""
+        import fast_downward
+
+        return fast_downward.pddl2sas(domain, problem, optimize=True)[1]
