@@ -85,7 +85,7 @@ stage bootstrap python -m steca.training.bootstrap --sft_file "$BENCH/sft_train.
   --output_dir "$MODELS/bootstrap" --size "$MODEL_SIZE" --seed "$SEED"
 stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OUTPUT_DIR="$MODELS/sft" \
   EPOCHS="$SFT_EPOCHS" LR="$SFT_LR" PER_DEVICE_BATCH="$SFT_BATCH" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" \
-  SAVE_STEPS=100000 bash sft/my_sft.sh --report_to none
+  SAVE_STEPS=50 bash sft/my_sft.sh --report_to none   # a checkpoint every 50 steps: an interrupted SFT resumes
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"

@@ -20,6 +20,23 @@ How a batch is answered:
    which other rows share its batch;
 5. stop strings end generation early (``stop_strings``) and are cut from the returned text.
 
+Conversation KV reuse (``reuse_cache=True``, the default). The rollout engine asks for one turn per
+call and each episode's next call repeats its whole history plus one reply and one observation.
+After every call the KV cache of each row (its prompt and the tokens it generated) is kept in a
+bounded LRU (``conv_cache_size`` entries, default ``2 x max_batch_size``) keyed by its token ids.
+A new row takes the entry sharing the longest token prefix with it (or the prompt cache when
+that is longer) and only its remaining tokens are prefilled, always at least one. The entry a
+row continued from (one whose whole input the row starts with) is dropped once the row's new
+entry, which holds the same prefix, is stored.
+Rows with different cached lengths share one ``generate`` call with the layout
+``[padding | own cached tokens | padding | own new tokens]``: the cached keys and values are
+copied into a zero-padded batch cache and the padded slots are masked, so each row sees its own
+positions (the cumulative sum of its mask) and nothing else. Entries live on the model's device;
+each costs ``2 x layers x kv_heads x head_dim x tokens`` values, so on a GPU with a large model
+lower ``conv_cache_size`` (or set ``reuse_cache=false``). Models whose cache is not a plain
+per-layer key/value cache (sliding-window or linear-attention layers) fall back to the prompt
+cache alone. ``prefix_cache_size=0`` turns every reuse across calls off (the released behaviour).
+
 Padding. Rows are laid out as ``[shared prompt | padding | own suffix]`` (left padding of the
 suffix when there is no cached prompt). ``generate`` derives position ids from the cumulative sum
 of the attention mask, so padded rows see exactly the positions they would see alone, and the
@@ -36,9 +53,13 @@ call raises :class:`~eval_agent.agents.errors.RowErrors` carrying the other rows
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from eval_agent.agents.base import Policy, SamplingParams
 from eval_agent.agents.common import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
@@ -98,13 +119,33 @@ class RowSampler:
         return out
 
 
+@dataclass
+class _KVEntry:
+    """The KV cache of one token sequence: ``kv[layer] = (keys, values)``, each ``[1, heads, len, dim]``."""
+
+    tokens: np.ndarray
+    kv: list[tuple[Any, Any]]
+    prompt_len: int  # tokens that were the row's input (the rest were generated)
+
+
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two token arrays: the largest ``l`` with ``a[:l] == b[:l]``."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    eq = a[:n] == b[:n]
+    return n if bool(eq.all()) else int(np.argmin(eq))
+
+
 class HFPolicy(Policy):
     """A local Hugging Face causal LM answering batches of conversations.
 
     ``model_path``: a model directory (or hub name when online). ``device``: ``cpu``, ``cuda``,
     ``cuda:1``... (default: cuda when available). ``dtype``: ``float32``, ``bfloat16``,
     ``float16`` or ``auto`` (float32 on CPU, bfloat16 on GPU). ``max_batch_size``: rows per
-    ``generate`` call. ``max_model_len``: context limit (prompt + new tokens).
+    ``generate`` call. ``max_model_len``: context limit (prompt + new tokens). ``reuse_cache``:
+    keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
+    ``2 x max_batch_size``); see the module docstring.
     """
 
     supports_row_params = True
@@ -112,7 +153,7 @@ class HFPolicy(Policy):
     def __init__(self, model_path: str, device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
-                 min_prefix_tokens: int = 64):
+                 min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -146,6 +187,17 @@ class HFPolicy(Policy):
         self.min_prefix_tokens = min_prefix_tokens
         self._prefix_store: "OrderedDict[tuple[int, ...], Any]" = OrderedDict()
         self._prompt_tokens: "OrderedDict[tuple[Message, ...], list[int]]" = OrderedDict()
+        self.conv_cache_size = conv_cache_size if conv_cache_size is not None else 2 * max_batch_size
+        if reuse_cache == "auto":  # on for CPU; on a GPU the stored caches of a 7B model can exceed its memory
+            reuse_cache = self.device.type == "cpu"
+        self.reuse_cache = bool(reuse_cache) and prefix_cache_size > 0 and self.conv_cache_size > 0
+        if self.reuse_cache and not self._plain_kv_cache():
+            logger.warning("hf policy: the model's cache is not a plain key/value cache; conversation reuse is off")
+            self.reuse_cache = False
+        self._conv_store: "OrderedDict[int, _KVEntry]" = OrderedDict()
+        self._entry_ids = itertools.count()
+        self.n_reused_tokens = 0
+        self.n_prefilled_tokens = 0
         logger.info("hf policy: %s on %s (%s), context %d", model_path, self.device, torch_dtype, self.max_model_len)
 
     # ------------------------------------------------------------------ prompts
@@ -172,13 +224,16 @@ class HFPolicy(Policy):
                              f"model context of {self.max_model_len} tokens")
                 continue
             groups.setdefault((group_key(p), tuple(ids[i][:splits[i]])), []).append(i)
-        for (_, prefix), members in groups.items():
-            members.sort(key=lambda i: len(ids[i]))
-            for start in range(0, len(members), self.max_batch_size):
-                chunk = members[start:start + self.max_batch_size]
-                texts = self._generate_chunk([ids[i] for i in chunk], [rows[i] for i in chunk], len(prefix))
-                for i, t in zip(chunk, texts):
-                    outputs[i] = t
+        if self.reuse_cache:
+            self._generate_reusing(ids, rows, splits, groups, outputs)
+        else:
+            for (_, prefix), members in groups.items():
+                members.sort(key=lambda i: len(ids[i]))
+                for start in range(0, len(members), self.max_batch_size):
+                    chunk = members[start:start + self.max_batch_size]
+                    texts = self._generate_chunk([ids[i] for i in chunk], [rows[i] for i in chunk], len(prefix))
+                    for i, t in zip(chunk, texts):
+                        outputs[i] = t
         if errors:
             raise RowErrors(outputs, errors)
         return [o if o is not None else "" for o in outputs]
@@ -270,6 +325,129 @@ class HFPolicy(Policy):
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
             texts.append(truncate_at_stop(text, p0.stop).strip() if p0.stop else text.strip())
         return texts
+
+    # ------------------------------------------------------------------ conversation KV reuse
+    def _plain_kv_cache(self) -> bool:
+        """Whether every layer of the model's cache is a plain, growing key/value layer."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except Exception:  # noqa: BLE001 - an unusual config: no reuse rather than a crash
+            return False
+        return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    def _best_source(self, ids: list[int], split: int) -> tuple[int, list[tuple[Any, Any]] | None, int | None]:
+        """The longest reusable KV for ``ids``: ``(length, kv, continued)``, at most ``len(ids) - 1`` tokens.
+
+        ``continued`` is the id of the entry when ``ids`` continues that entry's conversation (it
+        starts with the entry's whole input), else None: only such an entry is superseded by the
+        row's new one. An entry sharing just the instruction prompt stays for its own conversation.
+        """
+        x = np.asarray(ids, dtype=np.int64)
+        best, kv, key = 0, None, None
+        for k, entry in self._conv_store.items():
+            n = common_prefix_len(entry.tokens, x)
+            if n > best:
+                best, kv, key = n, entry.kv, (k if n >= entry.prompt_len else None)
+        if split > best:
+            cache = self._prefix_kv(tuple(ids[:split]))
+            best, kv, key = split, [(layer.keys, layer.values) for layer in cache.layers], None
+        return min(best, len(ids) - 1), kv, key
+
+    def _generate_reusing(self, ids: list[list[int]], rows: list[SamplingParams], splits: list[int],
+                          groups: dict[tuple[Any, ...], list[int]], outputs: list[str | None]) -> None:
+        """Answer every grouped row, each reusing the longest cached KV of its tokens (see the module docstring)."""
+        by_params: dict[tuple[Any, ...], list[int]] = {}
+        for (gkey, _), members in groups.items():
+            by_params.setdefault(gkey, []).extend(members)
+        for members in by_params.values():
+            members.sort(key=lambda i: len(ids[i]))
+            for start in range(0, len(members), self.max_batch_size):
+                chunk = members[start:start + self.max_batch_size]
+                sources = [self._best_source(ids[i], splits[i]) for i in chunk]
+                texts, entries = self._generate_chunk_reusing([ids[i] for i in chunk], [rows[i] for i in chunk],
+                                                              [(n, kv) for n, kv, _ in sources])
+                for i, t in zip(chunk, texts):
+                    outputs[i] = t
+                for (_, _, used), entry in zip(sources, entries):
+                    if used is not None:
+                        self._conv_store.pop(used, None)
+                    self._conv_store[next(self._entry_ids)] = entry
+                while len(self._conv_store) > self.conv_cache_size:
+                    self._conv_store.popitem(last=False)
+
+    def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
+                                sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                                ) -> tuple[list[str], list[_KVEntry]]:
+        """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
+
+        Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
+        columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
+        tokens; all other columns are masked padding. Returns the texts and, per row, the entry
+        holding the KV of its tokens plus the generated tokens whose KV was computed.
+        """
+        torch = _torch()
+        from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+
+        p0 = rows[0]
+        pad = self.tokenizer.pad_token_id
+        n = len(ids)
+        cached = [c for c, _ in sources]
+        width_c = max(cached)
+        width_s = max(len(x) - c for x, c in zip(ids, cached))
+        width = width_c + width_s
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, (x, c) in enumerate(zip(ids, cached)):
+            if c:
+                input_ids[r, width_c - c:width_c] = torch.tensor(x[:c], dtype=torch.long)
+                mask[r, width_c - c:width_c] = 1
+            suffix = x[c:]
+            input_ids[r, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
+            mask[r, width - len(suffix):] = 1
+        self.n_reused_tokens += sum(cached)
+        self.n_prefilled_tokens += sum(len(x) for x in ids) - sum(cached)
+        cache = DynamicCache(config=self.model.config)
+        if width_c:
+            ref = next(kv for c, kv in sources if c)
+            for layer, (k0, v0) in enumerate(ref):
+                keys = k0.new_zeros((n, k0.shape[1], width_c, k0.shape[3]))
+                values = v0.new_zeros((n, v0.shape[1], width_c, v0.shape[3]))
+                for r, (c, kv) in enumerate(sources):
+                    if c:
+                        keys[r, :, width_c - c:] = kv[layer][0][0, :, :c]
+                        values[r, :, width_c - c:] = kv[layer][1][0, :, :c]
+                cache.update(keys, values, layer)
+        kwargs: dict[str, Any] = {"cache": cache}
+        config = GenerationConfig(max_new_tokens=p0.max_new_tokens, do_sample=False, pad_token_id=pad,
+                                  eos_token_id=self.eos_token_id, num_beams=1, use_cache=True)
+        if p0.temperature > 0:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [RowSampler([p.temperature for p in rows], [p.top_p for p in rows],
+                            [int(p.seed or 0) for p in rows], self.device)])
+        if p0.stop:
+            config.stop_strings = list(p0.stop)
+            kwargs["tokenizer"] = self.tokenizer
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=config, **kwargs)
+        self.n_generate_calls += 1
+        new = out[:, width:].tolist()
+        computed = cache.get_seq_length() - width  # generated tokens whose KV is in the cache
+        eos = set(self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id])
+        texts, entries = [], []
+        for r, seq in enumerate(new):
+            text = self.tokenizer.decode(seq, skip_special_tokens=True)
+            texts.append(truncate_at_stop(text, p0.stop).strip() if p0.stop else text.strip())
+            real = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
+            keep = max(0, min(real, computed))
+            cols = torch.cat([mask[r].nonzero().flatten(), torch.arange(width, width + keep)]).to(self.device)
+            kv = [(layer.keys[r:r + 1].index_select(2, cols), layer.values[r:r + 1].index_select(2, cols))
+                  for layer in cache.layers]
+            entries.append(_KVEntry(np.asarray(ids[r] + seq[:keep], dtype=np.int64), kv, len(ids[r])))
+        return texts, entries
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

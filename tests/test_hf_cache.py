@@ -1,0 +1,114 @@
+"""The ``hf`` backend's conversation KV reuse (``reuse_cache``) on a real tiny transformers model.
+
+Greedy (and seeded sampled) outputs must be the same with the reuse on and off: through the
+rollout engine on real ALFWorld dev games (multi-turn episodes whose histories grow every turn),
+and for batches that mix rows with different cached lengths. The model is the random-weights
+nano Llama of ``test_backends`` (varied outputs, so equal outputs are not trivially equal).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval_agent.agents.base import SamplingParams
+from eval_agent.types import Message
+
+from test_backends import build_tiny_chat_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, alfworld_sft_sample) -> Path:
+    return build_tiny_chat_model(tmp_path_factory.getbasetemp() / "tiny_chat_model", alfworld_sft_sample)
+
+
+@pytest.fixture(scope="module")
+def chats(alfworld_sft_sample) -> list[list[Message]]:
+    """Real expert conversations (instruction, example, task and turns) from the shared SFT sample."""
+    records = json.loads(Path(alfworld_sft_sample).read_text())[:6]
+    return [[Message(m["role"], m["content"]) for m in r["conversations"]] for r in records]
+
+
+def _policy(model_dir: Path, **kw):
+    from eval_agent.agents.hf import HFPolicy
+
+    return HFPolicy(str(model_dir), device="cpu", **kw)
+
+
+def test_common_prefix_len():
+    from eval_agent.agents.hf import common_prefix_len
+
+    a = np.array([1, 2, 3, 4])
+    assert common_prefix_len(a, np.array([1, 2, 3, 4, 5])) == 4
+    assert common_prefix_len(a, np.array([1, 2, 9, 4])) == 2
+    assert common_prefix_len(a, np.array([7])) == 0
+    assert common_prefix_len(a, np.array([], dtype=np.int64)) == 0
+    assert common_prefix_len(a, a) == 4
+
+
+def test_engine_episodes_identical_with_and_without_reuse(model_dir, alfworld_data, alfworld_sft_sample):
+    from eval_agent.engine import RolloutEngine, RolloutJob
+    from eval_agent.envs.alfworld_env import AlfWorldEnv
+    from eval_agent.prompts import build_prompt, instruction_from_sft
+
+    prompt = build_prompt(instruction_from_sft(alfworld_sft_sample))
+    factory = functools.partial(AlfWorldEnv, str(alfworld_data), "dev")
+    env = factory()
+    task = env.task_ids()[0]
+    env.close()
+    jobs = [RolloutJob("greedy", task, prompt, params=SamplingParams(max_new_tokens=10), max_steps=3),
+            RolloutJob("sampled", task, prompt, params=SamplingParams(temperature=1.0, max_new_tokens=10),
+                       n=2, max_steps=3, seed=5)]
+
+    def play(policy):
+        with RolloutEngine(policy, factory, num_workers=0, max_active=8, show_progress=False) as engine:
+            results = engine.run(jobs)
+        return sorted((r.job_id, r.rollout, r.episode.steps, tuple(m.content for m in r.episode.messages))
+                      for r in results)
+
+    on = _policy(model_dir, reuse_cache=True)
+    off = _policy(model_dir, reuse_cache=False)
+    with_reuse, without = play(on), play(off)
+    assert with_reuse == without
+    assert all(steps == 3 for _, _, steps, _ in with_reuse)
+    replies = [m for _, _, _, msgs in with_reuse for m in msgs[len(prompt) + 1::2]]
+    assert len(set(replies)) > len(replies) // 2, "replies should vary between turns and episodes"
+    # later turns were served from the kept caches: most tokens were not prefilled again
+    assert on.n_reused_tokens > 3 * on.n_prefilled_tokens
+    assert len(on._conv_store) == 3  # one entry per episode: each turn replaced the entry it continued
+    assert off.n_reused_tokens == 0 and len(off._conv_store) == 0
+
+
+def test_mixed_cached_lengths_in_one_batch_and_bounded_store(model_dir, chats):
+    params = SamplingParams(max_new_tokens=10)
+    # six rows: some continue a conversation the policy has seen, at different depths, others are new
+    warm = [chats[0][:5], chats[1][:3], chats[2][:7]]
+    batch = [chats[0][:9], chats[3][:5], chats[1][:5], chats[2][:7], chats[4][:3], chats[5][:7]]
+    on = _policy(model_dir, max_batch_size=4, conv_cache_size=5)
+    for conv in warm:
+        on.generate([conv], params)
+    assert len(on._conv_store) == 3
+    reused_before = on.n_reused_tokens
+    got = on.generate(batch, params)
+    assert on.n_reused_tokens > reused_before
+    assert len(on._conv_store) <= 5  # bounded; the three continued entries were replaced, not added to
+    off = _policy(model_dir, reuse_cache=False)
+    expected = [off.generate([c], params)[0] for c in batch]
+    assert got == expected
+    assert len(set(got)) > 3
+    # a conversation that continues from an entry replaces it: the store does not grow
+    size = len(on._conv_store)
+    on.generate([chats[0][:11]], params)
+    assert len(on._conv_store) == size
+
+
+def test_reuse_is_off_without_prompt_cache_and_configurable(model_dir):
+    from eval_agent.agents import load_agent_config
+
+    assert load_agent_config("hf")["reuse_cache"] == "auto"
+    assert _policy(model_dir).reuse_cache  # auto: on for CPU
+    assert not _policy(model_dir, prefix_cache_size=0).reuse_cache
+    assert _policy(model_dir, max_batch_size=3).conv_cache_size == 6
