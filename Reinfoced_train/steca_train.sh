@@ -2,7 +2,7 @@
 # Stage 4: STeCa reinforced training on the merged pair file (D_c + D_e + D_s) -> STeCa agent.
 #
 #   bash Reinfoced_train/steca_train.sh                                  # CPU, tiny SFT model
-#   PROFILE=gpu MODEL_PATH=outputs/sft_alfworld_gpu bash Reinfoced_train/steca_train.sh   # released 7B setting
+#   PROFILE=gpu MODEL_PATH=outputs/sft/alfworld bash Reinfoced_train/steca_train.sh   # released 7B setting
 #   VARIANT=no_weighting bash Reinfoced_train/steca_train.sh             # ablation: every pair weighs 1
 #   VARIANT=dpo BETA=0.1 bash Reinfoced_train/steca_train.sh             # "SFT + DPO" (trl DPOTrainer)
 #   BETA=0.1 bash Reinfoced_train/steca_train.sh                         # STeCa objective with the DPO term
@@ -26,7 +26,7 @@ MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-512}
 MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-3072}
 if [ "$PROFILE" = "gpu" ]; then
   # released setting: lr 3e-6, 1 epoch, global batch 15, constant with 10% warmup, bf16, FSDP
-  MODEL_PATH=${MODEL_PATH:-outputs/sft_alfworld_gpu}
+  MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NUM_GPUS=${NUM_GPUS:-5}                   # GPUs in total; 5 x 1 x 3 = 15
   NUM_MACHINES=${NUM_MACHINES:-1}
   MACHINE_RANK=${MACHINE_RANK:-0}
@@ -41,7 +41,7 @@ if [ "$PROFILE" = "gpu" ]; then
   GRAD_ACCUM=${GRAD_ACCUM:-3}
   BF16=${BF16:-true}
 else
-  MODEL_PATH=${MODEL_PATH:-outputs/sft_alfworld_cpu}
+  MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NPROC=${NPROC:-1}                         # >1: torchrun with the gloo backend
   MASTER_PORT=${MASTER_PORT:-29500}
   DTYPE=${DTYPE:-auto}
@@ -52,7 +52,7 @@ else
   BF16=${BF16:-false}
 fi
 EPOCHS=${EPOCHS:-1}
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}_alfworld_${PROFILE}}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}/alfworld}   # = eval's MODEL_PATH for VARIANT=steca
 # ------------------------------------------------------------------
 
 ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir "$OUTPUT_DIR"

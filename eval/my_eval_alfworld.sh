@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate an agent on ALFWorld's seen (valid_seen, 140 games) and unseen (valid_unseen, 134 games)
 # splits, then print a small table. Every variable can be overridden from the environment:
-#   MODEL_PATH=outputs/steca_alfworld bash eval/my_eval_alfworld.sh               # hf on CPU or GPU
+#   MODEL_PATH=outputs/steca/alfworld bash eval/my_eval_alfworld.sh               # hf on CPU or GPU
 #   AGENT_CONFIG=vllm MODEL_PATH=/models/steca-7b TP=4 bash eval/my_eval_alfworld.sh
 #   AGENT_CONFIG=openai MODEL_PATH=gpt-4o bash eval/my_eval_alfworld.sh           # key in $OPENAI_API_KEY
 #   AGENT_CONFIG=openai BASE_URL=http://127.0.0.1:8000/v1 MODEL_PATH=my-model bash eval/my_eval_alfworld.sh
@@ -10,8 +10,8 @@
 set -euo pipefail
 
 AGENT_CONFIG=${AGENT_CONFIG:-hf}                     # hf | vllm | openai (configs: eval_agent/configs/)
-MODEL_PATH=${MODEL_PATH:-outputs/steca_alfworld}     # model dir (hf/vllm) or served model name (openai)
-DATA_DIR=${DATA_DIR:-../shared/data/alfworld}       # holds json_2.1.1/{valid_seen,valid_unseen}
+MODEL_PATH=${MODEL_PATH:-outputs/steca/alfworld}     # model dir (hf/vllm) or served model name (openai)
+DATA_DIR=${DATA_DIR:-data/alfworld}       # holds json_2.1.1/{valid_seen,valid_unseen}
 SFT_FILE=${SFT_FILE:-$DATA_DIR/alfworld_sft_sample.json}  # the authors' instruction is read from it
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/eval/alfworld/$(basename "$MODEL_PATH")}
 SPLITS=${SPLITS:-"dev test"}                         # dev = seen (valid_seen), test = unseen (valid_unseen)

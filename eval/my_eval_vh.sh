@@ -11,7 +11,7 @@ set -euo pipefail
 
 AGENT_CONFIG=${AGENT_CONFIG:-hf}                         # hf | vllm | openai | expert
 MODEL_PATH=${MODEL_PATH:-outputs/steca/virtualhome}      # model dir (hf/vllm) or served model name (openai)
-DATA_DIR=${DATA_DIR:-../shared/data/virtualhome}
+DATA_DIR=${DATA_DIR:-data/virtualhome}
 SPLIT=${SPLIT:-test}                                     # dev | test (seen file) ; unseen
 TEST_PATH=${TEST_PATH:-}                                 # a task jsonl; empty: the split's file in DATA_DIR
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/eval/virtualhome/$(basename "$MODEL_PATH")_${SPLIT}}

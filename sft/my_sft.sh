@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 
 # ------------------------------------------------------------------ editable variables
 PROFILE=${PROFILE:-cpu}                       # cpu: tiny model on CPU | gpu: released Llama-2-7B-chat setting
-SFT_DATA=${SFT_DATA:-../shared/data/alfworld/alfworld_sft_sample.json}
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/sft_alfworld_${PROFILE}}
+SFT_DATA=${SFT_DATA:-data/alfworld_sft.json}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/sft/alfworld}   # = sampling's MODEL_PATH
 USE_LORA=${USE_LORA:-false}
 SEED=${SEED:-42}
 SAVE_STEPS=${SAVE_STEPS:-200}
