@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from eval_agent.envs import ENVIRONMENTS, make_env
 from eval_agent.envs.base import TaskEnv
-from eval_agent.episode import start_episode, step_episode
+from eval_agent.episode import new_episode, record_step
 from eval_agent.types import EpisodeState, Message
 
 logger = logging.getLogger("eval_agent.main")
@@ -65,11 +65,12 @@ def play_expert(env: TaskEnv, task_id: str, prompt: Sequence[Message]) -> Episod
     """One episode of ``task_id`` played with the environment's expert actions; errors end it as env_error."""
     try:
         actions = env.expert_actions(task_id)
-        state = start_episode(env, task_id, prompt)
-        for a in actions:
+        first, outcomes = env.reset_to_prefix(task_id, actions)  # restores cached states where it can
+        state = new_episode(task_id, env.game_file(task_id), prompt, first)
+        for a, outcome in zip(actions, outcomes):
             if state.finished:
                 break
-            step_episode(env, state, expert_turn(a))
+            record_step(state, expert_turn(a), outcome, env.max_steps)
         if not state.finished:
             state.finished, state.terminate_reason = True, "expert_exhausted"
     except Exception as e:  # one broken task never stops the run

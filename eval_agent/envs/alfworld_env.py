@@ -290,7 +290,10 @@ class AlfWorldEnv(TaskEnv):
                 logger.info("%s: oracle expert stuck after %d actions; planning from here", task_id, len(actions))
                 return actions + self.plan_from_here()
             actions.append(action)
-            if self.execute(action).won:
+            # through reset_to_prefix, so every state is kept as a snapshot and replaying the
+            # solution (to build the episode) restores the final state instead of stepping again
+            _, outcomes = self.reset_to_prefix(task_id, actions)
+            if outcomes[-1].won:
                 return actions
         raise RuntimeError(f"{path}: the expert did not solve the game in {4 * self.max_steps} actions")
 
