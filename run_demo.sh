@@ -22,26 +22,28 @@ OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
 ASSETS_DIR=${ASSETS_DIR:-assets}          # the plots of seed 0 are copied here ("" : do not copy)
 SKIP_INSTALL=${SKIP_INSTALL:-false}
 # mini benchmark (steca/generators/alfworld_games.py)
-N_TRAIN=${N_TRAIN:-200}                   # training games (expert trajectories for SFT)
-N_SEEN=${N_SEEN:-30}                      # valid_seen games (the "seen" column)
-N_UNSEEN=${N_UNSEEN:-30}                  # valid_unseen games: held-out layouts and goal combinations
-BENCH_SIZE=${BENCH_SIZE:-small}           # room size: small | medium | large
+N_TRAIN=${N_TRAIN:-600}                   # training games (expert trajectories for SFT)
+N_SEEN=${N_SEEN:-40}                      # valid_seen games (the "seen" column)
+N_UNSEEN=${N_UNSEEN:-40}                  # valid_unseen games: held-out layouts and goal combinations
+BENCH_SIZE=${BENCH_SIZE:-small}           # room size: tiny | small | medium | large
+INSTRUCTION=${INSTRUCTION:-short}         # first user turn: short (reply format only) | full (actions and rules)
 # model and SFT (sft/my_sft.sh, PROFILE=cpu)
-MODEL_SIZE=${MODEL_SIZE:-nano}            # nano | tiny | small (bootstrap model trained from scratch)
-SFT_EPOCHS=${SFT_EPOCHS:-6}
-SFT_LR=${SFT_LR:-5e-3}
-SFT_BATCH=${SFT_BATCH:-4}
+MODEL_SIZE=${MODEL_SIZE:-mini}            # nano | mini | tiny | small (bootstrap model trained from scratch)
+SFT_EPOCHS=${SFT_EPOCHS:-8}
+SFT_LR=${SFT_LR:-3e-3}
+SFT_BATCH=${SFT_BATCH:-2}                 # per process (x JOBS processes)
+JOBS=${JOBS:-2}                           # processes side by side (SFT data parallel, training, evaluation)
 MAX_LENGTH=${MAX_LENGTH:-1024}            # tokens per training conversation
 # sampling (sampling/alfworld/*.sh)
-MC_TASKS=${MC_TASKS:-8}                   # expert trajectories whose steps get Monte Carlo rewards
+MC_TASKS=${MC_TASKS:-24}                  # expert trajectories whose steps get Monte Carlo rewards
 NUM_ROLLOUTS=${NUM_ROLLOUTS:-2}           # N rollouts per scored step (paper: 5)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}      # per generated turn (paper: 512)
-SAMPLE_MAX_STEPS=${SAMPLE_MAX_STEPS:-12}  # episode length (prefix included) in sampling (paper: 40)
+SAMPLE_MAX_STEPS=${SAMPLE_MAX_STEPS:-20}  # episode length (prefix included) in sampling (paper: 40)
 MAX_STEPS=${MAX_STEPS:-20}                # episode length in evaluation (paper: 40)
 MAX_ACTIVE=${MAX_ACTIVE:-128}             # rollouts in flight (generation batch)
 PART_NUM=${PART_NUM:-1}
 # reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
-RL_LR=${RL_LR:-1e-4}
+RL_LR=${RL_LR:-5e-4}                      # 0.15 x SFT_LR, the released 7B ratio (3e-6 / 2e-5)
 RL_BATCH=${RL_BATCH:-2}
 RL_EPOCHS=${RL_EPOCHS:-1}
 # evaluation (eval/my_eval_alfworld.sh)
@@ -72,11 +74,37 @@ BENCH=$OUT_DIR/bench
 DATA=$OUT_DIR/data
 MODELS=$OUT_DIR/models
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" -- "${@:2}"; }
+# side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
+# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed
+side_pids=(); side_names=()
+side() {
+  mkdir -p "$OUT_DIR/logs"
+  if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
+  echo "started $1 (log: $OUT_DIR/logs/$1.log)"
+  "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1 &
+  side_pids+=($!); side_names+=("$1")
+  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
+}
+joined() {
+  local rc=0 i
+  for i in "${!side_pids[@]}"; do
+    if wait "${side_pids[$i]}"; then
+      echo "finished ${side_names[$i]}"
+    else
+      rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
+      tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
+    fi
+  done
+  side_pids=(); side_names=()
+  return $rc
+}
 export PROFILE=cpu
+# tiny models train and generate fastest with one thread per process; JOBS processes share the cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
-  --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --no_progress
+  --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
 stage subset python -m steca.demo subset --sft "$BENCH/sft_train.json" --n "$MC_TASKS" --seed "$SEED" \
   --output "$DATA/mc_tasks.json"
 
@@ -85,16 +113,23 @@ stage bootstrap python -m steca.training.bootstrap --sft_file "$BENCH/sft_train.
   --output_dir "$MODELS/bootstrap" --size "$MODEL_SIZE" --seed "$SEED"
 stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OUTPUT_DIR="$MODELS/sft" \
   EPOCHS="$SFT_EPOCHS" LR="$SFT_LR" PER_DEVICE_BATCH="$SFT_BATCH" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" \
-  SAVE_STEPS=50 bash sft/my_sft.sh --report_to none   # a checkpoint every 50 steps: an interrupted SFT resumes
+  NPROC="$JOBS" SAVE_STEPS=100 bash sft/my_sft.sh --report_to none   # checkpoints: an interrupted SFT resumes
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
-stage expert_steps env "${sampling_env[@]}" bash sampling/alfworld/expert_generate_response.sh
-stage expert_mc env "${sampling_env[@]}" bash sampling/alfworld/expert_mc_explore.sh
-stage explore_steps env "${sampling_env[@]}" bash sampling/alfworld/explore_generate_response.sh
-stage explore_mc env "${sampling_env[@]}" bash sampling/alfworld/explore_mc_explore.sh
+expert_chain() {
+  stage expert_steps env "${sampling_env[@]}" bash sampling/alfworld/expert_generate_response.sh
+  stage expert_mc env "${sampling_env[@]}" bash sampling/alfworld/expert_mc_explore.sh
+}
+explore_chain() {
+  stage explore_steps env "${sampling_env[@]}" bash sampling/alfworld/explore_generate_response.sh
+  stage explore_mc env "${sampling_env[@]}" bash sampling/alfworld/explore_mc_explore.sh
+}
+side expert_sampling expert_chain
+side explore_sampling explore_chain
+joined
 
 # 4. D_s (expert sub-trajectories), D_c (calibrated; OFFLINE STAND-IN reflector), D_e (explored successes)
 steps_args=(--sft "$DATA/mc_tasks.json" --expert_steps "$OUT_DIR/sampling/expert_steps_mc.jsonl"
@@ -109,19 +144,24 @@ stage merge python data_collection/merge_data.py --output "$DATA/steca_pairs.jso
 # 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
 RL_STEPS=$(python -m steca.demo steps --pairs "$DATA/steca_pairs.json" --batch_size "$RL_BATCH" --epochs "$RL_EPOCHS")
 echo "reinforced training and fair baseline: $RL_STEPS optimizer steps each"
-stage steca_train env MODEL_PATH="$MODELS/sft" TRAIN_DATA="$DATA/steca_pairs.json" OUTPUT_DIR="$MODELS/steca" \
+side steca_train stage steca_train env MODEL_PATH="$MODELS/sft" TRAIN_DATA="$DATA/steca_pairs.json" OUTPUT_DIR="$MODELS/steca" \
   LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" SEED="$SEED" SAVE_STEPS=100000 \
   bash Reinfoced_train/steca_train.sh --max_steps "$RL_STEPS" --report_to none
-stage baseline_train env MODEL_PATH="$MODELS/sft" SFT_DATA="$DATA/mc_tasks.json" OUTPUT_DIR="$MODELS/sft_more" \
+side baseline_train stage baseline_train env MODEL_PATH="$MODELS/sft" SFT_DATA="$DATA/mc_tasks.json" OUTPUT_DIR="$MODELS/sft_more" \
   LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" SAVE_STEPS=100000 \
   bash sft/my_sft.sh --max_steps "$RL_STEPS" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+joined
 
 # 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
 for method in sft sft_more steca; do
-  stage "eval_$method" env MODEL_PATH="$MODELS/$method" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
-    OUTPUT_DIR="$OUT_DIR/eval/$method" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
-    EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" bash eval/my_eval_alfworld.sh
+  for split in dev test; do
+    side "eval_${method}_$split" stage "eval_${method}_$split" env MODEL_PATH="$MODELS/$method" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
+      OUTPUT_DIR="$OUT_DIR/eval/$method" SPLITS="$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" \
+      ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" \
+      bash eval/my_eval_alfworld.sh
+  done
 done
+joined
 
 # 7. the table, results.md and the plots
 assets_args=()

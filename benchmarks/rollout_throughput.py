@@ -10,7 +10,9 @@ as in Monte Carlo sampling) are played by a tiny random-weights Llama that the b
     The policy recomputes the whole prompt every call, as the released FastChat/vLLM-worker setup
     without prefix caching does (``--baseline_prefix_cache`` gives it the prompt cache too);
 (b) the engine: ``RolloutEngine`` with ``--workers`` environment processes and every episode in
-    flight, one batched ``generate`` per turn, the shared prompt's KV cache reused.
+    flight, one batched ``generate`` per turn, the shared prompt's KV cache reused, each
+    conversation's KV kept between turns, identical rows (the rollouts of one game at turn 1)
+    prefilled once.
 
 A random model rarely writes an ``Action:`` line, so most turns are invalid-format turns: the
 work measured is dominated by generation and game loading. Every turn is generated to
@@ -20,12 +22,18 @@ episodes/s over sequential episodes/s>`` as the last line.
 
     python benchmarks/rollout_throughput.py --data_dir ../shared/data/alfworld
 
-Measured on the shared 2-core CPU machine (load average 6-9 from other jobs), defaults (8 games x
-6 rollouts = 48 episodes, max_steps 8, 64 new tokens, 1 torch thread, 2 env workers):
-sequential 0.157 episodes/s (305 s), engine 0.968 episodes/s (49.6 s), ratio=6.15; generation
-alone 7.6x faster (261 s -> 34 s), and 14 s of the engine's 50 s are game loading in the workers.
-With the hf backend's per-conversation KV reuse (load 4-7): sequential 165.0 s, engine 23.3 s
-(generate 14.4 s), ratio=7.10; generation alone 10.7x faster.
+Before either side is timed the TextWorld engine is imported and the sequential policy answers
+one throwaway prompt (one-time process start-up; the engine's worker processes still start,
+import the engine and load their games inside the engine's timing).
+
+Measured on the shared 2-core CPU machine, defaults (8 games x 6 rollouts = 48 episodes,
+max_steps 8, 64 new tokens, 1 torch thread, 2 env workers). The figures move a lot with the
+load other jobs put on the machine (the engine side runs three processes on two cores):
+load ~3.5: sequential 73.8 s (generate 70.3 s), engine 12.0 s (generate 6.9 s, env 4.7 s),
+ratio=6.13, generation alone 10.2x faster; another run at load ~3.5: sequential 45.3 s, engine
+10.3 s (generate 6.6 s, env 3.2 s), ratio=4.41; load ~5.5, this code and the previous commit back to
+back: ratio=3.67 (engine 23.8 s, generate 15.4 s) against ratio=2.68 (engine 27.3 s, generate
+17.5 s). Earlier figures of the previous code: ratio=7.10 (load 4-7), 3.47 (load 0.2-4).
 """
 from __future__ import annotations
 
@@ -33,9 +41,12 @@ import argparse
 import functools
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_model(sft_file: Path, out: Path) -> Path:
@@ -90,6 +101,13 @@ def main() -> None:
                           prefix_cache_size=4 if args.baseline_prefix_cache else 0)
     env = factory()
     env.max_steps = args.max_steps
+    # one-time process start-up outside the timings: the TextWorld engine's import and the first
+    # generate call (the engine's worker processes still start, import and load games inside its timing)
+    from eval_agent.envs.alfworld_env import new_textworld
+    from eval_agent.types import Message
+
+    new_textworld().close()
+    seq_policy.generate([[Message("user", "warm up")]], SamplingParams(max_new_tokens=2))
     t0 = time.perf_counter()
     seq_gens, seq_success, seq_gen_s = 0, 0, 0.0
     for task, k in episodes:

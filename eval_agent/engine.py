@@ -12,7 +12,10 @@ rollouts from the state after an expert prefix plus one action). The engine runs
   its own environment from a picklable factory (e.g. ``functools.partial(make_env, "alfworld",
   "dev", data_dir=...)``); the actions of one turn are dispatched to all workers before any answer
   is awaited, so workers step in parallel. Episodes of the same task always go to the same worker
-  (its environment caches the game and its prefix states);
+  (its environment caches the game and its prefix states). Episodes admitted to the batch (as
+  others finish) are sent to their workers before the turn's ``generate`` call and collected after
+  it, so workers load games and reach prefix states while the model generates; they join the
+  batch from the next turn;
 * an episode leaves the batch the moment it ends (success, ``max_steps``, environment done, an
   environment error or a generation error) and is handed to the caller at once
   (:meth:`RolloutEngine.run_iter` yields it; :meth:`RolloutEngine.run` also calls a sink, e.g.
@@ -216,14 +219,13 @@ def _worker_main(conn: Any, factory: EnvFactory, env_mode: str) -> None:
 class _LocalWorker:
     def __init__(self, factory: EnvFactory, env_mode: str):
         self.host = EnvHost(factory, env_mode)
-        self._pending: list[tuple] | None = None
+        self._pending: deque[list[tuple]] = deque()
 
     def submit(self, commands: list[tuple]) -> None:
-        self._pending = commands
+        self._pending.append(commands)
 
     def collect(self, timeout: float | None = None) -> list[tuple[bool, Any]]:
-        cmds, self._pending = self._pending or [], None
-        return self.host.handle(cmds)
+        return self.host.handle(self._pending.popleft() if self._pending else [])
 
     def close(self) -> None:
         self.host.close()
@@ -348,10 +350,14 @@ class RolloutEngine:
                 admitted = []
                 while queue and len(active) + len(admitted) < self.max_active:
                     admitted.append(queue.popleft())
-                finished = self._start(admitted, drops)
-                active.extend(e for e in admitted if not e.state.finished)  # type: ignore[union-attr]
-                finished += self._turn(active, drops)
-                active = [e for e in active if not e.state.finished]  # type: ignore[union-attr]
+                # the workers reach the admitted episodes' states (loading games) while the model
+                # generates the active episodes' turn; the new episodes join from the next turn
+                pending = self._submit_starts(admitted, drops)
+                outputs, errors = self._generate(active) if active else ([], {})
+                started = self._collect_starts(pending)
+                finished = [e for e in started if e.state.finished]  # type: ignore[union-attr]
+                finished += self._step(active, outputs, errors, drops)
+                active = [e for e in active + started if not e.state.finished]  # type: ignore[union-attr]
                 for e in finished:
                     self._release(e, drops)
                     self.stats.episodes += 1
@@ -386,8 +392,8 @@ class RolloutEngine:
             drops[e.worker].append(("drop", e.uid))
             self._load[e.worker] -= 1
 
-    def _dispatch(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[list[tuple[bool, Any]]]:
-        """Send each worker its commands (pending drops first), then collect; parallel across workers."""
+    def _submit(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[tuple[list[tuple], int]]:
+        """Send each worker its commands (pending drops first) without waiting for the answers."""
         t0 = time.perf_counter()
         sent = []
         for i, w in enumerate(self._workers):
@@ -397,6 +403,12 @@ class RolloutEngine:
             if cmds:
                 w.submit(cmds)
             sent.append((cmds, n_drop))
+        self.stats.env_s += time.perf_counter() - t0
+        return sent
+
+    def _collect(self, sent: list[tuple[list[tuple], int]]) -> list[list[tuple[bool, Any]]]:
+        """The answers to :meth:`_submit`'s commands, per worker (drops left out)."""
+        t0 = time.perf_counter()
         answers: list[list[tuple[bool, Any]]] = []
         for i, w in enumerate(self._workers):
             cmds, n_drop = sent[i]
@@ -413,10 +425,14 @@ class RolloutEngine:
         self.stats.env_s += time.perf_counter() - t0
         return answers
 
-    def _start(self, eps: list[_Episode], drops: list[list[tuple]]) -> list[_Episode]:
-        """Reset admitted episodes to their prefix (+ forced turn); return those already finished."""
+    def _dispatch(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[list[tuple[bool, Any]]]:
+        """Send each worker its commands, then collect: the workers run in parallel."""
+        return self._collect(self._submit(per_worker, drops))
+
+    def _submit_starts(self, eps: list[_Episode], drops: list[list[tuple]]) -> Any:
+        """Send the commands that reset admitted episodes to their prefix (+ forced turn); None if none."""
         if not eps:
-            return []
+            return None
         per_worker: list[list[tuple]] = [[] for _ in self._workers]
         index: list[list[_Episode]] = [[] for _ in self._workers]
         for e in eps:
@@ -426,14 +442,20 @@ class RolloutEngine:
             actions = [a for a in (parse_action(t) for t in turns) if a is not None]
             per_worker[e.worker].append(("start", e.uid, e.job.task_id, actions))
             index[e.worker].append(e)
-        answers = self._dispatch(per_worker, drops)
-        finished = []
+        return self._submit(per_worker, drops), index
+
+    def _collect_starts(self, pending: Any) -> list[_Episode]:
+        """Open the episodes of :meth:`_submit_starts` with their answers; return them (some may be finished)."""
+        if pending is None:
+            return []
+        sent, index = pending
+        answers = self._collect(sent)
+        out = []
         for w, eps_w in enumerate(index):
             for e, (ok, value) in zip(eps_w, answers[w]):
                 self._open(e, ok, value)
-                if e.state.finished:  # type: ignore[union-attr]
-                    finished.append(e)
-        return finished
+                out.append(e)
+        return out
 
     def _open(self, e: _Episode, ok: bool, value: Any) -> None:
         job = e.job
@@ -458,11 +480,11 @@ class RolloutEngine:
         e.state = state
         e.job = replace(job, max_steps=max_steps) if job.max_steps != max_steps else job
 
-    def _turn(self, active: list[_Episode], drops: list[list[tuple]]) -> list[_Episode]:
-        """One generation call for all active episodes, then one parallel environment step."""
+    def _step(self, active: list[_Episode], outputs: list[str | None], errors: dict[int, str],
+              drops: list[list[tuple]]) -> list[_Episode]:
+        """Record the generated turn of every active episode and step their environments in parallel."""
         if not active:
             return []
-        outputs, errors = self._generate(active)
         finished: list[_Episode] = []
         per_worker: list[list[tuple]] = [[] for _ in self._workers]
         index: list[list[tuple[_Episode, str]]] = [[] for _ in self._workers]

@@ -1,7 +1,6 @@
 """The ALFWorld environment on the real TextWorld engine and the shared real games."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -112,14 +111,18 @@ def test_raw_engine_and_env_api_agree(alfworld_data: Path, sample) -> None:
         path = resolve_game_file(rec.game_file, alfworld_data)
         raw = textworld.start(str(path), request_infos=textworld.EnvInfos(won=True, admissible_commands=True),
                               wrappers=[AlfredDemangler(), AlfredInfos])
-        raw_first = raw.reset().feedback
-        assert env.reset(rec.game_file) == clean_observation(raw_first)
-        for a in _actions(rec):
+        raw_state = raw.reset()
+        assert env.reset(rec.game_file) == clean_observation(raw_state.feedback)
+        assert env.admissible_commands() == raw_state["admissible_commands"]
+        for a in _actions(rec) + ["go to the moon"]:
             state, _, _ = raw.step(a)
             ours = env.execute(a)
             assert ours.observation == clean_observation(state.feedback)
             assert ours.won == bool(state["won"])
+            # command texts come from the memo's derivation cache; they must be the engine's own
+            assert env.admissible_commands() == state["admissible_commands"]
         raw.close()
+    assert env._memo.n_derive_hits > env._memo.n_derive_misses  # the cache was used, not bypassed
 
 
 def test_reset_to_prefix_equals_reset_and_replay(alfworld_data: Path, sample) -> None:
@@ -160,3 +163,85 @@ def test_planner_from_a_mid_state_wins(alfworld_data: Path, sample) -> None:
     plan = env.plan_from_here()
     _, outs = env.reset_to_prefix(rec.game_file, actions[:2] + plan)
     assert plan and outs[-1].won
+
+
+def test_template_dependencies_of_command_and_feedback_texts() -> None:
+    """Only texts built from literals, variable expressions, state queries and such rules are cached."""
+    from textworld.envs.pddl import textgen
+    from textworld.logic import Rule
+
+    from eval_agent.envs.alfworld_memo import template_dependencies
+
+    def parse(text: str):
+        return textgen._parse_and_convert(text, rule_name="symbols")
+
+    rules = {"look.feedback": [textgen.ProductionRule("look.feedback", parse("The {r.name} is open."),
+                                                      condition="openable(r:receptacle) & opened(r:receptacle)"),
+                               textgen.ProductionRule("look.feedback", parse("On the {r.name}, you see #items#."))],
+             "items": [textgen.ProductionRule("items", parse("[{o.name | inreceptacle(o:object, r:receptacle)}]"))],
+             "weird": [textgen.ProductionRule("weird", parse("{len(r.name)}"))]}
+
+    def deps(text: str):
+        return template_dependencies(parse(text), Rule.parse_conjunctive_query, rules.get)
+
+    assert deps("open {r}") == (frozenset(), frozenset({"r"}), frozenset())
+    assert deps("go to [{r.name | receptacleatlocation(r:receptacle, lend:location)}]") == \
+        (frozenset({"receptacleatlocation"}), frozenset(), frozenset({("r", "receptacle"), ("lend", "location")}))
+    # a rule's condition and its alternatives' texts; the list item name is bound by its query
+    assert deps("You arrive at {lend.name}. #look.feedback#") == \
+        (frozenset({"openable", "opened", "inreceptacle"}), frozenset({"lend", "r"}),
+         frozenset({("r", "receptacle"), ("o", "object")}))
+    assert deps("#weird#") is None  # arbitrary Python in a rule: derived afresh
+    assert deps("#unknown#") is None  # the engine's own error, not the cache's
+    assert deps("{len(r.name)}") is None
+    assert deps("{context}") is None  # resolves to textworld's own locals, not a variable
+
+
+def test_memo_matches_the_raw_engine_on_a_long_wandering_walk(alfworld_data: Path) -> None:
+    """States revisited after objects moved: cached command and feedback texts follow the facts."""
+    import random
+
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+    env = AlfWorldEnv(alfworld_data, "dev")
+    task = [t for t in env.task_ids() if t.startswith("pick_two_obj")][0]
+    raw = textworld.start(str(env.game_path(task)),
+                          request_infos=textworld.EnvInfos(won=True, admissible_commands=True),
+                          wrappers=[AlfredDemangler(), AlfredInfos])
+    state = raw.reset()
+    assert env.reset(task) == clean_observation(state.feedback)
+    rng = random.Random(0)
+    for _ in range(60):
+        commands = [c for c in state["admissible_commands"] if c not in ("look", "inventory")]
+        action = rng.choice([c for c in commands if not c.startswith("go to")] or commands) if rng.random() < 0.6 \
+            else rng.choice(commands)
+        state, _, _ = raw.step(action)
+        ours = env.execute(action)
+        assert ours.observation == clean_observation(state.feedback), action
+        assert env.admissible_commands() == state["admissible_commands"]
+    raw.close()
+    assert env._memo.n_derive_hits > 0
+
+
+def test_derivation_key_ignores_mapping_a_query_cannot_see() -> None:
+    from textworld.logic import Placeholder, Variable
+
+    from eval_agent.envs.alfworld_memo import TemplateDeps, derivation_key
+
+    r, lend, lstart = Placeholder("r", "receptacle"), Placeholder("lend", "location"), Placeholder("lstart", "location")
+    desk, loc1, loc2, loc3 = (Variable("desk_1", "receptacle"), Variable("l1", "location"),
+                              Variable("l2", "location"), Variable("l3", "location"))
+    goto = TemplateDeps(frozenset({"receptacleatlocation"}), frozenset(),
+                        frozenset({("r", "receptacle"), ("lend", "location")}))
+    here = derivation_key(goto, {r: desk, lend: loc1, lstart: loc2}, {})
+    assert here == derivation_key(goto, {r: desk, lend: loc1, lstart: loc3}, {})  # only the agent's place differs
+    assert here != derivation_key(goto, {r: desk, lend: loc2, lstart: loc3}, {})
+    # a query with an unbound placeholder searches new variables (distinct from all mapped ones): whole mapping
+    listing = TemplateDeps(frozenset({"inreceptacle"}), frozenset(), frozenset({("o", "object"), ("r", "receptacle")}))
+    assert derivation_key(listing, {r: desk, lstart: loc2}, {}) != derivation_key(listing, {r: desk, lstart: loc3}, {})
+    # free names must be variables of the context
+    opening = TemplateDeps(frozenset(), frozenset({"r"}), frozenset())
+    assert derivation_key(opening, {r: desk}, {}) is None
+    info = object()
+    assert derivation_key(opening, {r: desk}, {"r": info}) == ((), (("r", id(info)),))

@@ -247,3 +247,19 @@ def test_expert_searches_likely_places_in_order() -> None:
         ranks = [[k.lower() for k in order].index(v) for v in visited]
         assert ranks == sorted(ranks), (world.task, visited)
         assert steps[-1].action.startswith(("put ", "use "))
+
+
+def test_tiny_rooms_with_the_short_instruction(tmp_path: Path) -> None:
+    """The CPU demo's setting: 4-7 receptacles and the short first turn; the manifest says so and every
+    trajectory was replayed to a win in the real engine (``generate`` raises otherwise)."""
+    out = tmp_path / "tiny"
+    paths = generate(out, seed=3, n_train=3, n_seen=1, n_unseen=1, size="tiny", workers=1, progress=False,
+                     instruction="short")
+    assert json.loads((out / "manifest.json").read_text())["instruction"] == "short"
+    for path in paths.values():
+        for rec in load_sft(path, strict=True).records:
+            assert rec.conversations[0].content == gen.alfworld_instruction("short")
+            seen = rec.conversations[2].content.split("you see ", 1)[1].split("\n")[0]
+            assert 4 <= seen.count(", ") + 1 <= 7, seen
+    with pytest.raises(ValueError, match="instruction style"):
+        generate(tmp_path / "bad", n_train=1, n_seen=0, n_unseen=0, instruction="long")

@@ -18,27 +18,7 @@ from eval_agent.agents.base import SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.types import Message
 
-
-def build_tiny_chat_model(out: Path, sft_file: Path, n_records: int = 40) -> Path:
-    """A nano Llama + BPE tokenizer with a chat template, random weights with varied greedy outputs."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from steca.training.bootstrap import bootstrap_model
-
-    if (out / "config.json").exists():
-        return out
-    records = json.loads(sft_file.read_text())[:n_records]
-    texts = [m["content"] for r in records for m in r["conversations"]]
-    bootstrap_model(texts, out, size="nano", seed=0)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and "embed" not in name:
-                p.normal_(0.0, 0.3, generator=g)
-    model.save_pretrained(out)
-    return out
+from engine_fixtures import build_tiny_chat_model
 
 
 @pytest.fixture(scope="session")

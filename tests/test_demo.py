@@ -10,9 +10,9 @@ import pytest
 
 from steca.demo.__main__ import main as demo_main
 from steca.demo.prep import take_subset, training_steps
-from steca.demo.results import (SplitResult, format_seed_table, format_table, load_results, mean_sd,
+from steca.demo.results import (SplitResult, elapsed_wall, format_seed_table, format_table, load_results, mean_sd,
                                 step_reward_curve, write_report, write_seed_report)
-from steca.demo.stages import is_done, marker_path, read_timings, run_stage
+from steca.demo.stages import StageTiming, is_done, marker_path, read_timings, run_stage
 from steca.records import PairRecord, SFTRecord, StepRecord, load_sft, write_records
 from eval_agent.types import Message
 
@@ -170,3 +170,11 @@ def test_framework_diagram_script(tmp_path):
     out = tmp_path / "framework.png"
     subprocess.run([sys.executable, str(REPO / "assets" / "make_framework_diagram.py"), "--output", str(out)], check=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_elapsed_wall_counts_side_by_side_stages_once():
+    t = lambda start, stop: StageTiming("s", [], stop - start, 0.0, stop)
+    # two stages side by side (0-10 and 2-8), then a gap, then one more (20-25)
+    assert elapsed_wall([t(0, 10), t(2, 8), t(20, 25)]) == 15
+    assert elapsed_wall([t(0, 10), t(5, 12)]) == 12
+    assert elapsed_wall([]) == 0

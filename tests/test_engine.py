@@ -1,6 +1,6 @@
 """The rollout engine on the real ALFWorld engine (TextWorld + fast-downward) and real policies.
 
-Two real policies drive it: the tiny random-weights transformers model of ``test_backends`` (it
+Two real policies drive it: the tiny random-weights transformers model of ``engine_fixtures`` (it
 almost never writes an ``Action:`` line, so it exercises invalid turns, max_steps and batching)
 and :class:`ReplayPolicy`, which answers with the assistant turns of real expert trajectories
 from the shared SFT sample (so episodes really move through the games and win). Both engines
@@ -21,7 +21,7 @@ from eval_agent.engine import JsonlWriter, RolloutEngine, RolloutJob, run_evalua
 from eval_agent.prompts import build_prompt, instruction_from_sft
 from eval_agent.types import Message
 
-from test_backends import build_tiny_chat_model
+from engine_fixtures import build_tiny_chat_model
 
 WINNING = ["alfworld_0", "alfworld_11", "alfworld_1"]  # replay to won=True in the real engine
 

@@ -3,7 +3,7 @@
 Greedy (and seeded sampled) outputs must be the same with the reuse on and off: through the
 rollout engine on real ALFWorld dev games (multi-turn episodes whose histories grow every turn),
 and for batches that mix rows with different cached lengths. The model is the random-weights
-nano Llama of ``test_backends`` (varied outputs, so equal outputs are not trivially equal).
+nano Llama of ``engine_fixtures`` (varied outputs, so equal outputs are not trivially equal).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from eval_agent.agents.base import SamplingParams
 from eval_agent.types import Message
 
-from test_backends import build_tiny_chat_model
+from engine_fixtures import build_tiny_chat_model
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,50 @@ def test_reuse_is_off_without_prompt_cache_and_configurable(model_dir):
     assert _policy(model_dir).reuse_cache  # auto: on for CPU
     assert not _policy(model_dir, prefix_cache_size=0).reuse_cache
     assert _policy(model_dir, max_batch_size=3).conv_cache_size == 6
+
+
+def test_identical_rows_share_one_prefill(model_dir, chats):
+    """The N rollouts of one state arrive as identical rows: one prefill, then each samples with its own seed."""
+    conv = chats[1][:7]
+    rows = [SamplingParams(temperature=1.0, max_new_tokens=12, seed=s) for s in (11, 12, 13)]
+    other = SamplingParams(temperature=1.0, max_new_tokens=12, seed=14)
+    on = _policy(model_dir)
+    got = on.generate([conv, chats[2][:5], conv, conv], [rows[0], other, rows[1], rows[2]])
+    off = _policy(model_dir, reuse_cache=False)
+    expected = [off.generate([c], p)[0] for c, p in
+                [(conv, rows[0]), (chats[2][:5], other), (conv, rows[1]), (conv, rows[2])]]
+    assert got == expected
+    assert len({got[0], got[2], got[3]}) > 1, "identical rows with different seeds should sample differently"
+    n_conv = len(on.encode(conv))
+    n_prompt = on._prompt_split(conv, on.encode(conv))
+    # the three copies were prefilled once (plus one token each), not three times
+    assert on.n_prefilled_tokens < len(on.encode(chats[2][:5])) - n_prompt + (n_conv - n_prompt) + 3 + 1
+
+
+def test_row_sampler_draws_from_each_rows_distribution():
+    """Inverse-transform sampling with per-row generators: softmax(z / T), nucleus-restricted, seed-determined."""
+    import torch
+
+    from eval_agent.agents.hf import RowSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0], [0.0, 3.0, 0.0, 0.0, 0.0], [1.0, 0.9, 0.0, 0.0, 0.0]])
+    sampler = RowSampler([1.0, 0.0, 0.5], [1.0, 1.0, 0.6], [1, 2, 3], "cpu")
+    n = 600  # the generators are seeded: the draws, and so this test, are deterministic
+    counts = torch.zeros(3, 5)
+    for _ in range(n):
+        out = sampler(None, logits)
+        assert torch.equal(out[1], logits[1])  # greedy rows are left alone
+        picked = out[[0, 2]] == 0
+        assert picked.sum(-1).tolist() == [1, 1] and torch.isinf(out[[0, 2]]).sum() == 8
+        counts[[0, 2]] += picked.float()
+    freq = counts / n
+    assert torch.allclose(freq[0], torch.softmax(logits[0], -1), atol=0.06)
+    assert freq[0, 4] == 0  # (practically) zero probability: never drawn
+    # row 2: T = 0.5 gives p = (0.55, 0.45, ...); top_p 0.6 keeps the two most likely tokens only
+    p2 = torch.softmax(logits[2, :2] / 0.5, -1)
+    assert torch.allclose(freq[2, :2], p2, atol=0.06) and freq[2, 2:].sum() == 0
+    # same seeds, same draws
+    a = RowSampler([1.0], [1.0], [7], "cpu")
+    b = RowSampler([1.0], [1.0], [7], "cpu")
+    draws_a = [int(a(None, logits[:1]).argmax()) for _ in range(20)]
+    assert draws_a == [int(b(None, logits[:1]).argmax()) for _ in range(20)] and len(set(draws_a)) > 1

@@ -19,7 +19,7 @@ from steca.records import RecordError, load_sft
 from steca.training.bootstrap import EOT
 from steca.training.chat import IGNORE_INDEX, encode_chat, encode_prompt_continuation
 from steca.training.losses import sequence_logprobs, steca_loss
-from steca.training.reinforced import PairCollator, build_pair_dataset, encode_pairs, make_reinforced_trainer
+from steca.training.reinforced import PairCollator, build_pair_dataset, make_reinforced_trainer
 from steca.training.sft import build_sft_dataset
 
 # A Llama-2-chat style template written for this test (prefix-stable, eos after each assistant turn).

@@ -249,3 +249,36 @@ def test_a_real_initial_graph_file_is_used_when_given(virtualhome_data: Path, tm
     assert env2.reset("418").startswith(f"You are in the {other_name}.")
     assert any(env2.execute(a).won for a in env2.expert_actions("418"))
     assert env2.reset("132") == env.reset("132")  # tasks without a file are reconstructed as before
+
+
+def test_a_task_path_names_the_same_game_as_its_id(env: VirtualHomeEnv):
+    """SFT records store a task's ``path`` as ``game_file``; the env plays it as the task itself."""
+    path = env.game_file("132")
+    assert path != "132" and env.task(path) is env.task("132")
+    first = env.reset("132")
+    outs = [env.execute(a) for a in env.expert_actions("132")[:3]]
+    assert env.reset_to_prefix(path, env.expert_actions("132")[:3]) == (first, outs)
+    with pytest.raises(KeyError, match="no-such-task"):
+        env.task("no-such-task")
+
+
+def test_expert_sft_from_the_shared_tasks(virtualhome_data: Path, expert_results: dict[str, tuple[bool, bool]],
+                                          tmp_path: Path):
+    """``--sft_from``: exactly the tasks whose program wins become SFT records, each replaying its turns."""
+    from steca.generators.virtualhome_tasks import expert_sft_from_tasks
+    from steca.records import load_sft
+
+    lines = (virtualhome_data / "vh_seen_test.jsonl").read_text().splitlines()[:12]
+    (tmp_path / "tasks.jsonl").write_text("\n".join(lines) + "\n")
+    counts = expert_sft_from_tasks(tmp_path / "tasks.jsonl", virtualhome_data, tmp_path / "sft.json")
+    recs = load_sft(tmp_path / "sft.json", strict=True).records
+    ids = [str(json.loads(ln)["id"]) for ln in lines]
+    assert [r.id for r in recs] == [t for t in ids if expert_results[t][1]]
+    assert counts == {"tasks": 12, "written": len(recs), "skipped": 12 - len(recs)} and 0 < len(recs) < 12
+    small = VirtualHomeEnv(tmp_path / "tasks.jsonl", virtualhome_data)
+    for r in recs:
+        assert small.reset(r.game_file) == r.conversations[2].content
+        for turn, obs in zip(r.conversations[3::2], r.conversations[4::2]):
+            out = small.execute(turn.content.split("Action: ")[-1])
+            assert out.valid and obs.content == f"Observation: {out.observation}"
+        assert out.won

@@ -36,6 +36,10 @@ each costs ``2 x layers x kv_heads x head_dim x tokens`` values, so on a GPU wit
 lower ``conv_cache_size`` (or set ``reuse_cache=false``). Models whose cache is not a plain
 per-layer key/value cache (sliding-window or linear-attention layers) fall back to the prompt
 cache alone. ``prefix_cache_size=0`` turns every reuse across calls off (the released behaviour).
+With reuse on, rows of one call with identical tokens (the N Monte Carlo rollouts of one state)
+are prefilled once: one forward pass computes their KV up to the last token, and each row
+starts decoding from it with its own seed. During decoding the batch cache appends new keys and
+values into preallocated room instead of concatenating the whole cache every token.
 
 Padding. Rows are laid out as ``[shared prompt | padding | own suffix]`` (left padding of the
 suffix when there is no cached prompt). ``generate`` derives position ids from the cumulative sum
@@ -53,6 +57,7 @@ call raises :class:`~eval_agent.agents.errors.RowErrors` carrying the other rows
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 from collections import OrderedDict
@@ -80,43 +85,102 @@ class RowSampler:
 
     For row ``i`` with temperature ``T_i > 0``: ``p = softmax(z / T_i)``, restricted to the
     smallest set of most likely tokens whose mass reaches ``top_p_i`` (renormalised), then one
-    token ``k ~ p`` drawn with generator ``i``. The row's scores become ``0`` at ``k`` and
-    ``-inf`` elsewhere, so the greedy step of ``generate`` picks exactly ``k``. Rows with
-    ``T_i == 0`` are left alone (greedy).
+    token drawn by inverse transform sampling: ``u ~ U[0, 1)`` from generator ``i`` and
+    ``k = min{j : sum_{l <= j} p_l > u}``. The row's scores become ``0`` at ``k`` and ``-inf``
+    elsewhere, so the greedy step of ``generate`` picks exactly ``k``. Rows with ``T_i == 0`` are
+    left alone (greedy). The arithmetic runs on all sampled rows at once; only the uniform draws
+    are per row, so a row's tokens depend on its seed and its logits, not on its batch.
     """
 
     def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int], device: Any):
         torch = _torch()
         self.temperatures = list(temperatures)
         self.top_ps = list(top_ps)
+        self.rows = [i for i, t in enumerate(self.temperatures) if t > 0]
         self.generators = []
         for s in seeds:
             g = torch.Generator(device=device)
             g.manual_seed(int(s) % (2**63))
             self.generators.append(g)
+        self._index = torch.tensor(self.rows, dtype=torch.long, device=device)
+        self._temps = torch.tensor([self.temperatures[i] for i in self.rows], dtype=torch.float32, device=device)
+        self._top_p = torch.tensor([self.top_ps[i] for i in self.rows], dtype=torch.float32, device=device)
+        self._nucleus = any(self.top_ps[i] < 1.0 for i in self.rows)
+        self._device = device
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         torch = _torch()
+        if not self.rows:
+            return scores
+        idx = self._index
+        probs = torch.softmax(scores.index_select(0, idx).float() / self._temps[:, None], dim=-1)
+        if self._nucleus:
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+            keep_sorted = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < self._top_p[:, None]
+            keep_sorted[:, 0] = True
+            keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+        cdf = torch.cumsum(probs, dim=-1)
+        u = torch.stack([torch.rand((), generator=self.generators[i], device=self._device) for i in self.rows])
+        k = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous(), right=True).clamp_(max=cdf.shape[1] - 1)
         out = scores.clone()
-        for i, t in enumerate(self.temperatures):
-            if t <= 0:
-                continue
-            logits = scores[i].float() / t
-            probs = torch.softmax(logits, dim=-1)
-            top_p = self.top_ps[i]
-            if top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                keep_sorted = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < top_p
-                keep_sorted[0] = True
-                mask = torch.zeros_like(probs, dtype=torch.bool)
-                mask[order[keep_sorted]] = True
-                probs = torch.where(mask, probs, torch.zeros_like(probs))
-                probs = probs / probs.sum()
-            k = torch.multinomial(probs, 1, generator=self.generators[i])
-            row = torch.full_like(out[i], float("-inf"))
-            row[k] = 0.0
-            out[i] = row
+        out[idx] = float("-inf")
+        out[idx, k.squeeze(1)] = 0.0
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _growing_layer_class() -> Any:
+    """A ``DynamicLayer`` that appends into a preallocated buffer instead of concatenating.
+
+    ``DynamicLayer.update`` concatenates the whole cache with each new token (a copy of every key
+    and value per layer per decoding step); this layer writes the new columns into spare capacity
+    (``reserve`` columns, doubled when exhausted) and exposes ``keys``/``values`` as views of the
+    filled part, so the values seen by attention are the same. Operations of the base class that
+    replace ``keys``/``values`` (crop, batch selection) are picked up at the next update.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, reserve: int = 64):
+            super().__init__()
+            self.reserve = max(1, int(reserve))
+            self._kbuf: Any = None
+            self._vbuf: Any = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys is not None and self.keys.numel() else 0
+            add = key_states.shape[-2]
+            stale = (self._kbuf is None or self.keys.numel() == 0 or self.keys.data_ptr() != self._kbuf.data_ptr()
+                     or self._kbuf.shape[:2] != key_states.shape[:2])
+            if stale or n + add > self._kbuf.shape[-2]:
+                cap = n + add + max(self.reserve, 0 if stale else self._kbuf.shape[-2])
+                shape_k = (*key_states.shape[:2], cap, key_states.shape[-1])
+                shape_v = (*value_states.shape[:2], cap, value_states.shape[-1])
+                kbuf, vbuf = key_states.new_empty(shape_k), value_states.new_empty(shape_v)
+                if n:
+                    kbuf[:, :, :n] = self.keys
+                    vbuf[:, :, :n] = self.values
+                self._kbuf, self._vbuf = kbuf, vbuf
+            self._kbuf[:, :, n:n + add] = key_states
+            self._vbuf[:, :, n:n + add] = value_states
+            self.keys = self._kbuf[:, :, :n + add]
+            self.values = self._vbuf[:, :, :n + add]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def growing_cache(config: Any, reserve: int) -> Any:
+    """A ``DynamicCache`` for ``config`` whose layers append in place (see :func:`_growing_layer_class`)."""
+    from transformers import DynamicCache
+
+    layer = _growing_layer_class()
+    cache = DynamicCache(config=config)
+    cache.layers = [layer(reserve) for _ in cache.layers]
+    return cache
 
 
 @dataclass
@@ -208,12 +272,18 @@ class HFPolicy(Policy):
     def encode(self, messages: Sequence[Message]) -> list[int]:
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
+    def encode_batch(self, batch: Sequence[Sequence[Message]]) -> list[list[int]]:
+        """:meth:`encode` of every conversation, tokenized in one call (the same ids, row by row)."""
+        if not batch:
+            return []
+        return list(self.tokenizer([self.render(m) for m in batch], add_special_tokens=False)["input_ids"])
+
     # ------------------------------------------------------------------ generation
     def generate(self, batch: Sequence[Sequence[Message]], params: RowParams) -> list[str]:
         """One assistant reply per conversation. ``params``: one for all rows or one per row."""
         rows = params_per_row(params, len(batch))
         rows = [self._fill_seed(p) for p in rows]
-        ids = [self.encode(m) for m in batch]
+        ids = self.encode_batch(batch)
         outputs: list[str | None] = [None] * len(batch)
         errors: dict[int, str] = {}
         splits = [self._prompt_split(m, x) for m, x in zip(batch, ids)]
@@ -367,8 +437,9 @@ class HFPolicy(Policy):
             for start in range(0, len(members), self.max_batch_size):
                 chunk = members[start:start + self.max_batch_size]
                 sources = [self._best_source(ids[i], splits[i]) for i in chunk]
-                texts, entries = self._generate_chunk_reusing([ids[i] for i in chunk], [rows[i] for i in chunk],
-                                                              [(n, kv) for n, kv, _ in sources])
+                chunk_ids = [ids[i] for i in chunk]
+                kvs = self._prefill_shared(chunk_ids, [(n, kv) for n, kv, _ in sources])
+                texts, entries = self._generate_chunk_reusing(chunk_ids, [rows[i] for i in chunk], kvs)
                 for i, t in zip(chunk, texts):
                     outputs[i] = t
                 for (_, _, used), entry in zip(sources, entries):
@@ -378,20 +449,17 @@ class HFPolicy(Policy):
                 while len(self._conv_store) > self.conv_cache_size:
                     self._conv_store.popitem(last=False)
 
-    def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
-                                sources: list[tuple[int, list[tuple[Any, Any]] | None]]
-                                ) -> tuple[list[str], list[_KVEntry]]:
-        """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
+    def _layout(self, ids: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]],
+                reserve: int = 1) -> tuple[Any, Any, Any, int]:
+        """Input ids, attention mask and batch KV cache of rows whose first ``sources[r][0]`` tokens are cached.
 
-        Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
-        columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
-        tokens; all other columns are masked padding. Returns the texts and, per row, the entry
-        holding the KV of its tokens plus the generated tokens whose KV was computed.
+        Row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``: columns
+        ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new tokens; all
+        other columns are masked padding. Returns ``(input_ids, mask, cache, C)``; the cache has room
+        for ``S + reserve`` more columns before it reallocates.
         """
         torch = _torch()
-        from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
-        p0 = rows[0]
         pad = self.tokenizer.pad_token_id
         n = len(ids)
         cached = [c for c, _ in sources]
@@ -409,7 +477,7 @@ class HFPolicy(Policy):
             mask[r, width - len(suffix):] = 1
         self.n_reused_tokens += sum(cached)
         self.n_prefilled_tokens += sum(len(x) for x in ids) - sum(cached)
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config, width_s + reserve)
         if width_c:
             ref = next(kv for c, kv in sources if c)
             for layer, (k0, v0) in enumerate(ref):
@@ -420,6 +488,62 @@ class HFPolicy(Policy):
                         keys[r, :, width_c - c:] = kv[layer][0][0, :, :c]
                         values[r, :, width_c - c:] = kv[layer][1][0, :, :c]
                 cache.update(keys, values, layer)
+        return input_ids, mask, cache, width_c
+
+    def _prefill_shared(self, ids: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                        ) -> list[tuple[int, list[tuple[Any, Any]] | None]]:
+        """Rows with identical tokens (the N rollouts of one state): their KV is computed once.
+
+        For every group of two or more identical rows, one forward pass (batched over the groups)
+        computes the KV of all but the last token from the group's cached source; every row of the
+        group then starts ``generate`` from that KV with one token left to prefill, and samples
+        with its own seed from there. Other rows keep their sources.
+        """
+        torch = _torch()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r, x in enumerate(ids):
+            groups.setdefault(tuple(x), []).append(r)
+        shared = [rows for rows in groups.values()
+                  if len(rows) > 1 and len(ids[rows[0]]) - 1 - sources[rows[0]][0] >= 2]
+        if not shared:
+            return sources
+        lead = [rows[0] for rows in shared]
+        xs = [ids[r][:-1] for r in lead]
+        input_ids, mask, cache, width_c = self._layout(xs, [sources[r] for r in lead])
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        with torch.inference_mode():
+            self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
+                       position_ids=positions[:, width_c:].to(self.device), cache=cache, use_cache=True,
+                       logits_to_keep=1)
+        out = list(sources)
+        for i, rows in enumerate(shared):
+            cols = mask[i].nonzero().flatten().to(self.device)
+            kv = [(layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
+                  for layer in cache.layers]
+            for r in rows:
+                out[r] = (len(xs[i]), kv)
+        # the lead rows' tokens were counted here (cached + prefilled); the generate call would count them
+        # again as reused
+        self.n_reused_tokens -= sum(len(x) for x in xs)
+        return out
+
+    def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
+                                sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                                ) -> tuple[list[str], list[_KVEntry]]:
+        """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
+
+        Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
+        columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
+        tokens; all other columns are masked padding. Returns the texts and, per row, the entry
+        holding the KV of its tokens plus the generated tokens whose KV was computed.
+        """
+        torch = _torch()
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        p0 = rows[0]
+        pad = self.tokenizer.pad_token_id
+        input_ids, mask, cache, width_c = self._layout(ids, sources, reserve=p0.max_new_tokens)
+        width = input_ids.shape[1]
         kwargs: dict[str, Any] = {"cache": cache}
         config = GenerationConfig(max_new_tokens=p0.max_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=self.eos_token_id, num_beams=1, use_cache=True)

@@ -58,15 +58,28 @@ def keep_argv() -> Iterator[None]:
         sys.argv[:] = saved
 
 
-def start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
-    """A TextWorld env on ``game_path`` with ALFWorld's wrappers, as ``AlfredTWEnv`` builds it."""
+def new_textworld(policy_commands: bool = False) -> Any:
+    """A TextWorld PDDL env with ALFWorld's wrappers, as ``AlfredTWEnv`` builds it, with no game loaded yet.
+
+    (``textworld.start`` builds the same chain but also loads a first game, which costs a
+    translation; ``AlfWorldEnv`` loads its games itself.) ``PddlEnv`` lists the admissible
+    commands after every step whatever is requested: it looks the next command up among them.
+    """
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+    from textworld.envs.pddl import PddlEnv
 
     infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=policy_commands,
                                extras=["gamefile"])
+    return AlfredInfos(AlfredDemangler(PddlEnv(infos)))
+
+
+def start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
+    """A TextWorld env on ``game_path`` with ALFWorld's wrappers, as ``AlfredTWEnv`` builds it."""
+    env = new_textworld(policy_commands)
     with keep_argv():
-        return textworld.start(str(game_path), request_infos=infos, wrappers=[AlfredDemangler(), AlfredInfos])
+        env.load(str(game_path))
+    return env
 
 
 @dataclass
@@ -119,6 +132,8 @@ class AlfWorldEnv(TaskEnv):
         self._env: Any = None
         self._loaded: "OrderedDict[Path, _LoadedGame]" = OrderedDict()
         self._current: _LoadedGame | None = None
+        self._pending: tuple[_LoadedGame, _Snapshot] | None = None  # a restore not yet applied to the engine
+        self._ops: tuple[tuple[int, int], ...] = ()
         self._history: list[str] = []
         self._expert_cache: dict[Path, list[str]] = {}
         self._memo = EngineMemo() if memoize else None
@@ -140,9 +155,9 @@ class AlfWorldEnv(TaskEnv):
         return task_id
 
     # ------------------------------------------------------------------ engine plumbing
-    def _engine(self, first_game: Path) -> Any:
+    def _engine(self) -> Any:
         if self._env is None:
-            self._env = start_textworld(first_game)
+            self._env = new_textworld()
         return self._env
 
     def _load(self, path: Path) -> _LoadedGame:
@@ -150,7 +165,7 @@ class AlfWorldEnv(TaskEnv):
         if game is not None:
             self._loaded.move_to_end(path)
             return game
-        env = self._engine(path)
+        env = self._engine()
         with keep_argv(), self._memoized():
             env.load(str(path))
             state = env.reset()
@@ -181,27 +196,38 @@ class AlfWorldEnv(TaskEnv):
         )
 
     def _restore(self, game: _LoadedGame, snap: _Snapshot) -> None:
-        import fast_downward
-
-        u = self._env.unwrapped
-        ps = game.pddl_state
-        u._game_data, u._logic, u._pddl_state, u._entity_infos = game.game_data, game.logic, ps, game.entity_infos
-        u.walkthrough = game.game_data.get("walkthrough")
-        lib = ps.downward_lib
-        lib.load_sas(ps.sas.encode("utf-8"))
-        for op_id, n_effects in snap.ops:
-            lib.apply_operator(op_id, (fast_downward.Atom * n_effects)())
-        ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
-        ps._vars_by_name = dict(snap.vars_by_name)
-        ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
-        ps._var_counts = Counter(snap.var_counts)
-        ps._operators = dict(snap.operators)
-        u.state = snap.game_state
-        u.prev_state = None
-        u._last_action = None
-        u._moves = snap.moves
+        """Make ``snap`` of ``game`` the current state. The engine itself is put there lazily, by
+        :meth:`_engine_state`, when something reads or steps it: many states reached by
+        :meth:`reset_to_prefix` (e.g. the N rollouts of a Monte Carlo state) are never stepped from."""
         self._current = game
         self._ops = snap.ops
+        self._pending = (game, snap)
+
+    def _engine_state(self) -> Any:
+        """The unwrapped engine, in the current state (applies a pending restore first)."""
+        if self._pending is not None:
+            import fast_downward
+
+            game, snap = self._pending
+            u = self._env.unwrapped
+            ps = game.pddl_state
+            u._game_data, u._logic, u._pddl_state, u._entity_infos = game.game_data, game.logic, ps, game.entity_infos
+            u.walkthrough = game.game_data.get("walkthrough")
+            lib = ps.downward_lib
+            lib.load_sas(ps.sas.encode("utf-8"))
+            for op_id, n_effects in snap.ops:
+                lib.apply_operator(op_id, (fast_downward.Atom * n_effects)())
+            ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
+            ps._vars_by_name = dict(snap.vars_by_name)
+            ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
+            ps._var_counts = Counter(snap.var_counts)
+            ps._operators = dict(snap.operators)
+            u.state = snap.game_state
+            u.prev_state = None
+            u._last_action = None
+            u._moves = snap.moves
+            self._pending = None
+        return self._env.unwrapped
 
     def _memoized(self) -> Any:
         return self._memo.active() if self._memo is not None else nullcontext()
@@ -217,7 +243,7 @@ class AlfWorldEnv(TaskEnv):
         if self._current is None:
             raise RuntimeError("execute() before reset()")
         env = self._env
-        u = env.unwrapped
+        u = self._engine_state()
         operators_before = u._pddl_state._operators  # replaced by the step's own bookkeeping
         with self._memoized():
             state, _, _ = env.step(action)
@@ -252,11 +278,11 @@ class AlfWorldEnv(TaskEnv):
 
     def admissible_commands(self) -> list[str]:
         """The engine's admissible commands in the current state."""
-        return list(self._env.unwrapped.state["admissible_commands"])
+        return list(self._engine_state().state["admissible_commands"])
 
     def plan_from_here(self) -> list[str]:
         """A plan from fast-downward's planner (the engine's ``policy_commands``) for the current state."""
-        u = self._env.unwrapped
+        u = self._engine_state()
         ps = u._pddl_state
         if self._memo is not None and self._memo.lazy_replan and not getattr(ps, "_steca_replan_sas", False):
             with keep_argv():
@@ -281,9 +307,9 @@ class AlfWorldEnv(TaskEnv):
     def _solve(self, task_id: str, path: Path) -> list[str]:
         goal = Goal.from_traj_data(path)
         self.reset(task_id)
-        u = self._env.unwrapped
         actions: list[str] = []
         for _ in range(4 * self.max_steps):
+            u = self._engine_state()
             admissible = list(u.state["admissible_commands"])
             action = next_action(u._pddl_state.facts, u._entity_infos, goal, admissible)
             if action is None or action not in admissible:
@@ -304,6 +330,7 @@ class AlfWorldEnv(TaskEnv):
         self._loaded.clear()
         self._snapshots.clear()
         self._current = None
+        self._pending = None
 
 
 def load_game_json(path: Path) -> dict:

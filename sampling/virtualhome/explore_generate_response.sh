@@ -2,10 +2,13 @@
 # Explored steps: at every expert prefix the base agent's own action (greedy by default) and its exploration to the end.
 # Variables can be overridden from the environment (paths relative to the repository root), e.g.
 #   MODEL_PATH=outputs/sft/virtualhome PART_NUM=4 bash sampling/virtualhome/explore_generate_response.sh
+#   ENV_DATA=D TASK_FILE=D/vh_seen_test.jsonl SFT_FILE=vh_sft.json bash sampling/virtualhome/explore_generate_response.sh   # a task file
+#   without a training split (SFT file: python -m steca.generators.virtualhome_tasks --sft_from ...)
 set -euo pipefail
 ENV_NAME=virtualhome
 ENV_DATA=${ENV_DATA:-data/virtualhome}
-SPLIT=${SPLIT:-train}
+SPLIT=${SPLIT:-train}                      # train -> $ENV_DATA/vh_train.jsonl
+TASK_FILE=${TASK_FILE:-}                   # a task jsonl overriding the split's file (e.g. the shared vh_seen_test.jsonl)
 SFT_FILE=${SFT_FILE:-data/virtualhome_sft.json}
 OUT_DIR=${OUT_DIR:-outputs/sampling/virtualhome}
 MODEL_PATH=${MODEL_PATH:-outputs/sft/virtualhome}   # the SFT base agent (hf/vllm dir, or served name for openai)
@@ -22,4 +25,5 @@ SEED=${SEED:-0}
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh
-run_parts explore_steps "$OUT_DIR/explore_steps.jsonl" --sft "$SFT_FILE" --temperature "$TEMPERATURE" $(model_args)
+TASK_ARGS=(); if [[ -n "$TASK_FILE" ]]; then TASK_ARGS=(--task_file "$TASK_FILE"); fi
+run_parts explore_steps "$OUT_DIR/explore_steps.jsonl" "${TASK_ARGS[@]}" --sft "$SFT_FILE" --temperature "$TEMPERATURE" $(model_args)

@@ -262,6 +262,7 @@ class Size:
 
 
 SIZES: dict[str, Size] = {
+    "tiny": Size(receptacles=(4, 7), distractors=(1, 4)),  # the CPU demo: short searches, short observations
     "small": Size(receptacles=(6, 12), distractors=(4, 10)),
     "medium": Size(receptacles=(10, 16), distractors=(8, 16)),
     "large": Size(receptacles=(14, 22), distractors=(12, 24)),

@@ -74,12 +74,21 @@ ALFWORLD_INSTRUCTION = (
 )
 
 
-def alfworld_instruction() -> str:
-    """The task instruction (first user turn) of the generated SFT data.
+# For models trained from scratch on the generated data (the CPU demo): the same reply format in a few
+# tokens, so that training does not spend a third of its compute on a constant first turn.
+ALFWORLD_SHORT_INSTRUCTION = (
+    "You are a household agent. Solve the task in the room below. Reply with\n"
+    "Thought: <your reasoning>\nAction: <one action>"
+)
+INSTRUCTIONS = {"full": ALFWORLD_INSTRUCTION, "short": ALFWORLD_SHORT_INSTRUCTION}
 
-    Kept here until the prompts package owns it; the wording is the project's own.
-    """
-    return ALFWORLD_INSTRUCTION
+
+def alfworld_instruction(style: str = "full") -> str:
+    """The task instruction (first user turn) of the generated SFT data: ``full`` (the action list and the
+    rules, for any LLM) or ``short`` (only the reply format, for tiny models trained from scratch)."""
+    if style not in INSTRUCTIONS:
+        raise ValueError(f"unknown instruction style {style!r}; expected one of {sorted(INSTRUCTIONS)}")
+    return INSTRUCTIONS[style]
 
 
 # ---------------------------------------------------------------- split definition
@@ -382,9 +391,9 @@ def _replay_chunk(jobs: list[GameJob]) -> list[tuple[GameJob, Replay | None, str
         player.close()
 
 
-def sft_record(job: GameJob, replay: Replay, seed: int) -> SFTRecord:
+def sft_record(job: GameJob, replay: Replay, seed: int, instruction: str = "full") -> SFTRecord:
     """STeCa's SFT layout: instruction, "OK", first observation, then Thought/Action and Observation turns."""
-    conv = [Message("user", alfworld_instruction()), Message("assistant", "OK"),
+    conv = [Message("user", alfworld_instruction(instruction)), Message("assistant", "OK"),
             Message("user", clean_observation(replay.first))]
     for i, (step, obs) in enumerate(zip(job.steps, replay.observations)):
         conv.append(Message("assistant", step.turn()))
@@ -413,7 +422,7 @@ def _make_job(plan: SplitPlan, split: str, index: int, attempt: int, out_dir: Pa
 
 def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n_seen: int = 50,
              n_unseen: int = 50, size: str = "small", workers: int | None = None,
-             progress: bool = True) -> dict[str, Path]:
+             progress: bool = True, instruction: str = "full") -> dict[str, Path]:
     """Generate the benchmark into ``output_dir``; returns the SFT file of each split.
 
     Resumable: games already replayed (listed in ``.progress_<split>.jsonl``) are not replayed
@@ -421,6 +430,7 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    alfworld_instruction(instruction)  # validates the style
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "valid_seen": n_seen, "valid_unseen": n_unseen}
@@ -431,6 +441,8 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
     domain, grammar = _domain_text(), _grammar_template()
     manifest = {"generator": "steca.generators.alfworld_games", "version": GENERATOR_VERSION, "seed": seed,
                 "size": size, "counts": counts, "split_plan": plan.to_json()}
+    if instruction != "full":  # manifests of earlier runs (full instruction) stay valid
+        manifest["instruction"] = instruction
     manifest_path = out / "manifest.json"
     if (out / "json_2.1.1").exists() and not manifest_path.exists():
         raise FileExistsError(f"{out / 'json_2.1.1'} exists but {manifest_path} does not: this folder holds games "
@@ -467,7 +479,7 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
                 job = _make_job(plan, job.split, job.index, job.attempt + 1, out, seed, size, domain, grammar)
                 job, replay, problem = _replay_job(job)
             assert replay is not None
-            rec = sft_record(job, replay, seed)
+            rec = sft_record(job, replay, seed, instruction)
             sinks[job.split].write({"index": job.index, "attempt": job.attempt, "record": rec.to_dict()})
     finally:
         for sink in sinks.values():
@@ -519,14 +531,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n_seen", type=int, default=50, help="games in valid_seen (the dev split)")
     parser.add_argument("--n_unseen", type=int, default=50, help="games in valid_unseen (the test split)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
-                        help="room size: small = 6-12 receptacles, medium = 10-16, large = 14-22")
+                        help="room size: tiny = 4-7 receptacles, small = 6-12 receptacles, medium = 10-16, large = 14-22")
+    parser.add_argument("--instruction", choices=sorted(INSTRUCTIONS), default="full",
+                        help="first user turn: full (actions and rules, for any LLM) or short (reply format only, "
+                             "for tiny models trained from scratch)")
     parser.add_argument("--workers", type=int, default=None, help="engine replay processes (default: min(2, CPUs))")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     paths = generate(args.output_dir, args.seed, args.n_train, args.n_seen, args.n_unseen, args.size,
-                     args.workers, not args.no_progress)
+                     args.workers, not args.no_progress, args.instruction)
     logger.info("done in %.1f s: %s", time.perf_counter() - t0, ", ".join(str(p) for p in paths.values()))
 
 

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 from eval_agent.envs.virtualhome.actions import program_line_to_text
 from eval_agent.envs.virtualhome.sim import Simulator, load_simulator
 from eval_agent.envs.virtualhome.tasks import Goal, ProgramLine
+from eval_agent.prompts import builtin_instruction
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +102,8 @@ PUT_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "pillow": (("ON", "bed"), ("ON", "sofa")),
     "clothes_shirt": (("INSIDE", "dresser"), ("INSIDE", "washing_machine"), ("ON", "bed")),
 }
-VIRTUALHOME_INSTRUCTION = (
-    "Interact with a household to solve a task. Imagine you are an intelligent agent in a household "
-    "environment and your target is to perform actions to complete the task goal. At the beginning of "
-    "your interactions, you will be given the detailed description of the current environment and your "
-    "goal to accomplish.\nFor each of your turn, you will be given the observation of the last turn. You "
-    "should first think about the current condition and plan for your future actions, and then output "
-    "your action in this turn. Your output must strictly follow this format:\"Thought: your thoughts.\\n"
-    "Action: your next action\".\n\nThe available actions are: walk to {obj}, run to {obj}, find {obj}, "
-    "grab {obj}, open {obj}, close {obj}, put {obj} on {recep}, put {obj} in {recep}, switch on {obj}, "
-    "switch off {obj}, drink {obj}, look at {obj}, sit on {obj}, stand up, watch {obj}, wipe {obj}, "
-    "type on {obj}, wash {obj}, cut {obj}, eat {obj}, sleep, wake up, plug in {obj}, plug out {obj}, "
-    "pour {obj} into {recep}, move {obj}, release {obj}, turn to {obj}.\nObject names use spaces "
-    "(\"kitchen table\"). After each action you observe the objects close to you with their states and "
-    "what you hold; \"Nothing happens.\" means the action was not possible."
-)
+# the instruction of the SFT data = the evaluation's built-in one, so a model is evaluated on the prompt it learned
+VIRTUALHOME_INSTRUCTION = builtin_instruction("virtualhome")
 
 
 def _props(cls: str) -> list[str]:
@@ -505,32 +493,92 @@ def _final_nodes(sim: Simulator, init: dict[str, Any], program: Sequence[Program
 
 def _play_expert(env: Any, rec: dict[str, Any], instruction: str) -> list[dict[str, str]] | None:
     """Play the record's actions in ``env``; the SFT conversation when it wins, else None."""
-    tid = rec["id"]
-    first = env.reset(tid)
+    return play_expert(env, rec["id"], instruction)
+
+
+def play_expert(env: Any, task_id: str, instruction: str) -> list[dict[str, str]] | None:
+    """Play task ``task_id``'s ground-truth program in ``env`` (a ``VirtualHomeEnv``).
+
+    Returns the SFT conversation ``[instruction, "OK", first observation, (Thought/Action,
+    Observation)*]`` up to the step that wins, or None when an action is rejected or the goal is
+    never reached.
+    """
+    first = env.reset(task_id)
     conv = [{"role": "user", "content": instruction}, {"role": "assistant", "content": "OK"},
             {"role": "user", "content": first}]
-    program = env.task(tid).program
-    for line, action in zip(program, env.expert_actions(tid)):
+    task = env.task(task_id)
+    for line, action in zip(task.program, env.expert_actions(task_id)):
         outcome = env.execute(action)
         if not outcome.valid:
             return None
-        conv.append({"role": "assistant", "content": f"Thought: {thought_for(line, rec['task'])}\nAction: {action}"})
+        conv.append({"role": "assistant", "content": f"Thought: {thought_for(line, task.title)}\nAction: {action}"})
         conv.append({"role": "user", "content": f"Observation: {outcome.observation}"})
         if outcome.won:
             return conv
     return None
 
 
+def expert_sft_from_tasks(task_file: str | Path, data_dir: str | Path, output: str | Path,
+                          limit: int | None = None, instruction: str | None = None) -> dict[str, int]:
+    """Expert SFT trajectories for an existing task file (e.g. the shared ``vh_seen_test.jsonl``).
+
+    Every task's ground-truth program is played in :class:`~eval_agent.envs.virtualhome.VirtualHomeEnv`
+    over ``data_dir``; the tasks whose program wins become SFT records (``id`` = the env's unique
+    task id, ``game_file`` = the task's ``path``), the others are skipped and logged. ``limit``
+    keeps the first ``limit`` winning tasks. Returns ``{"tasks", "written", "skipped"}``.
+    """
+    from eval_agent.envs.virtualhome import VirtualHomeEnv
+
+    env = VirtualHomeEnv(task_file, data_dir)
+    prompt = instruction if instruction is not None else VIRTUALHOME_INSTRUCTION
+    sft: list[dict[str, Any]] = []
+    skipped = 0
+    for tid in env.task_ids():
+        if limit is not None and len(sft) >= limit:
+            break
+        try:
+            conv = play_expert(env, tid, prompt)
+        except Exception as e:  # noqa: BLE001 - one broken task must not stop the run
+            logger.warning("%s, task %s: expert replay raised %s: %s", task_file, tid, type(e).__name__, e)
+            conv = None
+        if conv is None:
+            logger.info("%s, task %s: the expert program does not win (%s); skipped", task_file, tid,
+                        env.unreachable_reason(tid) or "reachable")
+            skipped += 1
+            continue
+        sft.append({"id": tid, "game_file": env.game_file(tid), "conversations": conv})
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(sft, indent=1))
+    counts = {"tasks": len(env.task_ids()), "written": len(sft), "skipped": skipped}
+    logger.info("expert SFT from %s: %s -> %s", task_file, counts, out)
+    return counts
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Generate VirtualHome mini-benchmark tasks (no outside data).")
-    ap.add_argument("--out", required=True, help="output data folder (usable as the env's data_dir)")
+    ap = argparse.ArgumentParser(
+        description="Generate VirtualHome mini-benchmark tasks (no outside data), or, with --sft_from, "
+                    "write expert SFT trajectories for an existing task file.")
+    ap.add_argument("--out", help="output data folder (usable as the env's data_dir)")
     ap.add_argument("--n_homes", type=int, default=6)
     ap.add_argument("--n_unseen_homes", type=int, default=2)
     ap.add_argument("--tasks_per_home", type=int, default=20)
     ap.add_argument("--seen_per_home", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sft_from", default=None,
+                    help="a task jsonl (e.g. vh_seen_test.jsonl): play its programs and write --sft_out instead")
+    ap.add_argument("--data_dir", default=None, help="with --sft_from: the folder with scene_graphs/ and resources/")
+    ap.add_argument("--sft_out", default=None, help="with --sft_from: the SFT file to write (JSON array)")
+    ap.add_argument("--limit", type=int, default=None, help="with --sft_from: keep the first N winning tasks")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.sft_from:
+        if not args.data_dir or not args.sft_out:
+            ap.error("--sft_from needs --data_dir and --sft_out")
+        logger.info("done: %s", expert_sft_from_tasks(args.sft_from, args.data_dir, args.sft_out, args.limit))
+        return
+    if not args.out:
+        ap.error("--out is required (or use --sft_from)")
     counts = generate(args.out, args.n_homes, args.n_unseen_homes, args.tasks_per_home, args.seen_per_home, args.seed)
     logger.info("done: %s", counts)
 

@@ -209,6 +209,8 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
                        help="replay every calibrated trajectory in the environment and flag it")
         p.add_argument("--env_data", default=None, help="environment data root for --replay_check")
         p.add_argument("--env_split", default="train")
+        p.add_argument("--env_task_file", default=None,
+                       help="VirtualHome: task file for --replay_check overriding the split's")
         p.add_argument("--drop_non_executable", type=_bool, default=False,
                        help="with --replay_check: drop calibrations whose expert suffix the engine rejects")
     if stage == "merge":
@@ -256,7 +258,7 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
         from steca.sampling.envs import make_env
         from steca.sampling.replay import check_calibrated_pairs
 
-        env = make_env(env_name, args.env_data, args.env_split)
+        env = make_env(env_name, args.env_data, args.env_split, task_file=args.env_task_file)
         try:
             result.pairs, replay = check_calibrated_pairs(env, result.pairs, sft, args.drop_non_executable)
         finally:

@@ -60,6 +60,9 @@ SIZES: dict[str, ModelSize] = {
     # for unit tests (~0.16M parameters)
     "nano": ModelSize(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=176),
+    # the CPU demo (~0.9M parameters): four layers, enough to copy object names from the observation
+    "mini": ModelSize(vocab_size=1024, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=352),
     # CPU default (~3.7M parameters with a 2k vocabulary)
     "tiny": ModelSize(vocab_size=2048, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=4, intermediate_size=688),

@@ -103,6 +103,10 @@ class VirtualHomeEnv(TaskEnv):
         scenes = {p.name[: -len("_graph.json")] for p in self.scene_dir.glob("*_graph.json")}
         tasks, self.load_errors = load_tasks(test_path, known_scenes=scenes)
         self._tasks: dict[str, VHTask] = {t.task_id: t for t in tasks}
+        # SFT records name their game by the task's ``path`` (``game_file``): accept it as an id too
+        self._by_path: dict[str, VHTask] = {}
+        for t in tasks:
+            self._by_path.setdefault(t.path, t)
         self.test_path = str(test_path)
         self.max_steps = max_steps
         self.seed = seed
@@ -124,10 +128,11 @@ class VirtualHomeEnv(TaskEnv):
         return list(self._tasks)
 
     def task(self, task_id: str) -> VHTask:
-        try:
-            return self._tasks[task_id]
-        except KeyError:
-            raise KeyError(f"unknown VirtualHome task {task_id!r} in {self.test_path}") from None
+        """The task with this id, or with this ``path`` (what SFT records store as ``game_file``)."""
+        task = self._tasks.get(task_id) or self._by_path.get(task_id)
+        if task is None:
+            raise KeyError(f"unknown VirtualHome task {task_id!r} in {self.test_path}")
+        return task
 
     def game_file(self, task_id: str) -> str:
         return self.task(task_id).path
@@ -188,11 +193,12 @@ class VirtualHomeEnv(TaskEnv):
 
     # ------------------------------------------------------------------ preparation
     def _prepare(self, task_id: str) -> _Prepared:
+        task = self.task(task_id)
+        task_id = task.task_id  # one cache entry per task, whether named by id or by path
         prep = self._cache.get(task_id)
         if prep is not None:
             self._cache.move_to_end(task_id)
             return prep
-        task = self.task(task_id)
         graph_dict = None
         if self.init_graph_dir is not None:
             graph_dict = load_real_init_graph(self.init_graph_dir, task)
