@@ -176,3 +176,13 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
     summary = json.loads((out / "cali_summary.json").read_text())
     assert summary["per_rule"] == {RELEASED_RULE.rule_name(): 2}
     assert summary["turned_away"]["same_action"] == 1
+
+
+def test_histograms_of_equal_or_nearly_equal_values(tmp_path):
+    """A run whose distances are all (nearly) the same still gets its PNGs (numpy refuses 20 bins there)."""
+    from steca.method.collect import plot_histograms
+
+    paths = plot_histograms(tmp_path / "d_c.json", {"expert": [0.5, 0.5]},
+                            {"calibrated": [0.1, 0.1 + 1e-17], "explored": []})
+    assert [p.name for p in paths] == ["d_c_step_rewards.png", "d_c_distances.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

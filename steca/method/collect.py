@@ -46,7 +46,10 @@ def plot_histograms(output: Path, step_rewards: dict[str, list[float]], distance
         drawn = False
         for label, values in data.items():
             if values:
-                ax.hist(values, bins=20, alpha=0.6, label=f"{label} (n={len(values)})")
+                lo, hi = min(values), max(values)
+                # numpy cannot cut a (near-)zero range into 20 bins: draw one bin around the value
+                bins, span = (20, None) if hi - lo > 1e-6 * max(1.0, abs(hi)) else (1, (lo - 0.5, hi + 0.5))
+                ax.hist(values, bins=bins, range=span, alpha=0.6, label=f"{label} (n={len(values)})")
                 drawn = True
         if not drawn:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
