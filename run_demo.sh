@@ -42,6 +42,7 @@ SAMPLE_MAX_STEPS=${SAMPLE_MAX_STEPS:-20}  # episode length (prefix included) in 
 MAX_STEPS=${MAX_STEPS:-20}                # episode length in evaluation (paper: 40)
 MAX_ACTIVE=${MAX_ACTIVE:-128}             # rollouts in flight (generation batch)
 PART_NUM=${PART_NUM:-1}
+CALI_RULE=${CALI_RULE:-released}          # deviation rule of D_c: released (every deviated step) | paper (the first)
 # reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
 RL_LR=${RL_LR:-5e-4}                      # 0.15 x SFT_LR, the released 7B ratio (3e-6 / 2e-5)
 RL_BATCH=${RL_BATCH:-2}
@@ -135,7 +136,8 @@ joined
 steps_args=(--sft "$DATA/mc_tasks.json" --expert_steps "$OUT_DIR/sampling/expert_steps_mc.jsonl"
             --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl")
 stage d_s python data_collection/data_expert_alfworld.py "${steps_args[@]}" --output "$DATA/d_s.json"
-stage d_c python data_collection/data_cali_alfworld.py "${steps_args[@]}" --reflector offline --output "$DATA/d_c.json"
+stage d_c python data_collection/data_cali_alfworld.py "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
+  --output "$DATA/d_c.json"
 stage d_e python data_collection/data_explored_alfworld.py --sft "$DATA/mc_tasks.json" \
   --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl" --output "$DATA/d_e.json"
 stage merge python data_collection/merge_data.py --output "$DATA/steca_pairs.json" \
