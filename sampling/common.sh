@@ -5,6 +5,7 @@
 set -euo pipefail
 
 # run_parts STAGE OUTPUT [extra arguments for sampling/run_sampling.py ...]
+# (a non-empty TASK_FILE adds --task_file: a task file overriding the split's, VirtualHome)
 run_parts() {
   local stage=$1 output=$2
   shift 2
@@ -14,7 +15,7 @@ run_parts() {
     local part="${output%.jsonl}.part${i}of${PART_NUM}.jsonl"
     parts+=("$part")
     python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
-      --output "$part" --part_num "$PART_NUM" --part_idx "$i" "$@" &
+      --output "$part" --part_num "$PART_NUM" --part_idx "$i" ${TASK_FILE:+--task_file "$TASK_FILE"} "$@" &
     pids+=($!)
   done
   local failed=0

@@ -25,5 +25,4 @@ SEED=${SEED:-0}
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh
-TASK_ARGS=(); if [[ -n "$TASK_FILE" ]]; then TASK_ARGS=(--task_file "$TASK_FILE"); fi
-run_parts expert_steps "$OUT_DIR/expert_steps.jsonl" "${TASK_ARGS[@]}" --sft "$SFT_FILE"
+run_parts expert_steps "$OUT_DIR/expert_steps.jsonl" --sft "$SFT_FILE"

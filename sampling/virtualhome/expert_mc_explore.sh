@@ -25,5 +25,4 @@ SEED=${SEED:-0}
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh
-TASK_ARGS=(); if [[ -n "$TASK_FILE" ]]; then TASK_ARGS=(--task_file "$TASK_FILE"); fi
-run_parts mc "$OUT_DIR/expert_steps_mc.jsonl" "${TASK_ARGS[@]}" --steps "$OUT_DIR/expert_steps.jsonl" --num_rollouts "$NUM_ROLLOUTS" --temperature "$TEMPERATURE" $(model_args)
+run_parts mc "$OUT_DIR/expert_steps_mc.jsonl" --steps "$OUT_DIR/expert_steps.jsonl" --num_rollouts "$NUM_ROLLOUTS" --temperature "$TEMPERATURE" $(model_args)

@@ -25,5 +25,4 @@ SEED=${SEED:-0}
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh
-TASK_ARGS=(); if [[ -n "$TASK_FILE" ]]; then TASK_ARGS=(--task_file "$TASK_FILE"); fi
-run_parts explore_steps "$OUT_DIR/explore_steps.jsonl" "${TASK_ARGS[@]}" --sft "$SFT_FILE" --temperature "$TEMPERATURE" $(model_args)
+run_parts explore_steps "$OUT_DIR/explore_steps.jsonl" --sft "$SFT_FILE" --temperature "$TEMPERATURE" $(model_args)
