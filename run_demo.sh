@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole STeCa pipeline on a CPU, in one command, on the project's generated ALFWorld mini benchmark:
+# The whole STeCa pipeline on a CPU, in one command, on the project's generated ALFWorld and VirtualHome
+# mini benchmarks:
 #
 #   bash run_demo.sh                 # seed 0 into runs/demo_seed0
 #   SEED=1 bash run_demo.sh          # another seed into runs/demo_seed1
@@ -9,6 +10,9 @@
 #   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
 #   merge -> reinforced training (STeCa) + the fair baseline (SFT for the same number of extra steps on
 #   the same tasks' expert data) -> evaluation of SFT, baseline and STeCa on seen and unseen -> table.
+# ALFWorld runs first, then the same stages on generated VirtualHome tasks (stages vh_*, outputs in
+# OUT_DIR/vh; VH=false skips them). The table is the paper's layout: method x {ALFWorld, VirtualHome} x
+# {seen, unseen}.
 # A stage writes OUT_DIR/.stages/<stage>.json only after it finished, so a rerun (after an interruption,
 # a crash or Ctrl-C) skips finished stages and the stage scripts resume their partial outputs.
 # Every variable below can be overridden from the environment.
@@ -19,7 +23,7 @@ cd "$(dirname "$0")"
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
 OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
-ASSETS_DIR=${ASSETS_DIR:-assets}          # the plots of seed 0 are copied here ("" : do not copy)
+ASSETS_DIR=${ASSETS_DIR-assets}           # the plots of seed 0 are copied here (ASSETS_DIR= : do not copy)
 SKIP_INSTALL=${SKIP_INSTALL:-false}
 # mini benchmark (steca/generators/alfworld_games.py)
 N_TRAIN=${N_TRAIN:-600}                   # training games (expert trajectories for SFT)
@@ -50,6 +54,27 @@ RL_EPOCHS=${RL_EPOCHS:-1}
 # evaluation (eval/my_eval_alfworld.sh)
 ICL_NUM=${ICL_NUM:-0}                     # the tiny model never saw an in-context example in training
 EVAL_WORKERS=${EVAL_WORKERS:-0}
+# VirtualHome block (the same stages on generated VirtualHome tasks, into OUT_DIR/vh; CALI_RULE, JOBS,
+# ICL_NUM and PART_NUM above apply to it too). Homes, tasks and model are much smaller than ALFWorld's:
+# the block must fit in ~4 minutes on 2 cores.
+VH=${VH:-true}                            # false: ALFWorld only
+VH_HOMES=${VH_HOMES:-6}                   # generated homes (steca/generators/virtualhome_tasks.py)
+VH_UNSEEN_HOMES=${VH_UNSEEN_HOMES:-2}     # the last homes: the unseen split only (held-out layouts)
+VH_TASKS_PER_HOME=${VH_TASKS_PER_HOME:-30}  # tasks per home (~100 train, 20 seen, 60 unseen tasks)
+VH_SEEN_PER_HOME=${VH_SEEN_PER_HOME:-5}   # seen tasks per seen home (new goals in the training homes)
+VH_INSTRUCTION=${VH_INSTRUCTION:-short}   # first user turn: short (reply format only) | full
+VH_MODEL_SIZE=${VH_MODEL_SIZE:-mini}      # bootstrap model trained from scratch on the VirtualHome tasks
+VH_SFT_EPOCHS=${VH_SFT_EPOCHS:-20}
+VH_SFT_LR=${VH_SFT_LR:-5e-3}
+VH_SFT_BATCH=${VH_SFT_BATCH:-2}           # per process (x JOBS processes)
+VH_MAX_LENGTH=${VH_MAX_LENGTH:-512}       # tokens per training conversation (the longest record has ~450)
+VH_MC_TASKS=${VH_MC_TASKS:-32}           # expert trajectories whose steps get Monte Carlo rewards
+VH_NUM_ROLLOUTS=${VH_NUM_ROLLOUTS:-2}     # N rollouts per scored step (paper: 5)
+VH_MAX_NEW_TOKENS=${VH_MAX_NEW_TOKENS:-48}  # per generated turn; the longest expert turn is ~32 tokens
+VH_MAX_STEPS=${VH_MAX_STEPS:-12}          # episode length, prefix included, in sampling and evaluation (paper: 40;
+                                          # training programs have 1-8 steps)
+VH_RL_LR=${VH_RL_LR:-7.5e-4}              # 0.15 x VH_SFT_LR, as for ALFWorld
+VH_RL_BATCH=${VH_RL_BATCH:-2}
 # ------------------------------------------------------------------
 
 if [[ -n "$SEEDS" ]]; then
@@ -165,7 +190,79 @@ for method in sft sft_more steca; do
 done
 joined
 
-# 7. the table, results.md and the plots
+# 7. VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
+# evolving_graph simulator; no download), into OUT_DIR/vh
+virtualhome_block() {
+  local root=$OUT_DIR/vh
+  local bench=$root/bench data=$root/data models=$root/models
+  stage vh_generate python -m steca.generators.virtualhome_tasks --out "$bench" --seed "$SEED" --n_homes "$VH_HOMES" \
+    --n_unseen_homes "$VH_UNSEEN_HOMES" --tasks_per_home "$VH_TASKS_PER_HOME" --seen_per_home "$VH_SEEN_PER_HOME" \
+    --instruction "$VH_INSTRUCTION"
+  stage vh_subset python -m steca.demo subset --sft "$bench/vh_sft_train.json" --n "$VH_MC_TASKS" --seed "$SEED" \
+    --output "$data/mc_tasks.json"
+  stage vh_bootstrap python -m steca.training.bootstrap --sft_file "$bench/vh_sft_train.json" \
+    --output_dir "$models/bootstrap" --size "$VH_MODEL_SIZE" --seed "$SEED"
+  stage vh_sft env MODEL_PATH="$models/bootstrap" SFT_DATA="$bench/vh_sft_train.json" OUTPUT_DIR="$models/sft" \
+    EPOCHS="$VH_SFT_EPOCHS" LR="$VH_SFT_LR" PER_DEVICE_BATCH="$VH_SFT_BATCH" MAX_LENGTH="$VH_MAX_LENGTH" SEED="$SEED" \
+    NPROC="$JOBS" SAVE_STEPS=50 bash sft/my_sft.sh --report_to none
+
+  # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
+  vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling"
+                   MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
+                   MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
+  side vh_expert_sampling vh_expert_chain
+  side vh_explore_sampling vh_explore_chain
+  joined
+
+  # D_s, D_c (OFFLINE STAND-IN reflector), D_e with VirtualHome's 1 ± d weights, then one training file
+  local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$root/sampling/expert_steps_mc.jsonl"
+                    --explore_steps "$root/sampling/explore_steps_mc.jsonl")
+  stage vh_d_s python data_collection/data_org_vh.py "${steps_args[@]}" --output "$data/d_s.json"
+  stage vh_d_c python data_collection/data_cali_vh.py "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
+    --output "$data/d_c.json"
+  stage vh_d_e python data_collection/data_explored_vh.py --sft "$data/mc_tasks.json" \
+    --explore_steps "$root/sampling/explore_steps_mc.jsonl" --output "$data/d_e.json"
+  stage vh_merge python data_collection/merge_data.py --output "$data/steca_pairs.json" \
+    "$data/d_s.json" "$data/d_c.json" "$data/d_e.json"
+
+  # STeCa and the fair baseline (expert data of the same tasks), the same number of optimizer steps
+  local steps
+  steps=$(python -m steca.demo steps --pairs "$data/steca_pairs.json" --batch_size "$VH_RL_BATCH")
+  echo "VirtualHome reinforced training and fair baseline: $steps optimizer steps each"
+  side vh_steca_train stage vh_steca_train env MODEL_PATH="$models/sft" TRAIN_DATA="$data/steca_pairs.json" \
+    OUTPUT_DIR="$models/steca" LR="$VH_RL_LR" PER_DEVICE_BATCH="$VH_RL_BATCH" EPOCHS=1 SEED="$SEED" SAVE_STEPS=100000 \
+    bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
+  side vh_baseline_train stage vh_baseline_train env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
+    OUTPUT_DIR="$models/sft_more" LR="$VH_RL_LR" PER_DEVICE_BATCH="$VH_RL_BATCH" EPOCHS=1 MAX_LENGTH="$VH_MAX_LENGTH" \
+    SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
+    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+  joined
+
+  # greedy evaluation on seen (new goals in the training homes) and unseen (held-out homes)
+  local method split
+  for method in sft sft_more steca; do
+    for split in seen unseen; do
+      side "vh_eval_${method}_$split" stage "vh_eval_${method}_$split" env MODEL_PATH="$models/$method" \
+        DATA_DIR="$bench" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
+        OUTPUT_DIR="$root/eval/$method/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
+        EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device cpu" bash eval/my_eval_vh.sh
+    done
+  done
+  joined
+}
+vh_expert_chain() {
+  stage vh_expert_steps env "${vh_sampling_env[@]}" bash sampling/virtualhome/expert_generate_response.sh
+  stage vh_expert_mc env "${vh_sampling_env[@]}" bash sampling/virtualhome/expert_mc_explore.sh
+}
+vh_explore_chain() {
+  stage vh_explore_steps env "${vh_sampling_env[@]}" bash sampling/virtualhome/explore_generate_response.sh
+  stage vh_explore_mc env "${vh_sampling_env[@]}" bash sampling/virtualhome/explore_mc_explore.sh
+}
+if [[ "$VH" == "true" ]]; then
+  virtualhome_block
+fi
+
+# 8. the table, results.md and the plots
 assets_args=()
 if [[ -n "$ASSETS_DIR" && "$SEED" == "0" ]]; then assets_args=(--assets_dir "$ASSETS_DIR"); fi
 echo

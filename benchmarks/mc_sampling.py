@@ -3,18 +3,19 @@
 A fixed set of Monte Carlo states (every expert step of the first ``--num_traj`` shared
 trajectories) gets ``--num_rollouts`` rollouts each, with the same tiny model and sampling, in two ways:
 
-* released flow: for every rollout, a fresh environment reset (an ``AlfWorldEnv`` that caches no
-  game: the game file is loaded again, its grammar parsed and its PDDL state rebuilt, as
-  ``PddlEnv.load`` + ``reset`` do; fast-downward's translation of the game comes from this
-  process's memo, so this side is if anything faster than the released code, which translates
-  on every reset), the expert prefix replayed action by action, then one ``generate`` call per
-  turn for this rollout alone, with no cache kept between calls;
+* released flow: for every rollout, a fresh reset of the stock TextWorld engine (an
+  ``AlfWorldEnv`` that caches no game and memoises nothing: the game file is loaded again, its
+  PDDL translated by fast-downward and its state rebuilt, as ``PddlEnv.load`` + ``reset`` do in the
+  released code; every step re-derives the text of every applicable command), the expert prefix
+  replayed action by action, then one ``generate`` call per turn for this rollout alone, with no
+  cache kept between calls (``--baseline_memo`` gives this side our memo of translations and
+  engine texts, the comparison earlier versions of this benchmark made);
 * ours: :class:`eval_agent.engine.RolloutEngine` (environment in this process) with the jobs of
   :func:`steca.sampling.stages.mc_job`: all rollouts in flight, one ``generate`` call per turn for
   all of them (the N identical rows of a state prefilled once, conversation KV kept between
   turns), and every state reached by ``reset_to_prefix`` from cached engine snapshots.
 
-Both sides share the environment code (its per-step memo speeds both). Before either side is
+Both sides share the environment code. Before either side is
 timed, the TextWorld engine is imported and both policies answer one throwaway prompt, so neither
 side pays the process's one-time start-up for the other.
 
@@ -25,13 +26,13 @@ plus generation, which is what the two flows do differently. Prints both rates a
 
     python benchmarks/mc_sampling.py [--data ../shared/data/alfworld] [--num_traj 2] [--num_rollouts 5]
 
-Measured on the shared 2-core machine with the defaults (13 states, 65 rollouts), load 4-5 from
-other jobs: released flow 16.3 s (env 9.4 s, generate 6.9 s), ours 2.4 s (env 1.1 s, generate
-1.3 s), ratio=6.7; other runs 6.2-7.8. Back to back at load ~5, this code ratio=7.2 (ours 3.4 s)
-against the previous commit's ratio=3.3 (ours 8.2 s, of which ~1 s importing TextWorld).
-What is left in ours is loading the two games (fast-downward's translation, ~0.2 s each) and
-decoding (memory-bound attention over each row's ~1.3k-token context); the released flow is
-~0.15 s of game loading per rollout plus one uncached generation call per turn.
+Measured on the shared 2-core machine, idle, defaults (13 states, 65 rollouts): released flow
+161.2 s (env 154.4 s: a fresh stock reset costs 0.4-3 s depending on the game, one stock step
+20-100 ms; generate 6.7 s), ours 2.1 s (env 1.0 s, generate 1.1 s), ratio=75.0 (at load ~2:
+ratio=80.9). With ``--baseline_memo`` (the released flow on our memoised engine, the comparison
+earlier versions made): released 14.9 s (env 8.6 s, generate 6.2 s), ours 2.2 s, ratio=6.8.
+What is left in ours is loading the two games (fast-downward's translation, ~0.2 s each with the
+memo) and decoding.
 """
 from __future__ import annotations
 
@@ -70,9 +71,11 @@ def states(sft_path: Path, num_traj: int) -> list[StepRecord]:
 
 
 def released_flow(recs: list[StepRecord], policy: HFPolicy, data: Path, n: int, params: SamplingParams,
-                  extra_turns: int, timing: dict[str, float]) -> int:
+                  extra_turns: int, timing: dict[str, float], stock_env: bool = True) -> int:
     """Fresh reset + replay + one generation call at a time, for every rollout. Returns rollouts done."""
-    env = AlfWorldEnv(data, split="train", max_games=0)  # no game cache: every reset translates again
+    # the stock engine: no game cache (every reset loads and translates the game again), no memo (every
+    # step re-derives the text of every applicable command), as the released code's AlfredTWEnv runs
+    env = AlfWorldEnv(data, split="train", max_games=0, memoize=not stock_env)
     done = 0
     timing.update(env_s=0.0, generate_s=0.0)
     try:
@@ -138,6 +141,8 @@ def main() -> None:
     ap.add_argument("--num_rollouts", type=int, default=5)
     ap.add_argument("--extra_turns", type=int, default=4)
     ap.add_argument("--max_new_tokens", type=int, default=16)
+    ap.add_argument("--baseline_memo", action="store_true",
+                    help="released flow with our memo of translations and engine texts (stock engine otherwise)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -166,7 +171,8 @@ def main() -> None:
         n_ours = our_flow(recs, policy, args.data, args.num_rollouts, params, args.extra_turns, tm_ours)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
-        n_rel = released_flow(recs, released_policy, args.data, args.num_rollouts, params, args.extra_turns, tm_rel)
+        n_rel = released_flow(recs, released_policy, args.data, args.num_rollouts, params, args.extra_turns, tm_rel,
+                              stock_env=not args.baseline_memo)
         t_rel = time.perf_counter() - t0
     r_ours, r_rel = n_ours / t_ours, n_rel / t_rel
     print(f"released flow: {n_rel} rollouts in {t_rel:.1f}s = {r_rel:.2f} rollouts/s "

@@ -132,6 +132,44 @@ def test_identical_rows_share_one_prefill(model_dir, chats):
     assert on.n_prefilled_tokens < len(on.encode(chats[2][:5])) - n_prompt + (n_conv - n_prompt) + 3 + 1
 
 
+def test_shared_prompt_is_read_once_and_outputs_do_not_change(model_dir, chats, monkeypatch):
+    """Rows sharing the instruction prompt decode through shared-prefix attention (the prompt's keys
+    once per batch), in the policy's own decoding loop; greedy, sampled and stop-string outputs equal
+    ``model.generate`` one conversation at a time with no cache."""
+    from transformers import AttentionInterface
+
+    from eval_agent.agents.shared_prefix import ATTENTION_NAME, PrefixedKV
+
+    on = _policy(model_dir)
+    assert on.shared_prefix and on.model.config._attn_implementation == ATTENTION_NAME
+    seen = {"prefixed": 0, "prefix_len": 0}
+    inner = AttentionInterface._global_mapping[ATTENTION_NAME]
+
+    def counting(module, query, key, value, mask, **kw):
+        if isinstance(key, PrefixedKV):
+            seen["prefixed"] += 1
+            seen["prefix_len"] = max(seen["prefix_len"], key.prefix.shape[2])
+        return inner(module, query, key, value, mask, **kw)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, ATTENTION_NAME, counting)
+    off = _policy(model_dir, reuse_cache=False)
+    assert not off.shared_prefix
+    batch = [chats[0][:5], chats[1][:3], chats[2][:7], chats[3][:5]]
+    greedy = SamplingParams(max_new_tokens=16)
+    got = on.generate(batch, greedy)
+    assert got == [off.generate([c], greedy)[0] for c in batch]
+    prompt_len = on._prompt_split(batch[0], on.encode(batch[0]))
+    assert seen["prefixed"] > 0 and seen["prefix_len"] == prompt_len > 0
+    sampled = [SamplingParams(temperature=1.0, max_new_tokens=16, seed=s) for s in range(4)]
+    assert on.generate(batch, sampled) == [off.generate([c], p)[0] for c, p in zip(batch, sampled)]
+    # a stop string taken from the middle of a greedy reply ends that reply early, on both paths
+    word = next(t[len(t) // 2:len(t) // 2 + 2] for t in got if len(t) > 6 and t[len(t) // 2:len(t) // 2 + 2].strip())
+    stopped = SamplingParams(max_new_tokens=16, stop=(word,))
+    got_stop = on.generate(batch, stopped)
+    assert got_stop == [off.generate([c], stopped)[0] for c in batch]
+    assert any(len(a) < len(b) for a, b in zip(got_stop, got))
+
+
 def test_row_sampler_draws_from_each_rows_distribution():
     """Inverse-transform sampling with per-row generators: softmax(z / T), nucleus-restricted, seed-determined."""
     import torch

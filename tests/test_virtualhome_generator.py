@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval_agent.envs.virtualhome import VirtualHomeEnv, make_virtualhome_env
-from steca.generators.virtualhome_tasks import candidate_goals, generate, make_home
+from steca.generators.virtualhome_tasks import VIRTUALHOME_SHORT_INSTRUCTION, candidate_goals, generate, main, make_home
 from steca.records import load_sft
 
 SMALL = dict(n_homes=3, n_unseen_homes=1, tasks_per_home=5, seen_per_home=2, seed=3)
@@ -66,6 +66,19 @@ def test_generation_is_deterministic(generated: Path, tmp_path: Path):
     generate(tmp_path, **SMALL)
     for name in ("vh_train.jsonl", "vh_seen_test.jsonl", "vh_unseen_test.jsonl", "vh_sft_train.json"):
         assert (tmp_path / name).read_text() == (generated / name).read_text(), name
+
+
+def test_short_instruction_cli_changes_only_the_first_turn(generated: Path, tmp_path: Path):
+    """``--instruction short`` (the CPU demo's) writes the reply-format-only first turn; tasks and every
+    other turn are those of the default (full) instruction."""
+    main(["--out", str(tmp_path), "--instruction", "short", *(f"--{k}={v}" for k, v in SMALL.items())])
+    short = load_sft(tmp_path / "vh_sft_train.json", strict=True).records
+    full = load_sft(generated / "vh_sft_train.json", strict=True).records
+    assert [r.id for r in short] == [r.id for r in full]
+    for s, f in zip(short, full):
+        assert s.conversations[0].content == VIRTUALHOME_SHORT_INSTRUCTION != f.conversations[0].content
+        assert s.conversations[1:] == f.conversations[1:]
+    assert (tmp_path / "vh_unseen_test.jsonl").read_text() == (generated / "vh_unseen_test.jsonl").read_text()
 
 
 @pytest.mark.slow

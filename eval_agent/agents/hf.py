@@ -13,7 +13,8 @@ How a batch is answered:
    is prefilled. Every episode of an evaluation shares the instruction and example (~850 tokens
    with the nano tokenizer), so this removes most of the prefill. The split point depends on the
    conversation alone, never on the batch;
-4. each chunk is decoded by ``model.generate`` with the KV cache. Decoding is greedy
+4. each chunk is decoded with the KV cache (by ``model.generate``, or by the policy's own loop
+   when conversation reuse is on, below). Decoding is greedy
    (``do_sample=False``); rows with ``temperature > 0`` are sampled by :class:`RowSampler`, a
    logits processor that draws each row's token with that row's own ``torch.Generator`` seeded
    from the row's ``SamplingParams.seed``. A row's sample therefore depends on its seed, not on
@@ -40,6 +41,17 @@ With reuse on, rows of one call with identical tokens (the N Monte Carlo rollout
 are prefilled once: one forward pass computes their KV up to the last token, and each row
 starts decoding from it with its own seed. During decoding the batch cache appends new keys and
 values into preallocated room instead of concatenating the whole cache every token.
+
+Shared prompt, read once (``shared_prefix=True``, the default with reuse). When every row of a
+chunk has the same cached prompt (the instruction and in-context example, about 60% of a row's
+context in an ALFWorld rollout), the batch cache keeps that prompt's keys and values once and
+each row's own tokens per row; the model's attention is switched to
+:mod:`eval_agent.agents.shared_prefix`, which computes attention over the prompt with one matrix
+product for all rows and merges it with each row's own part (cascade attention; outputs equal
+ordinary attention up to rounding, tests compare the two). With reuse the chunk is decoded by
+:meth:`HFPolicy._decode`, a loop of the policy's own that does what ``model.generate`` does for
+this case (greedy or :class:`RowSampler` draws, EOS, stop strings, padding of stopped rows)
+without its per-step bookkeeping; without reuse (the default on GPUs) ``model.generate`` decodes.
 
 Padding. Rows are laid out as ``[shared prompt | padding | own suffix]`` (left padding of the
 suffix when there is no cached prompt). ``generate`` derives position ids from the cumulative sum
@@ -69,6 +81,8 @@ import numpy as np
 from eval_agent.agents.base import Policy, SamplingParams
 from eval_agent.agents.common import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
+from eval_agent.agents.shared_prefix import enable as enable_shared_prefix
+from eval_agent.agents.shared_prefix import ATTENTION_NAME, prefixed_layer_class
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
@@ -173,14 +187,44 @@ def _growing_layer_class() -> Any:
     return GrowingLayer
 
 
-def growing_cache(config: Any, reserve: int) -> Any:
-    """A ``DynamicCache`` for ``config`` whose layers append in place (see :func:`_growing_layer_class`)."""
+def growing_cache(config: Any, reserve: int, prefix: list[tuple[Any, Any]] | None = None) -> Any:
+    """A ``DynamicCache`` for ``config`` whose layers append in place (see :func:`_growing_layer_class`).
+
+    ``prefix``: per layer ``(keys, values)`` of ``[1, kv_heads, P, d]`` shared by every row; each
+    layer then keeps it once and stores only the rows' own tokens (see
+    :mod:`eval_agent.agents.shared_prefix`, which the model's attention must be switched to).
+    """
     from transformers import DynamicCache
 
-    layer = _growing_layer_class()
+    growing = _growing_layer_class()
     cache = DynamicCache(config=config)
-    cache.layers = [layer(reserve) for _ in cache.layers]
+    if prefix is None:
+        cache.layers = [growing(reserve) for _ in cache.layers]
+    else:
+        layer = prefixed_layer_class(growing)
+        cache.layers = [layer(k, v, reserve) for k, v in prefix]
     return cache
+
+
+def row_kv(cache: Any, r: int, cols: Any) -> list[tuple[Any, Any]]:
+    """Per layer ``(keys, values)`` ``[1, kv_heads, len(cols), d]`` of row ``r`` at batch columns ``cols``.
+
+    ``cols`` are columns of the whole batch layout (ascending). With a shared prefix of ``P``
+    columns (every row sees all of them, so ``cols`` starts with ``0 .. P-1``) the prefix comes
+    from the layer's single copy and the other columns from the row part, shifted by ``P``.
+    """
+    torch = _torch()
+    out = []
+    for layer in cache.layers:
+        p = int(layer.prefix_keys.shape[-2]) if hasattr(layer, "prefix_keys") else 0
+        own = cols[p:] - p
+        k = layer.keys[r:r + 1].index_select(2, own)
+        v = layer.values[r:r + 1].index_select(2, own)
+        if p:
+            k = torch.cat([layer.prefix_keys, k], dim=2)
+            v = torch.cat([layer.prefix_values, v], dim=2)
+        out.append((k, v))
+    return out
 
 
 @dataclass
@@ -209,7 +253,9 @@ class HFPolicy(Policy):
     ``float16`` or ``auto`` (float32 on CPU, bfloat16 on GPU). ``max_batch_size``: rows per
     ``generate`` call. ``max_model_len``: context limit (prompt + new tokens). ``reuse_cache``:
     keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
-    ``2 x max_batch_size``); see the module docstring.
+    ``2 x max_batch_size``); ``shared_prefix``: with reuse, keep a chunk's common prompt once and
+    attend to it with shared-prefix attention (models using ``sdpa`` or ``eager`` attention); see
+    the module docstring.
     """
 
     supports_row_params = True
@@ -217,7 +263,8 @@ class HFPolicy(Policy):
     def __init__(self, model_path: str, device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
-                 min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None):
+                 min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
+                 shared_prefix: bool = True):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -258,6 +305,8 @@ class HFPolicy(Policy):
         if self.reuse_cache and not self._plain_kv_cache():
             logger.warning("hf policy: the model's cache is not a plain key/value cache; conversation reuse is off")
             self.reuse_cache = False
+        # rows of a batch share the instruction prompt's KV once (cascade attention); see shared_prefix.py
+        self.shared_prefix = bool(self.reuse_cache and shared_prefix and enable_shared_prefix(self.model))
         self._conv_store: "OrderedDict[int, _KVEntry]" = OrderedDict()
         self._entry_ids = itertools.count()
         self.n_reused_tokens = 0
@@ -453,42 +502,65 @@ class HFPolicy(Policy):
                 reserve: int = 1) -> tuple[Any, Any, Any, int]:
         """Input ids, attention mask and batch KV cache of rows whose first ``sources[r][0]`` tokens are cached.
 
-        Row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``: columns
-        ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new tokens; all
-        other columns are masked padding. Returns ``(input_ids, mask, cache, C)``; the cache has room
-        for ``S + reserve`` more columns before it reallocates.
+        ``P``: the tokens every row has cached and shares with every other row (the instruction
+        prompt), kept once when shared-prefix attention is on (else ``P = 0``). Row ``r`` with
+        ``c_r`` cached and ``s_r`` new tokens, ``C = P + max (c - P)``, ``S = max s``: columns
+        ``[0, P)`` hold the shared prefix, ``[C - c_r + P, C)`` the rest of its cached keys/values,
+        ``[C + S - s_r, C + S)`` its new tokens; all other columns are masked padding. Returns
+        ``(input_ids, mask, cache, C)``; the cache has room for ``S + reserve`` more columns
+        before it reallocates.
         """
         torch = _torch()
 
         pad = self.tokenizer.pad_token_id
         n = len(ids)
         cached = [c for c, _ in sources]
-        width_c = max(cached)
+        shared = self._shared_prefix_len(ids, cached)
+        width_c = shared + max(c - shared for c in cached)
         width_s = max(len(x) - c for x, c in zip(ids, cached))
         width = width_c + width_s
         input_ids = torch.full((n, width), pad, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for r, (x, c) in enumerate(zip(ids, cached)):
-            if c:
-                input_ids[r, width_c - c:width_c] = torch.tensor(x[:c], dtype=torch.long)
-                mask[r, width_c - c:width_c] = 1
+            input_ids[r, :shared] = torch.tensor(x[:shared], dtype=torch.long)
+            mask[r, :shared] = 1
+            if c > shared:
+                input_ids[r, width_c - (c - shared):width_c] = torch.tensor(x[shared:c], dtype=torch.long)
+                mask[r, width_c - (c - shared):width_c] = 1
             suffix = x[c:]
             input_ids[r, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
             mask[r, width - len(suffix):] = 1
         self.n_reused_tokens += sum(cached)
         self.n_prefilled_tokens += sum(len(x) for x in ids) - sum(cached)
-        cache = growing_cache(self.model.config, width_s + reserve)
-        if width_c:
-            ref = next(kv for c, kv in sources if c)
+        ref = next((kv for c, kv in sources if c), None)
+        if shared:
+            prefix = [(k0[:, :, :shared], v0[:, :, :shared]) for k0, v0 in ref]
+            cache = growing_cache(self.model.config, width_s + reserve, prefix)
+        else:
+            cache = growing_cache(self.model.config, width_s + reserve)
+        own = width_c - shared
+        if own:
             for layer, (k0, v0) in enumerate(ref):
-                keys = k0.new_zeros((n, k0.shape[1], width_c, k0.shape[3]))
-                values = v0.new_zeros((n, v0.shape[1], width_c, v0.shape[3]))
+                keys = k0.new_zeros((n, k0.shape[1], own, k0.shape[3]))
+                values = v0.new_zeros((n, v0.shape[1], own, v0.shape[3]))
                 for r, (c, kv) in enumerate(sources):
-                    if c:
-                        keys[r, :, width_c - c:] = kv[layer][0][0, :, :c]
-                        values[r, :, width_c - c:] = kv[layer][1][0, :, :c]
+                    if c > shared:
+                        keys[r, :, own - (c - shared):] = kv[layer][0][0, :, shared:c]
+                        values[r, :, own - (c - shared):] = kv[layer][1][0, :, shared:c]
                 cache.update(keys, values, layer)
         return input_ids, mask, cache, width_c
+
+    def _shared_prefix_len(self, ids: list[list[int]], cached: list[int]) -> int:
+        """Leading tokens that every row has cached and that are the same in every row (0: none or off)."""
+        if not self.shared_prefix or len(ids) < 2:
+            return 0
+        first = np.asarray(ids[0], dtype=np.int64)
+        n = min(cached)
+        for x in ids[1:]:
+            if n == 0:
+                break
+            n = min(n, common_prefix_len(first, np.asarray(x, dtype=np.int64)))
+        return n if n >= self.min_prefix_tokens else 0
 
     def _prefill_shared(self, ids: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]]
                         ) -> list[tuple[int, list[tuple[Any, Any]] | None]]:
@@ -518,8 +590,7 @@ class HFPolicy(Policy):
         out = list(sources)
         for i, rows in enumerate(shared):
             cols = mask[i].nonzero().flatten().to(self.device)
-            kv = [(layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
-                  for layer in cache.layers]
+            kv = row_kv(cache, i, cols)
             for r in rows:
                 out[r] = (len(xs[i]), kv)
         # the lead rows' tokens were counted here (cached + prefilled); the generate call would count them
@@ -538,27 +609,12 @@ class HFPolicy(Policy):
         holding the KV of its tokens plus the generated tokens whose KV was computed.
         """
         torch = _torch()
-        from transformers import GenerationConfig, LogitsProcessorList
 
         p0 = rows[0]
-        pad = self.tokenizer.pad_token_id
         input_ids, mask, cache, width_c = self._layout(ids, sources, reserve=p0.max_new_tokens)
         width = input_ids.shape[1]
-        kwargs: dict[str, Any] = {"cache": cache}
-        config = GenerationConfig(max_new_tokens=p0.max_new_tokens, do_sample=False, pad_token_id=pad,
-                                  eos_token_id=self.eos_token_id, num_beams=1, use_cache=True)
-        if p0.temperature > 0:
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [RowSampler([p.temperature for p in rows], [p.top_p for p in rows],
-                            [int(p.seed or 0) for p in rows], self.device)])
-        if p0.stop:
-            config.stop_strings = list(p0.stop)
-            kwargs["tokenizer"] = self.tokenizer
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                      generation_config=config, **kwargs)
+        new = self._decode(input_ids, mask, cache, width_c, rows)
         self.n_generate_calls += 1
-        new = out[:, width:].tolist()
         computed = cache.get_seq_length() - width  # generated tokens whose KV is in the cache
         eos = set(self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id])
         texts, entries = [], []
@@ -568,10 +624,71 @@ class HFPolicy(Policy):
             real = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
             keep = max(0, min(real, computed))
             cols = torch.cat([mask[r].nonzero().flatten(), torch.arange(width, width + keep)]).to(self.device)
-            kv = [(layer.keys[r:r + 1].index_select(2, cols), layer.values[r:r + 1].index_select(2, cols))
-                  for layer in cache.layers]
+            kv = row_kv(cache, r, cols)
             entries.append(_KVEntry(np.asarray(ids[r] + seq[:keep], dtype=np.int64), kv, len(ids[r])))
         return texts, entries
+
+    def _decode(self, input_ids: Any, mask: Any, cache: Any, width_c: int, rows: list[SamplingParams]) -> list[list[int]]:
+        """Prefill each row's new columns, then decode one token per row per step; the generated ids per row.
+
+        What ``model.generate`` does for this case (greedy, or :class:`RowSampler` draws; a row
+        stops at EOS or at a stop string and is padded from there; the call ends when every row
+        stopped or ``max_new_tokens`` were drawn; the last drawn token is not fed back), in a loop
+        of its own: per step it feeds one token per row with positions and a boolean mask kept
+        up to date in place, which saves ``generate``'s per-step bookkeeping (a large share of a
+        small model's decoding time on a CPU).
+        """
+        torch = _torch()
+        p0 = rows[0]
+        n, width = input_ids.shape
+        steps = p0.max_new_tokens
+        dev = self.device
+        pad = self.tokenizer.pad_token_id
+        eos = torch.tensor(self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id], device=dev)
+        sampler = (RowSampler([p.temperature for p in rows], [p.top_p for p in rows], [int(p.seed or 0) for p in rows], dev)
+                   if p0.temperature > 0 else None)
+        full = torch.zeros((n, width + steps), dtype=torch.bool, device=dev)
+        full[:, :width] = mask.to(dev).bool()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+        # a 4D boolean mask is passed through as is by sdpa-style attention; other implementations get the 2D mask
+        four_d = getattr(self.model.config, "_attn_implementation", None) in ("sdpa", ATTENTION_NAME)
+        out = torch.full((n, steps), pad, dtype=torch.long, device=dev)
+        running = torch.ones(n, dtype=torch.bool, device=dev)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids[:, width_c:].to(dev), attention_mask=full[:, :width].long(),
+                                position_ids=positions[:, width_c:], cache=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1, :]
+            last = positions[:, -1:]
+            for t in range(steps):
+                scores = logits.float()
+                if sampler is not None:
+                    scores = sampler(None, scores)
+                tok = torch.where(running, scores.argmax(-1), torch.full_like(running, pad, dtype=torch.long))
+                out[:, t] = tok
+                running &= ~torch.isin(tok, eos)
+                if p0.stop:
+                    self._stop_at_strings(out[:, :t + 1], running, p0.stop)
+                if t == steps - 1 or not bool(running.any()):
+                    break
+                full[:, width + t] = True
+                last = last + 1
+                step_mask = full[:, None, None, :width + t + 1] if four_d else full[:, :width + t + 1].long()
+                logits = self.model(input_ids=tok[:, None], attention_mask=step_mask, position_ids=last, cache=cache,
+                                    use_cache=True).logits[:, -1, :]
+        return out[:, :t + 1].tolist()
+
+    def _stop_at_strings(self, generated: Any, running: Any, stop: Sequence[str]) -> None:
+        """Stop the running rows whose generated text now ends a stop string.
+
+        Called after every token, so a stop string that appears must end in the newest token: only
+        the last ``max bytes of a stop string + 1`` tokens are decoded (a token holds at least one byte).
+        """
+        window = max(len(x.encode("utf-8")) for x in stop) + 1
+        tail = generated[:, -window:]
+        for r in running.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(tail[r].tolist(), skip_special_tokens=True)
+            if any(x in text for x in stop):
+                running[r] = False
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

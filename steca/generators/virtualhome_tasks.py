@@ -104,6 +104,13 @@ PUT_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 # the instruction of the SFT data = the evaluation's built-in one, so a model is evaluated on the prompt it learned
 VIRTUALHOME_INSTRUCTION = builtin_instruction("virtualhome")
+# For models trained from scratch on the generated tasks (the CPU demo): the reply format only, so that
+# training does not spend most of its compute on a constant first turn (the full text is ~70% of a record's characters)
+VIRTUALHOME_SHORT_INSTRUCTION = (
+    "You are a household agent in a simulated home. Reach the goal below, one action per turn. Reply with\n"
+    "Thought: <your reasoning>\nAction: <one action>"
+)
+INSTRUCTIONS = {"full": VIRTUALHOME_INSTRUCTION, "short": VIRTUALHOME_SHORT_INSTRUCTION}
 
 
 def _props(cls: str) -> list[str]:
@@ -565,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tasks_per_home", type=int, default=20)
     ap.add_argument("--seen_per_home", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--instruction", choices=sorted(INSTRUCTIONS), default="full",
+                    help="first user turn of the SFT data: full (actions and rules) | short (reply format only, "
+                         "for tiny models trained from scratch)")
     ap.add_argument("--sft_from", default=None,
                     help="a task jsonl (e.g. vh_seen_test.jsonl): play its programs and write --sft_out instead")
     ap.add_argument("--data_dir", default=None, help="with --sft_from: the folder with scene_graphs/ and resources/")
@@ -575,11 +585,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.sft_from:
         if not args.data_dir or not args.sft_out:
             ap.error("--sft_from needs --data_dir and --sft_out")
-        logger.info("done: %s", expert_sft_from_tasks(args.sft_from, args.data_dir, args.sft_out, args.limit))
+        logger.info("done: %s", expert_sft_from_tasks(args.sft_from, args.data_dir, args.sft_out, args.limit,
+                                                      INSTRUCTIONS[args.instruction]))
         return
     if not args.out:
         ap.error("--out is required (or use --sft_from)")
-    counts = generate(args.out, args.n_homes, args.n_unseen_homes, args.tasks_per_home, args.seen_per_home, args.seed)
+    counts = generate(args.out, args.n_homes, args.n_unseen_homes, args.tasks_per_home, args.seen_per_home, args.seed,
+                      instruction=INSTRUCTIONS[args.instruction])
     logger.info("done: %s", counts)
 
 
