@@ -124,6 +124,51 @@ joined() {
   side_pids=(); side_names=()
   return $rc
 }
+# The two sampling chains of one environment side by side: expert steps then their Monte Carlo rewards,
+# explored steps then theirs. sample_both STAGE_PREFIX SCRIPT_DIR VAR=VALUE... (the scripts' variables)
+expert_chain() {
+  stage "${1}expert_steps" env "${@:3}" bash "$2/expert_generate_response.sh"
+  stage "${1}expert_mc" env "${@:3}" bash "$2/expert_mc_explore.sh"
+}
+explore_chain() {
+  stage "${1}explore_steps" env "${@:3}" bash "$2/explore_generate_response.sh"
+  stage "${1}explore_mc" env "${@:3}" bash "$2/explore_mc_explore.sh"
+}
+sample_both() {
+  side "${1}expert_sampling" expert_chain "$@"
+  side "${1}explore_sampling" explore_chain "$@"
+  joined
+}
+# D_s, D_c (OFFLINE STAND-IN reflector), D_e and the merged training file of one environment:
+# build_sets STAGE_PREFIX DATA_DIR SAMPLING_DIR D_S_SCRIPT D_C_SCRIPT D_E_SCRIPT (scripts in data_collection/)
+build_sets() {
+  local pre=$1 data=$2 sampling=$3
+  local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$sampling/expert_steps_mc.jsonl"
+                    --explore_steps "$sampling/explore_steps_mc.jsonl")
+  stage "${pre}d_s" python "data_collection/$4" "${steps_args[@]}" --output "$data/d_s.json"
+  stage "${pre}d_c" python "data_collection/$5" "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
+    --output "$data/d_c.json"
+  stage "${pre}d_e" python "data_collection/$6" --sft "$data/mc_tasks.json" \
+    --explore_steps "$sampling/explore_steps_mc.jsonl" --output "$data/d_e.json"
+  stage "${pre}merge" python data_collection/merge_data.py --output "$data/steca_pairs.json" \
+    "$data/d_s.json" "$data/d_c.json" "$data/d_e.json"
+}
+# STeCa (on the merged pairs) and the fair baseline (SFT on the same tasks' expert data) from the SFT model,
+# the same number of optimizer steps, side by side:
+# train_both STAGE_PREFIX MODELS_DIR DATA_DIR LR BATCH EPOCHS MAX_LENGTH
+train_both() {
+  local pre=$1 models=$2 data=$3 lr=$4 batch=$5 epochs=$6 max_length=$7 steps
+  steps=$(python -m steca.demo steps --pairs "$data/steca_pairs.json" --batch_size "$batch" --epochs "$epochs")
+  echo "${pre}steca_train and ${pre}baseline_train: $steps optimizer steps each"
+  side "${pre}steca_train" stage "${pre}steca_train" env MODEL_PATH="$models/sft" TRAIN_DATA="$data/steca_pairs.json" \
+    OUTPUT_DIR="$models/steca" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" SEED="$SEED" SAVE_STEPS=100000 \
+    bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
+  side "${pre}baseline_train" stage "${pre}baseline_train" env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
+    OUTPUT_DIR="$models/sft_more" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" MAX_LENGTH="$max_length" \
+    SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
+    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+  joined
+}
 export PROFILE=cpu
 # tiny models train and generate fastest with one thread per process; JOBS processes share the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -145,39 +190,13 @@ stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OU
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
-expert_chain() {
-  stage expert_steps env "${sampling_env[@]}" bash sampling/alfworld/expert_generate_response.sh
-  stage expert_mc env "${sampling_env[@]}" bash sampling/alfworld/expert_mc_explore.sh
-}
-explore_chain() {
-  stage explore_steps env "${sampling_env[@]}" bash sampling/alfworld/explore_generate_response.sh
-  stage explore_mc env "${sampling_env[@]}" bash sampling/alfworld/explore_mc_explore.sh
-}
-side expert_sampling expert_chain
-side explore_sampling explore_chain
-joined
+sample_both "" sampling/alfworld "${sampling_env[@]}"
 
 # 4. D_s (expert sub-trajectories), D_c (calibrated; OFFLINE STAND-IN reflector), D_e (explored successes)
-steps_args=(--sft "$DATA/mc_tasks.json" --expert_steps "$OUT_DIR/sampling/expert_steps_mc.jsonl"
-            --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl")
-stage d_s python data_collection/data_expert_alfworld.py "${steps_args[@]}" --output "$DATA/d_s.json"
-stage d_c python data_collection/data_cali_alfworld.py "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
-  --output "$DATA/d_c.json"
-stage d_e python data_collection/data_explored_alfworld.py --sft "$DATA/mc_tasks.json" \
-  --explore_steps "$OUT_DIR/sampling/explore_steps_mc.jsonl" --output "$DATA/d_e.json"
-stage merge python data_collection/merge_data.py --output "$DATA/steca_pairs.json" \
-  "$DATA/d_s.json" "$DATA/d_c.json" "$DATA/d_e.json"
+build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfworld.py data_explored_alfworld.py
 
 # 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
-RL_STEPS=$(python -m steca.demo steps --pairs "$DATA/steca_pairs.json" --batch_size "$RL_BATCH" --epochs "$RL_EPOCHS")
-echo "reinforced training and fair baseline: $RL_STEPS optimizer steps each"
-side steca_train stage steca_train env MODEL_PATH="$MODELS/sft" TRAIN_DATA="$DATA/steca_pairs.json" OUTPUT_DIR="$MODELS/steca" \
-  LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" SEED="$SEED" SAVE_STEPS=100000 \
-  bash Reinfoced_train/steca_train.sh --max_steps "$RL_STEPS" --report_to none
-side baseline_train stage baseline_train env MODEL_PATH="$MODELS/sft" SFT_DATA="$DATA/mc_tasks.json" OUTPUT_DIR="$MODELS/sft_more" \
-  LR="$RL_LR" PER_DEVICE_BATCH="$RL_BATCH" EPOCHS="$RL_EPOCHS" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" SAVE_STEPS=100000 \
-  bash sft/my_sft.sh --max_steps "$RL_STEPS" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
-joined
+train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
 
 # 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
 for method in sft sft_more steca; do
@@ -207,36 +226,16 @@ virtualhome_block() {
     NPROC="$JOBS" SAVE_STEPS=50 bash sft/my_sft.sh --report_to none
 
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
-  vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling"
-                   MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
-                   MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
-  side vh_expert_sampling vh_expert_chain
-  side vh_explore_sampling vh_explore_chain
-  joined
+  local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling"
+                         MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
+                         MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
+  sample_both vh_ sampling/virtualhome "${vh_sampling_env[@]}"
 
   # D_s, D_c (OFFLINE STAND-IN reflector), D_e with VirtualHome's 1 ± d weights, then one training file
-  local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$root/sampling/expert_steps_mc.jsonl"
-                    --explore_steps "$root/sampling/explore_steps_mc.jsonl")
-  stage vh_d_s python data_collection/data_org_vh.py "${steps_args[@]}" --output "$data/d_s.json"
-  stage vh_d_c python data_collection/data_cali_vh.py "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
-    --output "$data/d_c.json"
-  stage vh_d_e python data_collection/data_explored_vh.py --sft "$data/mc_tasks.json" \
-    --explore_steps "$root/sampling/explore_steps_mc.jsonl" --output "$data/d_e.json"
-  stage vh_merge python data_collection/merge_data.py --output "$data/steca_pairs.json" \
-    "$data/d_s.json" "$data/d_c.json" "$data/d_e.json"
+  build_sets vh_ "$data" "$root/sampling" data_org_vh.py data_cali_vh.py data_explored_vh.py
 
   # STeCa and the fair baseline (expert data of the same tasks), the same number of optimizer steps
-  local steps
-  steps=$(python -m steca.demo steps --pairs "$data/steca_pairs.json" --batch_size "$VH_RL_BATCH")
-  echo "VirtualHome reinforced training and fair baseline: $steps optimizer steps each"
-  side vh_steca_train stage vh_steca_train env MODEL_PATH="$models/sft" TRAIN_DATA="$data/steca_pairs.json" \
-    OUTPUT_DIR="$models/steca" LR="$VH_RL_LR" PER_DEVICE_BATCH="$VH_RL_BATCH" EPOCHS=1 SEED="$SEED" SAVE_STEPS=100000 \
-    bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
-  side vh_baseline_train stage vh_baseline_train env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
-    OUTPUT_DIR="$models/sft_more" LR="$VH_RL_LR" PER_DEVICE_BATCH="$VH_RL_BATCH" EPOCHS=1 MAX_LENGTH="$VH_MAX_LENGTH" \
-    SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
-    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
-  joined
+  train_both vh_ "$models" "$data" "$VH_RL_LR" "$VH_RL_BATCH" 1 "$VH_MAX_LENGTH"
 
   # greedy evaluation on seen (new goals in the training homes) and unseen (held-out homes)
   local method split
@@ -249,14 +248,6 @@ virtualhome_block() {
     done
   done
   joined
-}
-vh_expert_chain() {
-  stage vh_expert_steps env "${vh_sampling_env[@]}" bash sampling/virtualhome/expert_generate_response.sh
-  stage vh_expert_mc env "${vh_sampling_env[@]}" bash sampling/virtualhome/expert_mc_explore.sh
-}
-vh_explore_chain() {
-  stage vh_explore_steps env "${vh_sampling_env[@]}" bash sampling/virtualhome/explore_generate_response.sh
-  stage vh_explore_mc env "${vh_sampling_env[@]}" bash sampling/virtualhome/explore_mc_explore.sh
 }
 if [[ "$VH" == "true" ]]; then
   virtualhome_block
