@@ -187,7 +187,7 @@ stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OU
   NPROC="$JOBS" SAVE_STEPS=100 bash sft/my_sft.sh --report_to none   # checkpoints: an interrupted SFT resumes
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
-sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
+sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
 sample_both "" sampling/alfworld "${sampling_env[@]}"
@@ -226,7 +226,7 @@ virtualhome_block() {
     NPROC="$JOBS" SAVE_STEPS=50 bash sft/my_sft.sh --report_to none
 
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
-  local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling"
+  local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"
                          MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
                          MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
   sample_both vh_ sampling/virtualhome "${vh_sampling_env[@]}"

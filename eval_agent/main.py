@@ -132,7 +132,7 @@ def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids
     from eval_agent.prompts import prompt_for
 
     policy, params = policy_from_args(args)
-    prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+    prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num, args.data_dir, args.prompt_layout)
     if args.exp_config == "alfworld":  # a worker multiplexes its games over one env: keep them all loaded
         env_factory = functools.partial(env_factory, max_games=max(128, args.max_active))
     with RolloutEngine(policy, env_factory, num_workers=args.num_workers, max_active=args.max_active,
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_path", default=None, help="VirtualHome task file (jsonl)")
     p.add_argument("--sft_file", default=None, help="take the instruction from this SFT file's first turn")
     p.add_argument("--icl_num", type=int, default=1, help="in-context examples in the prompt (0 or 1)")
+    p.add_argument("--prompt_layout", default="turns", choices=["turns", "inline"],
+                   help="turns (released): the example as chat turns after 'OK'; inline: inside the instruction turn")
     p.add_argument("--output_path", default=None, help="folder for per-task JSON files and summary.json")
     p.add_argument("--override", action="store_true", help="rerun tasks that already have a finished output")
     p.add_argument("--max_tasks", type=int, default=None, help="only the first N tasks of the split")
@@ -232,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.agent_config == "expert":
         from eval_agent.prompts import prompt_for
 
-        prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+        prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num, args.data_dir, args.prompt_layout)
         results = run_expert(env, env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
     else:
         results = run_model(args, env_factory, task_ids, out_dir)

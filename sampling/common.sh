@@ -28,10 +28,11 @@ run_parts() {
   echo "$stage: $(wc -l < "$output") records in $output"
 }
 
-# model arguments shared by the stages that generate
+# model arguments shared by the stages that generate. They sample with the evaluation prompt
+# (instruction from SFT_FILE, ICL_NUM in-context examples, as eval/*.sh; released: 1).
 model_args() {
   local args=(--backend "$BACKEND" --model_path "$MODEL_PATH" --max_new_tokens "$MAX_NEW_TOKENS"
-              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED")
+              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED" --icl_num "${ICL_NUM:-1}")
   if [[ -n "${API_BASE:-}" ]]; then args+=(--api_base "$API_BASE"); fi
   if [[ -n "${MAX_STEPS:-}" ]]; then args+=(--max_steps "$MAX_STEPS"); fi
   echo "${args[@]}"

@@ -108,9 +108,9 @@ def _fake_run(root: Path, wins: dict[str, tuple[int, int]], n: int = 10,
                 (d / "summary.json").write_text(json.dumps({"n_tasks": total, "n_success": w, "success_rate": w / total}))
     samp = root / "sampling"
     samp.mkdir(parents=True, exist_ok=True)
-    recs = [StepRecord("a", t, "g", "x", [Message("assistant", "x")], None, 1.0, r)
+    recs = [StepRecord("a", t, "g", "x", [Message("assistant", "x")], None, 1.0, mc_step_reward=r)
             for t, r in enumerate([0.2, 0.5, 1.0])]
-    recs += [StepRecord("b", t, "g", "x", [Message("assistant", "x")], None, 1.0, r)
+    recs += [StepRecord("b", t, "g", "x", [Message("assistant", "x")], None, 1.0, mc_step_reward=r)
              for t, r in enumerate([0.4, 0.5])]
     write_records(samp / "expert_steps_mc.jsonl", recs)
     return root
@@ -163,7 +163,7 @@ def test_report_writes_results_md_and_plots(tmp_path):
                     vh_wins={"sft": (8, 3), "sft_more": (9, 2), "steca": (10, 1)})
     msgs = [Message("assistant", "Thought: a\nAction: b")]
     write_records(run / "vh" / "sampling" / "explore_steps_mc.jsonl",
-                  [StepRecord("v", 0, "g", "x", msgs, None, 0.0, 0.5)])
+                  [StepRecord("v", 0, "g", "x", msgs, None, 0.0, mc_step_reward=0.5)])
     for root, n in ((run, 7), (run / "vh", 3)):
         (root / "data").mkdir(parents=True)
         (root / "data" / "steca_pairs_summary.json").write_text(json.dumps(

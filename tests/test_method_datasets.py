@@ -129,12 +129,14 @@ def test_expert_subtrajectory_rules():
     failed_t0 = explored_step(0, "go to shelf 1", 0.0, 0.0)
     explored = [failed_t0] + [explored_fixture()[t] for t in (2, 3, 4)]
     explored.append(explored_step(1, "go to shelf 1", 0.795, 0.0))  # r_expert(1)=0.8: margin 0.005 < 0.01
-    res = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS)
+    res = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS, min_step=1)
     rules = {p.id: p.extra["rule"] for p in res.pairs}
     # t=2: 0.8-0.4; t=3: 1.0-0.6; t=4: 1.0-0.2 (all > 0.01, outcome 1 vs 0); t=1 too close
     assert rules == {"t1_expert_0": RULE_EXPERT_WHOLE, "t1_expert_2": rule_expert_beats(0.01),
                      "t1_expert_3": rule_expert_beats(0.01), "t1_expert_4": rule_expert_beats(0.01)}
     assert res.rejected["expert_step_not_better"] == 1
+    released = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS)  # t = 1 skipped
+    assert {p.id for p in released.pairs} == set(rules) and released.rejected["step_too_early"] == 1
     p = next(p for p in res.pairs if p.id == "t1_expert_2")
     assert p.prompt == expert_prefix(2)
     assert p.chosen[0].content.endswith(f"Action: {EXPERT_ACTIONS[2]}")
@@ -161,12 +163,13 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
                                                        "--output", str(out / "expert.json")])
     s_e = collect_main("explored", "alfworld", common + ["--output", str(out / "explored.json")])
     assert s_c["pairs"] == 2 and s_c["settings"]["reflection_stand_in"] is True
-    # D_s: t=1..4 each beat by the expert (t=0 exploration succeeded: no whole-expert pair)
-    assert s_s["pairs"] == 4 and s_e["pairs"] == 0
+    # D_s: t=2..4 each beat by the expert (t=1 too: skipped, as released; t=0 exploration succeeded: no
+    # whole-expert pair)
+    assert s_s["pairs"] == 3 and s_e["pairs"] == 0 and s_s["settings"]["min_step"] == 2
     assert len(s_c["invalid_input_records"]) == 1 and "record 5 (id='t9'), field 'iteration'" in s_c["invalid_input_records"][0]
     merged = collect_main("merge", "alfworld", [str(out / "cali.json"), str(out / "expert.json"),
                                                 str(out / "explored.json"), "--output", str(out / "train.json")])
-    assert merged["pairs"] == 6 and merged["per_set"] == {"calibrated": 2, "expert": 4}
+    assert merged["pairs"] == 5 and merged["per_set"] == {"calibrated": 2, "expert": 3}
     loaded = load_pairs(out / "train.json", strict=True).records
     assert all(set(p.to_dict()) >= {"id", "prompt", "chosen", "rejected", "reward", "set", "rule"} for p in loaded)
     for name in ("cali", "expert", "explored", "train"):

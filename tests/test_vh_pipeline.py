@@ -129,12 +129,12 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert len(recs) == sum(TASKS.values())
         for r in recs:
             assert len(r.mc_outcomes) == N_ROLLOUTS and r.extra["mc_errors"] == 0
-            assert r.agent_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
+            assert r.mc_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
             assert all(s <= MAX_STEPS for s in r.extra["mc_steps"])
     for r in load_steps(chain["root"] / "expert_mc.jsonl").records:
         last = r.iteration == TASKS[r.id] - 1
         # a won state scores 1 without generating; the random model never finishes a task
-        assert r.agent_step_reward == (1.0 if last else 0.0)
+        assert r.mc_step_reward == (1.0 if last else 0.0)
         assert (r.extra["mc_rollout_turns"] == [[], []]) == last
 
 

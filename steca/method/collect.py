@@ -17,7 +17,7 @@ from typing import Sequence
 
 from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
 from steca.method.deviation import RULE_PRESETS, DeviationConfig
-from steca.method.encoders import make_encoder
+from steca.method.encoders import ENCODER_THRESHOLDS, ENCODERS, EncoderThresholds, make_encoder
 from steca.method.reflection import OfflineReflector, PolicyReflector, ReflectionCache, Reflector
 from steca.method.rewards import WEIGHT_SCHEMES, WeightScheme
 from steca.records import PairRecord, SFTRecord, StepRecord, load_pairs, load_sft, load_steps, write_records
@@ -153,9 +153,13 @@ def make_policy(kind: str, model: str, api_base: str | None):
     return build_policy("hf" if kind == "base" else kind, model, api_base)
 
 
-def deviation_config(args: argparse.Namespace) -> DeviationConfig:
+def deviation_config(args: argparse.Namespace, thresholds: EncoderThresholds | None = None) -> DeviationConfig:
+    """The rule preset with the command line's overrides; a preset's similarity filter takes the
+    encoder's own threshold (``thresholds``) unless ``--max_similarity`` is given."""
     cfg = RULE_PRESETS[args.rule]
     overrides = {}
+    if thresholds is not None and cfg.max_similarity is not None:
+        overrides["max_similarity"] = thresholds.max_similarity
     if args.delta is not None:
         overrides["delta"] = args.delta
     if args.min_step is not None:
@@ -184,8 +188,11 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     p.add_argument("--sft", required=stage != "merge", help="expert trajectories (SFT file)")
     p.add_argument("--output", required=True, help="training file to write (.json or .jsonl)")
     p.add_argument("--weights", choices=sorted(WEIGHT_SCHEMES), default=DEFAULT_WEIGHTS.get(env_name, "alfworld"))
+    p.add_argument("--encoder", default="auto", choices=["auto", *ENCODERS],
+                   help="action encoder (auto: bert-cls with --encoder_model, else MiniLM when installed, else hashing); "
+                        "each has its own thresholds (README, 'Action encoders')")
     p.add_argument("--encoder_model", default=None,
-                   help="local BERT model dir for action embeddings ([CLS]); default: hashed n-grams (no download)")
+                   help="local bert-base-uncased dir for the released [CLS] encoder (bert-cls)")
     if stage in ("calibrated", "expert"):
         p.add_argument("--expert_steps", required=True, help="expert step records with MC rewards")
     if stage in ("calibrated", "expert", "explored"):
@@ -193,6 +200,8 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     if stage == "expert":
         p.add_argument("--margin", type=float, default=0.01)
         p.add_argument("--include_whole", type=_bool, default=True)
+        p.add_argument("--min_step", type=int, default=2,
+                       help="step rule only from this iteration on (released: 2, iterations 0 and 1 skipped)")
     if stage == "calibrated":
         p.add_argument("--rule", choices=sorted(RULE_PRESETS), default="released")
         p.add_argument("--delta", type=float, default=None)
@@ -230,24 +239,28 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     if stage == "merge":
         return merge_training_files(args.inputs, output)
     weights: WeightScheme = WEIGHT_SCHEMES[args.weights]
-    encoder = make_encoder(args.encoder_model)
-    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name}
+    encoder = make_encoder(args.encoder, args.encoder_model)
+    thresholds = ENCODER_THRESHOLDS[encoder.name]
+    if weights.name == "alfworld":  # D_e's distance threshold is in the encoder's units (VirtualHome: identical only)
+        weights = replace(weights, explored_max_distance=thresholds.explored_max_distance)
+    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name,
+                "explored_max_distance": weights.explored_max_distance}
     invalid: list[str] = []
     if stage == "explored":
         sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid)
         result = build_explored(sft, explored, encoder, weights)
-        rewards = {"explored t=0": [r.agent_step_reward for r in explored if r.iteration == 0 and r.agent_step_reward is not None]}
+        rewards = {"explored t=0": [r.mc_step_reward for r in explored if r.iteration == 0 and r.mc_step_reward is not None]}
         return write_run(output, "explored", result, rewards, settings, invalid)
     sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid)
-    rewards = {"expert": [r.agent_step_reward for r in expert if r.agent_step_reward is not None],
-               "explored": [r.agent_step_reward for r in explored if r.agent_step_reward is not None]}
+    rewards = {"expert": [r.mc_step_reward for r in expert if r.mc_step_reward is not None],
+               "explored": [r.mc_step_reward for r in explored if r.mc_step_reward is not None]}
     if stage == "expert":
-        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole)
-        settings.update(margin=args.margin, include_whole=args.include_whole)
+        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole, args.min_step)
+        settings.update(margin=args.margin, include_whole=args.include_whole, min_step=args.min_step)
         return write_run(output, "expert", result, rewards, settings, invalid)
     if stage != "calibrated":
         raise ValueError(f"unknown stage {stage!r}")
-    cfg = deviation_config(args)
+    cfg = deviation_config(args, thresholds)
     if args.reflector != "offline" and args.reflection_cache is None:
         args.reflection_cache = str(side_path(output, "_reflections.jsonl"))
     reflector = make_reflector(args)

@@ -159,10 +159,10 @@ def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecor
 
 def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], explored_steps: Iterable[StepRecord],
                  encoder: ActionEncoder, weights: WeightScheme, margin: float = 0.01,
-                 include_whole: bool = True) -> BuildResult:
+                 include_whole: bool = True, min_step: int = 2) -> BuildResult:
     """D_s: expert suffixes where the expert step beat the explored step by more than ``margin``.
 
-    Step rule (``t >= 1``): ``r_expert(t) - r_explore(t) > margin`` and
+    Step rule (``t >= min_step``; the released code skips iterations 0 and 1, so 2): ``r_expert(t) - r_explore(t) > margin`` and
     ``R_expert - R_explore > margin``, where ``R`` is ``agent_final_reward`` (an expert step
     record without one counts as the expert's success, 1). Whole rule (``t = 0``, when
     ``include_whole``): the exploration from the start failed.
@@ -181,23 +181,26 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                 res.rejected["exploration_succeeded"] += 1
                 continue
             rule, used = RULE_EXPERT_WHOLE, {}
+        elif t < min_step:
+            res.rejected["step_too_early"] += 1
+            continue
         else:
             exp_rec = expert.get(rec.key)
-            if exp_rec is None or exp_rec.agent_step_reward is None:
+            if exp_rec is None or exp_rec.mc_step_reward is None:
                 res.rejected["missing_expert_reward"] += 1
                 continue
-            if rec.agent_step_reward is None or rec.agent_final_reward is None:
+            if rec.mc_step_reward is None or rec.agent_final_reward is None:
                 res.rejected["missing_explore_reward"] += 1
                 continue
             expert_final = 1.0 if exp_rec.agent_final_reward is None else exp_rec.agent_final_reward
-            if not exp_rec.agent_step_reward - rec.agent_step_reward > margin:
+            if not exp_rec.mc_step_reward - rec.mc_step_reward > margin:
                 res.rejected["expert_step_not_better"] += 1
                 continue
             if not expert_final - rec.agent_final_reward > margin:
                 res.rejected["expert_outcome_not_better"] += 1
                 continue
             rule = step_rule
-            used = {"r_expert": exp_rec.agent_step_reward, "r_explore": rec.agent_step_reward}
+            used = {"r_expert": exp_rec.mc_step_reward, "r_explore": rec.mc_step_reward}
         exp = sft.get(rec.id)
         if exp is None:
             res.problem("missing_expert_trajectory", rec.id, t, "no expert trajectory with this id in the SFT file")
