@@ -61,6 +61,7 @@ EVAL_WORKERS=${EVAL_WORKERS:-0}
 # ICL_NUM and PART_NUM above apply to it too). Homes, tasks and model are much smaller than ALFWorld's:
 # the block must fit in ~4 minutes on 2 cores.
 VH=${VH:-true}                            # false: ALFWorld only
+ALFWORLD=${ALFWORLD:-true}                # false: VirtualHome only (its block needs nothing from ALFWorld's)
 VH_HOMES=${VH_HOMES:-6}                   # generated homes (steca/generators/virtualhome_tasks.py)
 VH_UNSEEN_HOMES=${VH_UNSEEN_HOMES:-2}     # the last homes: the unseen split only (held-out layouts)
 VH_TASKS_PER_HOME=${VH_TASKS_PER_HOME:-30}  # tasks per home (~100 train, 20 seen, 60 unseen tasks)
@@ -240,6 +241,7 @@ export PROFILE=cpu
 # tiny models train and generate fastest with one thread per process; JOBS processes share the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
+if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
   --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
@@ -270,6 +272,8 @@ for method in sft sft_more steca; do
   eval_alfworld "$method"
 done
 joined
+
+fi  # ALFWORLD
 
 # 7. VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
 # evolving_graph simulator; no download), into OUT_DIR/vh
@@ -312,7 +316,9 @@ fi
 
 # 8. BASELINES=true: RFT, ETO, IPR and STeCa's ablations on the same sampling outputs, both environments
 if [[ "$BASELINES" == "true" ]]; then
-  baseline_rows "" "$OUT_DIR" "$RL_LR" "$RL_BATCH" "$MAX_LENGTH" data_cali_alfworld.py eval_alfworld
+  if [[ "$ALFWORLD" == "true" ]]; then
+    baseline_rows "" "$OUT_DIR" "$RL_LR" "$RL_BATCH" "$MAX_LENGTH" data_cali_alfworld.py eval_alfworld
+  fi
   if [[ "$VH" == "true" ]]; then
     baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
   fi
