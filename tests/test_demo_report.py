@@ -12,8 +12,7 @@ import pytest
 from steca.demo.comparison import (all_comparisons, best_baseline, cell_stats, compare, format_table, per_type_tables,
                                    power_text, significance_text)
 from steca.demo.report import plotted_columns, step_reward_curve, write_report, write_seed_report
-from steca.demo.results import (COLUMNS, MISSING, SplitResult, alfworld_task_type, environment_of, load_results,
-                                method_rows)
+from steca.demo.results import COLUMNS, MISSING, SplitResult, environment_of, load_results, method_rows
 from steca.demo.significance import PairedCounts
 from steca.demo.stages import run_stage
 from steca.records import StepRecord, write_records
@@ -59,13 +58,6 @@ def _fake_run(root: Path, wins: dict[str, tuple[int, int]], n: int = 10,
     return root
 
 
-def test_alfworld_task_type():
-    assert alfworld_task_type("pick_two_obj_and_place-Mug-None-Shelf-1/trial_S0_00001") == "pick2"
-    assert alfworld_task_type("json_2.1.1/valid_seen/look_at_obj_in_light-Pen-None-DeskLamp-3/trial_1") == "look"
-    assert alfworld_task_type("pick_and_place_simple-X-None-Y-1/t") == "pick"
-    assert alfworld_task_type("vh_3") is None
-
-
 def test_rows_known_first_then_new_folders():
     rows = method_rows(["steca", "zeta_variant", "sft", "ipr", "sft_more"])
     assert [r.folder for r in rows] == ["sft", "sft_more", "ipr", "steca", "zeta_variant"]
@@ -94,10 +86,11 @@ def test_load_results_and_table(tmp_path):
 def test_summary_per_type_and_bad_files_name_the_file(tmp_path):
     run = _fake_run(tmp_path / "r", {"sft": (2, 1)})
     summ = run / "eval" / "sft" / "dev" / "summary.json"
-    summ.write_text(json.dumps({"n_tasks": 10, "n_success": 2, "per_type": {"heat": {"n_tasks": 10, "n_success": 2}}}))
+    summ.write_text(json.dumps({"n_tasks": 10, "n_success": 2,
+                                "success_by_type": {"heat": {"n_tasks": 10, "n_success": 2, "success_rate": 0.2}}}))
     assert load_results(run)["sft"]["alfworld_seen"].per_type == {"heat": (2, 10)}
-    summ.write_text(json.dumps({"n_tasks": 10, "n_success": 2, "per_type": {"heat": {"n_tasks": "x"}}}))
-    with pytest.raises(ValueError, match=r"dev/summary.json.*per_type.heat"):
+    summ.write_text(json.dumps({"n_tasks": 10, "n_success": 2, "success_by_type": {"heat": {"n_tasks": "x"}}}))
+    with pytest.raises(ValueError, match=r"dev/summary.json.*success_by_type.heat"):
         load_results(run)
     summ.write_text(json.dumps({"n_tasks": 10}))
     with pytest.raises(ValueError, match=r"eval/sft/dev/summary.json.*n_success"):
@@ -159,8 +152,9 @@ def test_significance_words_and_power(tmp_path):
 def test_per_type_tables(tmp_path):
     run = _fake_run(tmp_path / "r", {"sft": (2, 1), "steca": (5, 4)}, vh_wins={"sft": (8, 3)})
     lines = per_type_tables([load_results(run)])
-    assert "### ALFWorld seen" in lines and "| Method | pick | clean |" in lines
-    assert "| STeCa (offline stand-in reflections) | 60.0 (3/5) | 40.0 (2/5) |" in lines
+    assert "### ALFWorld seen" in lines and "| task type | sft | steca |" in lines
+    # seen: sft wins games 0, 1 (pick 1/5, clean 1/5); steca games 0-4 (pick 0, 2, 4: 3/5; clean 1, 3: 2/5)
+    assert "| pick | 20.0 (1/5) | 60.0 (3/5) |" in lines and "| clean | 20.0 (1/5) | 40.0 (2/5) |" in lines
     assert not any("VirtualHome" in line for line in lines)   # no per-type data there
 
 

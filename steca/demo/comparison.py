@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from steca.demo.results import (ALFWORLD_TYPES, BASE_ROW, COLUMNS, ENVIRONMENTS, MAIN_ROW, MISSING, Column, MethodRow,
+from steca.demo.results import (BASE_ROW, COLUMNS, ENVIRONMENTS, MAIN_ROW, MISSING, Column, MethodRow,
                                 RunResults, SplitResult, method_rows)
 from steca.demo.significance import (ALPHA, DELTA, POWER, PairedCounts, bootstrap_interval, games_for_difference,
                                      games_for_paired_difference, paired_counts, pooled_mcnemar, wilson_interval)
@@ -241,34 +241,31 @@ def power_text(per_run: Sequence[RunResults], delta: float = DELTA, alpha: float
 
 
 def per_type_tables(per_run: Sequence[RunResults]) -> list[str]:
-    """Per environment with per-type results: one table, row x task type, cells ``rate (wins/games)``
-    pooled over the runs and the environment's splits of each kind (seen and unseen apart)."""
+    """Per column with per-type results: one table, a line per task type and a column per row (the rows'
+    folder names, in table order), cells ``rate (wins/games)`` pooled over the runs."""
     lines: list[str] = []
-    order = {short: i for i, (_, short) in enumerate(ALFWORLD_TYPES)}
-    for env in ENVIRONMENTS:
-        cols = [c for c in COLUMNS if c.env == env]
-        for col in cols:
-            counts: dict[str, dict[str, list[int]]] = {}
-            for r in per_run:
-                for folder, res in r.items():
-                    sr = res.get(col.key)
-                    for t, (k, n) in ((sr.per_type or {}).items() if sr else ()):
-                        c = counts.setdefault(folder, {}).setdefault(t, [0, 0])
-                        c[0] += k
-                        c[1] += n
-            if not counts:
-                continue
-            types = sorted({t for v in counts.values() for t in v}, key=lambda t: (order.get(t, len(order)), t))
-            lines += [f"### {col.label}", "", "| Method | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
-            for row in _rows(per_run):
-                if row.folder not in counts:
-                    continue
-                cells = []
-                for t in types:
-                    k, n = counts[row.folder].get(t, (0, 0))
-                    cells.append(f"{_pct(k / n)} ({k}/{n})" if n else MISSING)
-                lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-            lines.append("")
+    rows = _rows(per_run)
+    for col in COLUMNS:
+        counts: dict[str, dict[str, list[int]]] = {}   # type -> row folder -> [wins, games]
+        for r in per_run:
+            for folder, res in r.items():
+                sr = res.get(col.key)
+                for t, (k, n) in ((sr.per_type or {}).items() if sr else ()):
+                    c = counts.setdefault(t, {}).setdefault(folder, [0, 0])
+                    c[0] += k
+                    c[1] += n
+        if not counts:
+            continue
+        shown = [row for row in rows if any(row.folder in v for v in counts.values())]
+        lines += [f"### {col.label}", "", "| task type | " + " | ".join(row.folder for row in shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]
+        for t, by_row in counts.items():   # the order of the first run's summary (eval_agent's type order)
+            cells = []
+            for row in shown:
+                k, n = by_row.get(row.folder, (0, 0))
+                cells.append(f"{_pct(k / n)} ({k}/{n})" if n else MISSING)
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 
@@ -290,5 +287,6 @@ def comparison_sections(per_run: Sequence[RunResults]) -> list[str]:
         lines += ["## Games needed", "", *power, ""]
     types = per_type_tables(per_run)
     if types:
-        lines += ["## Success by task type", "", "Pooled over the runs: rate % (wins/games).", "", *types]
+        lines += ["## Success by task type", "", "Pooled over the runs: rate % (wins/games); columns are the rows' "
+                  "evaluation folders.", "", *types]
     return lines

@@ -4,7 +4,7 @@ run folder's evaluations. :mod:`steca.demo.comparison` computes intervals and pa
 
 A run folder (``runs/demo_seed0``) holds, per environment, ``<eval dir>/<row>/<split>/summary.json``
 (written by ``python -m eval_agent.main``: ``n_tasks``, ``n_success``, ``success_rate``, optionally
-``per_type``) next to one JSON file per game (``meta.id``, ``meta.success``): ALFWorld under ``eval/``
+``success_by_type``) next to one JSON file per game (``meta.id``, ``meta.success``): ALFWorld under ``eval/``
 (splits ``dev`` and ``test``), VirtualHome under ``vh/eval/`` (``seen`` and ``unseen``). Every folder under
 an eval dir is a row: the known ones (:data:`KNOWN_ROWS`) in the paper's order, any other after them.
 Everything here only reads those files; a column whose summaries are missing shows ``—``.
@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from eval_agent.envs.alfworld_env import ALFWORLD_TASK_TYPES, alfworld_task_type
 
 
 MISSING = "—"  # a cell whose evaluation summary does not exist
@@ -37,11 +39,14 @@ class MethodRow:
 KNOWN_ROWS: tuple[MethodRow, ...] = (
     MethodRow("sft", "SFT (base agent)", "base"),
     MethodRow("sft_more", "SFT + same extra steps on expert data (fair baseline)", "baseline"),
-    MethodRow("rft", "RFT", "baseline"),
-    MethodRow("eto", "ETO", "baseline"),
-    MethodRow("ipr", "IPR", "baseline"),
+    MethodRow("rft", "RFT (SFT on expert + successful explorations)", "baseline"),
+    MethodRow("eto", "ETO (trajectory DPO, 1 iteration)", "baseline"),
+    MethodRow("ipr", "IPR (outcome DPO + step DPO + SFT, 1 iteration)", "baseline"),
     MethodRow("steca", "STeCa (offline stand-in reflections)", "method"),
-    MethodRow("steca_no_dc", "STeCa without D_c", "ablation"),
+    MethodRow("steca_no_dc", "STeCa w/o D_c", "ablation"),
+    MethodRow("steca_no_weighting", "STeCa w/o reward weighting", "ablation"),
+    MethodRow("steca_dpo", "STeCa pairs + DPO (in place of the reinforced objective)", "ablation"),
+    MethodRow("steca_first", "STeCa, first deviated step only (paper rule)", "ablation"),
 )
 BASE_ROW = "sft"
 MAIN_ROW = "steca"  # the method whose discordance with the base row sizes the paired sample-size estimate
@@ -105,24 +110,6 @@ class SplitResult:
 
 RunResults = Mapping[str, Mapping[str, SplitResult]]  # {row folder: {column key: SplitResult}}
 
-# ALFWorld's task types (the prefix of a game's folder name) and their short names, as verl-agent logs them
-ALFWORLD_TYPES: tuple[tuple[str, str], ...] = (
-    ("pick_and_place_simple", "pick"), ("look_at_obj_in_light", "look"),
-    ("pick_clean_then_place_in_recep", "clean"), ("pick_heat_then_place_in_recep", "heat"),
-    ("pick_cool_then_place_in_recep", "cool"), ("pick_two_obj_and_place", "pick2"),
-)
-
-
-def alfworld_task_type(game: str) -> str | None:
-    """The short task type of an ALFWorld game id or path (``pick_two_obj_and_place-Mug-None-Shelf-1/trial_…``
-    → ``pick2``), or None when no path component starts with a task type."""
-    for part in Path(game).parts:
-        for full, short in ALFWORLD_TYPES:
-            if part.startswith(full + "-"):
-                return short
-    return None
-
-
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -148,14 +135,15 @@ def load_outcomes(split_dir: Path) -> dict[str, bool] | None:
 
 
 def _per_type(summary: Mapping, outcomes: Mapping[str, bool] | None, path: Path) -> dict[str, tuple[int, int]] | None:
-    """Per-type ``(wins, games)``: the summary's ``per_type`` (``{type: {n_tasks, n_success}}``) when it has
-    one, else counted from the games whose id names an ALFWorld task type."""
-    given = summary.get("per_type")
+    """Per-type ``(wins, games)``: the summary's ``success_by_type`` (``{type: {n_tasks, n_success, ...}}``,
+    written by ``eval_agent.main``) when it has one, else counted from the games whose id names an ALFWorld
+    task type (:func:`eval_agent.envs.alfworld_env.alfworld_task_type`; older runs)."""
+    given = summary.get("success_by_type")
     if isinstance(given, dict) and given:
         out = {}
         for name, v in given.items():
             if not (isinstance(v, dict) and isinstance(v.get("n_tasks"), int) and isinstance(v.get("n_success"), int)):
-                raise ValueError(f"{path}: field 'per_type.{name}' needs integer n_tasks and n_success")
+                raise ValueError(f"{path}: field 'success_by_type.{name}' needs integer n_tasks and n_success")
             out[str(name)] = (v["n_success"], v["n_tasks"])
         return out
     if not outcomes:
@@ -167,7 +155,7 @@ def _per_type(summary: Mapping, outcomes: Mapping[str, bool] | None, path: Path)
             c = counts.setdefault(t, [0, 0])
             c[0] += int(won)
             c[1] += 1
-    order = [short for _, short in ALFWORLD_TYPES]
+    order = list(ALFWORLD_TASK_TYPES.values())
     return {t: (counts[t][0], counts[t][1]) for t in order if t in counts} or None
 
 
