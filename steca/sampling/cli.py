@@ -20,7 +20,7 @@ from functools import partial
 from typing import Sequence
 
 from eval_agent.agents.base import SamplingParams
-from steca.records import load_sft, load_steps
+from steca.records import load_sft, load_steps, nonempty
 from steca.sampling.envs import make_env
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
 
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_rollouts", action="store_true", help="mc: keep each rollout's generated turns")
     p.add_argument("--failed_generation", default="failure", choices=["failure", "exclude"],
                    help="mc: a rollout whose generation fails counts as outcome 0 (released) or is left out")
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="drop input records with a reward out of range or not finite (counted) instead of stopping")
     p.add_argument("--log_level", default="INFO")
     return p
 
@@ -90,13 +92,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shard = Shard(args.part_num, args.part_idx)
     factory = partial(make_env, args.env, args.env_data, args.split, task_file=args.task_file)
-    if args.stage == "expert_steps":
+    # inputs are read (and refused) before any model is loaded
+    if args.stage in ("expert_steps", "explore_steps"):
         if not args.sft:
-            raise SystemExit("expert_steps needs --sft")
-        sft = load_sft(args.sft).records
+            raise SystemExit(f"{args.stage} needs --sft")
+        inputs = nonempty(load_sft(args.sft, skip_invalid=args.skip_invalid), args.sft, "SFT record")
+    else:
+        if not args.steps:
+            raise SystemExit("mc needs --steps")
+        inputs = nonempty(load_steps(args.steps, skip_invalid=args.skip_invalid), args.steps, "step record")
+    if args.stage == "expert_steps":
         env = factory()
         try:
-            report = expert_steps(sft, env, args.output, shard)
+            report = expert_steps(inputs, env, args.output, shard)
         finally:
             env.close()
     else:
@@ -110,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 stop=evaluation_stop(args.agent_config or args.backend))
         from eval_agent.prompts import prompt_for
 
-        records = load_steps(args.steps).records if args.stage == "mc" and args.steps else []
+        records = inputs if args.stage == "mc" else []
         prompt = None if args.record_prompt else prompt_for(args.env, args.sft, args.icl_num, args.env_data,
                                                             args.prompt_layout, records_instruction(records, args.sft))
         policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config)
@@ -118,14 +126,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                default_params=params, seed=args.seed, progress_desc=args.stage)
         try:
             if args.stage == "explore_steps":
-                if not args.sft:
-                    raise SystemExit("explore_steps needs --sft")
-                report = explore_steps(load_sft(args.sft).records, engine, args.output, params, shard, args.max_steps,
-                                       prompt)
+                report = explore_steps(inputs, engine, args.output, params, shard, args.max_steps, prompt)
             else:
-                if not args.steps:
-                    raise SystemExit("mc needs --steps")
-                report = monte_carlo(records, engine, args.output, args.num_rollouts, params,
+                report = monte_carlo(inputs, engine, args.output, args.num_rollouts, params,
                                      shard, args.max_steps, args.save_rollouts, prompt, args.failed_generation)
             logger.info("engine: %s", engine.stats)
         finally:

@@ -63,11 +63,11 @@ def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_dpo_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
-                      max_target_length: int | None = None, strict: bool = False,
+                      max_target_length: int | None = None, strict: bool = False, skip_invalid: bool = False,
                       max_length: int | None = RELEASED_MAX_LENGTH):
     from datasets import Dataset
 
-    res = load_pairs(path, strict=strict)
+    res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, True, path, strict,
                         record_indices(len(res.records), res.errors), max_length)
     if not rows:
@@ -123,7 +123,8 @@ def train_dpo(model_args: ModelArguments, data_args: DataArguments, dpo_data: DP
     """Run trl's DPO on a pair file; ``config`` is a ``trl.DPOConfig``."""
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset = build_dpo_dataset(data_args.data_path, tokenizer, dpo_data.max_prompt_length,
-                                dpo_data.max_target_length, data_args.strict_data, config.max_length)
+                                dpo_data.max_target_length, data_args.strict_data,
+                                data_args.skip_invalid, config.max_length)
     logger.info("DPO on %d pairs (beta=%g)", len(dataset), config.beta)
     model = load_model(model_args)
     peft_cfg = lora_config(model_args)
