@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Sequence
 
 import pytest
@@ -13,7 +14,7 @@ from steca.method.datasets import (RULE_EXPERT_WHOLE, build_calibrated, build_ex
                                    rule_expert_beats)
 from steca.method.deviation import RELEASED_RULE
 from steca.method.dtw import trajectory_distance
-from steca.method.encoders import HashingEncoder
+from steca.method.encoders import ENCODER_THRESHOLDS, HashingEncoder
 from steca.method.reflection import (OfflineReflector, PolicyReflector, ReflectionCache, ReflectionRequest,
                                      parse_reflection, reflection_prompt)
 from steca.method.rewards import ALFWORLD_WEIGHTS, WeightScheme
@@ -154,8 +155,8 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
         for r in explored_fixture().values():
             f.write(json.dumps(r.to_dict()) + "\n")
         f.write(json.dumps(bad) + "\n")  # one bad record must not lose the others
-    common = ["--sft", str(tmp_path / "sft.json"), "--explore_steps", str(tmp_path / "explore_steps.jsonl"),
-              "--log_level", "WARNING"]
+    common = ["--encoder", "hashing", "--sft", str(tmp_path / "sft.json"),
+              "--explore_steps", str(tmp_path / "explore_steps.jsonl"), "--log_level", "WARNING"]
     out = tmp_path / "run"
     s_c = collect_main("calibrated", "alfworld", common + ["--expert_steps", str(tmp_path / "expert_steps.jsonl"),
                                                            "--output", str(out / "cali.json")])
@@ -177,7 +178,9 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
         assert (out / f"{name}_distances.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "cali_step_rewards.png").stat().st_size > 0
     summary = json.loads((out / "cali_summary.json").read_text())
-    assert summary["per_rule"] == {RELEASED_RULE.rule_name(): 2}
+    # the released rule with the hashing encoder's own "clearly different" threshold
+    hashing_rule = replace(RELEASED_RULE, max_similarity=ENCODER_THRESHOLDS["hashing"].max_similarity)
+    assert summary["per_rule"] == {hashing_rule.rule_name(): 2} and summary["settings"]["encoder"] == "hashing"
     assert summary["turned_away"]["same_action"] == 1
 
 

@@ -184,7 +184,8 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
 
 def test_whole_chain_builds_three_sets_and_a_valid_merged_file(chain, alfworld_data):
     root = chain["root"]
-    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING"]
+    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING",
+              "--encoder", "hashing"]  # the same encoder whether or not MiniLM is installed
     s_c = collect_main("calibrated", "alfworld", common + ["--expert_steps", str(root / "expert_mc.jsonl"),
                                                            "--output", str(root / "sets" / "cali.json"),
                                                            "--replay_check", "true", "--env_data", str(alfworld_data)])

@@ -168,7 +168,8 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
 
 def test_three_sets_and_merged_file_load_strictly(chain):
     root, data = chain["root"], chain["data"]
-    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING"]
+    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING",
+              "--encoder", "hashing"]  # the same encoder whether or not MiniLM is installed
     expert = ["--expert_steps", str(root / "expert_mc.jsonl")]
     s_c = collect_main("calibrated", "virtualhome", common + expert + [
         "--output", str(root / "sets" / "cali.json"), "--reflector", "offline", "--replay_check", "true",
