@@ -136,7 +136,7 @@ def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids
     if args.exp_config == "alfworld":  # a worker multiplexes its games over one env: keep them all loaded
         env_factory = functools.partial(env_factory, max_games=max(128, args.max_active))
     with RolloutEngine(policy, env_factory, num_workers=args.num_workers, max_active=args.max_active,
-                       seed=args.seed) as engine:
+                       seed=args.seed, action_parser=args.action_parser) as engine:
         return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t),
                               params=params, override=args.override)
 
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_path", default=None, help="VirtualHome task file (jsonl)")
     p.add_argument("--sft_file", default=None, help="take the instruction from this SFT file's first turn")
     p.add_argument("--icl_num", type=int, default=1, help="in-context examples in the prompt (0 or 1)")
+    p.add_argument("--action_parser", default="released", choices=["released", "last_line"],
+                   help="released: all text after the first 'Action:'; last_line: the first line after the last one")
     p.add_argument("--prompt_layout", default="turns", choices=["turns", "inline"],
                    help="turns (released): the example as chat turns after 'OK'; inline: inside the instruction turn")
     p.add_argument("--output_path", default=None, help="folder for per-task JSON files and summary.json")

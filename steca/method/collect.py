@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
+from steca.method.datasets import BuildResult, ContinuationOptions, build_calibrated, build_expert, build_explored
 from steca.method.deviation import RULE_PRESETS, DeviationConfig
 from steca.method.encoders import ENCODER_THRESHOLDS, ENCODERS, EncoderThresholds, make_encoder
 from steca.method.reflection import OfflineReflector, PolicyReflector, ReflectionCache, Reflector
@@ -253,8 +253,18 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     p.add_argument("--skip_invalid", action="store_true",
                    help="drop input records with a reward out of range, not finite or missing (counted) instead of "
                         "stopping")
+    if stage != "merge":
+        p.add_argument("--keep_final_observation", type=_bool, default=False,
+                       help="keep an exploration's final observation (released: dropped)")
+    if stage == "calibrated":
+        p.add_argument("--keep_empty_rejected", type=_bool, default=False,
+                       help="keep a calibrated pair whose rejected side has no action, with d = 0 (released: dropped)")
     p.add_argument("--log_level", default="INFO")
     return p
+
+
+def continuation_options(args: argparse.Namespace) -> ContinuationOptions:
+    return ContinuationOptions(args.keep_final_observation, getattr(args, "keep_empty_rejected", False))
 
 
 def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
@@ -275,7 +285,7 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     if stage == "explored":
         sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid, "agent_final_reward",
                                        args.skip_invalid)
-        result = build_explored(sft, explored, encoder, weights)
+        result = build_explored(sft, explored, encoder, weights, continuation_options(args))
         rewards = {"explored t=0": [r.mc_step_reward for r in explored if r.iteration == 0 and r.mc_step_reward is not None]}
         return write_run(output, "explored", result, rewards, settings, invalid)
     sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid,
@@ -283,7 +293,8 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     rewards = {"expert": [r.mc_step_reward for r in expert if r.mc_step_reward is not None],
                "explored": [r.mc_step_reward for r in explored if r.mc_step_reward is not None]}
     if stage == "expert":
-        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole, args.min_step)
+        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole, args.min_step,
+                              continuation_options(args))
         settings.update(margin=args.margin, include_whole=args.include_whole, min_step=args.min_step)
         return write_run(output, "expert", result, rewards, settings, invalid)
     if stage != "calibrated":
@@ -293,7 +304,7 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
         args.reflection_cache = str(side_path(output, "_reflections.jsonl"))
     reflector = make_reflector(args)
     try:
-        result = build_calibrated(sft, expert, explored, cfg, encoder, reflector, weights)
+        result = build_calibrated(sft, expert, explored, cfg, encoder, reflector, weights, continuation_options(args))
     finally:
         reflector.close()
     settings.update(rule=cfg.rule_name(), reflector=reflector.source,

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-context examples in the sampling prompt, as at evaluation (released: 1)")
     p.add_argument("--prompt_layout", default="turns", choices=["turns", "inline"],
                    help="as eval_agent.main's: turns (released) or inline")
+    p.add_argument("--action_parser", default="released", choices=["released", "last_line"],
+                   help="as eval_agent.main's: released (all text after the first 'Action:') or last_line")
     p.add_argument("--record_prompt", action="store_true",
                    help="option, not released: sample with each record's own prompt instead of the evaluation prompt")
     p.add_argument("--steps", help="step records to score (mc)")
@@ -123,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                             args.prompt_layout, records_instruction(records, args.sft))
         policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config)
         engine = RolloutEngine(policy, factory, num_workers=args.num_workers, max_active=args.max_active,
-                               default_params=params, seed=args.seed, progress_desc=args.stage)
+                               default_params=params, seed=args.seed, progress_desc=args.stage,
+                               action_parser=args.action_parser)
         try:
             if args.stage == "explore_steps":
                 report = explore_steps(inputs, engine, args.output, params, shard, args.max_steps, prompt)
