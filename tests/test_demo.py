@@ -13,7 +13,7 @@ from steca.demo.prep import take_subset, training_steps
 from steca.demo.results import (COLUMNS, MISSING, SplitResult, elapsed_wall, environment_of, format_seed_table,
                                 format_table, load_results, mean_sd, plotted_columns, step_reward_curve, write_report,
                                 write_seed_report)
-from steca.demo.stages import StageTiming, is_done, marker_path, read_timings, run_stage
+from steca.demo.stage_markers import StageTiming, is_done, marker_path, read_timings, run_stage
 from steca.records import PairRecord, SFTRecord, StepRecord, load_sft, write_records
 from eval_agent.types import Message
 

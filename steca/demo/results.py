@@ -5,7 +5,7 @@ A run folder (``runs/demo_seed0``) holds, per environment, ``<eval dir>/<method>
 (written by ``python -m eval_agent.main``: ``n_tasks``, ``n_success``, ``success_rate``): ALFWorld under
 ``eval/`` (splits ``dev`` and ``test``), VirtualHome under ``vh/eval/`` (``seen`` and ``unseen``). Next to
 them: the Monte Carlo step records ``sampling/`` and ``vh/sampling/{expert,explore}_steps_mc.jsonl``, the
-merged training files' summaries and the stage markers (:mod:`steca.demo.stages`; VirtualHome stages are
+merged training files' summaries and the stage markers (:mod:`steca.demo.stage_markers`; VirtualHome stages are
 named ``vh_*``). Everything here only reads those files; a column whose summaries are missing (a run
 without the VirtualHome block, an unfinished evaluation) shows ``—``.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from steca.demo.stages import StageTiming, read_timings
+from steca.demo.stage_markers import StageTiming, read_timings
 from steca.records import load_steps
 
 logger = logging.getLogger(__name__)
