@@ -16,7 +16,7 @@ from training_fixtures import nano_model
 
 from steca.records import load_sft
 from steca.training.chat import encode_chat
-from steca.training.common import DataArguments, ModelArguments, load_tokenizer
+from steca.training.trainer_setup import DataArguments, ModelArguments, load_tokenizer
 from steca.training.losses import sequence_logprobs
 from steca.training.sft import train_sft
 
@@ -88,7 +88,7 @@ def test_sft_lowers_loss_and_saved_model_generates(nano_dir, sft_small, tmp_path
 def _generate(model_dir: Path, messages) -> str:
     """Greedy reply through the ``hf`` backend, or through transformers directly if it is absent."""
     try:
-        from eval_agent.agents.base import SamplingParams
+        from eval_agent.agents.policy import SamplingParams
         from eval_agent.agents.hf import HFPolicy
     except ImportError:
         from transformers import AutoModelForCausalLM
