@@ -4,7 +4,8 @@
 #
 #   bash run_demo.sh                 # seed 0 into runs/demo_seed0
 #   SEED=1 bash run_demo.sh          # another seed into runs/demo_seed1
-#   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then mean ± sd (runs/demo_seeds.md)
+#   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then the seeds report (runs/demo_seeds.md:
+#                                    # means with 95 % intervals, paired tests pooled over seeds, per-type columns)
 #
 # Stages (each one the very stage script a GPU user runs, with its variables set for the tiny setting):
 #   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
@@ -23,7 +24,7 @@ cd "$(dirname "$0")"
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
 OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
-ASSETS_DIR=${ASSETS_DIR-assets}           # the plots of seed 0 are copied here (ASSETS_DIR= : do not copy)
+ASSETS_DIR=${ASSETS_DIR-assets}           # seed 0's plots and the seeds plot are copied here (ASSETS_DIR= : do not copy)
 SKIP_INSTALL=${SKIP_INSTALL:-false}
 # mini benchmark (steca/generators/alfworld_games.py)
 N_TRAIN=${N_TRAIN:-600}                   # training games (expert trajectories for SFT)
@@ -83,7 +84,9 @@ if [[ -n "$SEEDS" ]]; then
     SEED=$s SEEDS= OUT_DIR=runs/demo_seed$s bash "$0"
     runs+=("runs/demo_seed$s")
   done
-  python -m steca.demo seeds --output runs/demo_seeds.md "${runs[@]}"
+  seeds_assets=()
+  if [[ -n "$ASSETS_DIR" ]]; then seeds_assets=(--assets_dir "$ASSETS_DIR"); fi
+  python -m steca.demo seeds --output runs/demo_seeds.md "${seeds_assets[@]}" "${runs[@]}"
   exit 0
 fi
 

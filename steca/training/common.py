@@ -47,6 +47,8 @@ class DataArguments:
     data_path: str = field(metadata={"help": "training file (JSON array or JSONL)"})
     strict_data: bool = field(default=False, metadata={
         "help": "stop at the first malformed record instead of skipping it with a warning"})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "drop records whose reward/weight is not finite or out of range (counted) instead of stopping"})
     resume: str = field(default="auto", metadata={
         "help": "auto: continue from the last checkpoint in output_dir if any; never; or a checkpoint path"})
 
@@ -136,14 +138,46 @@ def write_rank_digest(model, directory: str | os.PathLike) -> Path:
     return path
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Training produced NaN or infinite weights; the model is not saved."""
+
+
+def first_nonfinite_parameter(model) -> str | None:
+    """Name of the first parameter holding a NaN or an infinity (this process's shard), or None."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.numel() and not bool(torch.isfinite(p.detach()).all()):
+            return name
+    return None
+
+
+def check_finite_weights(trainer, output_dir: str | os.PathLike) -> None:
+    """Raise :class:`NonFiniteWeightsError` when any process's weights are not finite (all processes agree)."""
+    import torch
+    import torch.distributed as dist
+
+    bad = first_nonfinite_parameter(trainer.model)
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([0.0 if bad is None else 1.0], device=trainer.args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and bad is None:
+            bad = "a parameter of another process"
+    if bad is not None:
+        raise NonFiniteWeightsError(f"training produced non-finite weights ({bad} holds NaN or inf); nothing was "
+                                    f"saved to {output_dir}. Check the training data's rewards and the learning rate.")
+
+
 def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bool = True) -> Path:
     """Save the trained model so that ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it.
 
     For a peft model the adapter goes to ``output_dir/adapter`` and, with ``merge_lora``, the merged
     full model to ``output_dir`` (merging needs the full weights on one process, so under ZeRO-3 or
-    FSDP with LoRA set ``merge_lora`` false and merge the adapter afterwards).
+    FSDP with LoRA set ``merge_lora`` false and merge the adapter afterwards). Weights that are not
+    finite are never saved (:class:`NonFiniteWeightsError`).
     """
     out = Path(output_dir)
+    check_finite_weights(trainer, out)
     model = trainer.model
     if os.environ.get(RANK_DIGEST_ENV):
         write_rank_digest(trainer.accelerator.unwrap_model(model), os.environ[RANK_DIGEST_ENV])

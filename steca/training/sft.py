@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from steca.records import RecordError, SFTRecord, load_sft
+from steca.records import RecordError, SFTRecord, load_sft, log_summary
 from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
 from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
@@ -48,6 +48,7 @@ def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int 
     from tqdm import tqdm
 
     out: list[EncodedChat] = []
+    skipped: list[RecordError] = []
     for k, rec in enumerate(tqdm(records, desc="tokenising SFT data", disable=len(records) < 200)):
         i = indices[k] if indices is not None else k
         try:
@@ -58,19 +59,21 @@ def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int 
         except RecordError as e:
             if strict:
                 raise
-            logger.warning("skipping: %s", e)
+            skipped.append(e)
             continue
         except Exception as e:  # the chat template refused the conversation (e.g. roles do not alternate)
             err = RecordError(path, i, "conversations", f"cannot render with the chat template: {e}", rec.id)
             if strict:
                 raise err from e
-            logger.warning("skipping: %s", err)
+            skipped.append(err)
             continue
         out.append(enc)
+    log_summary(f"{path} (tokenising)", skipped, len(records))
     return out
 
 
-def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False):
+def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False,
+                      skip_invalid: bool = False):
     """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` from an SFT file.
 
     Malformed records are skipped with a warning naming the file, record and field (``strict``:
@@ -78,7 +81,7 @@ def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None
     """
     from datasets import Dataset
 
-    res = load_sft(path, strict=strict)
+    res = load_sft(path, strict=strict, skip_invalid=skip_invalid)
     encoded = encode_sft_records(res.records, tokenizer, max_length, path, strict,
                                  record_indices(len(res.records), res.errors))
     n_bad = len(res.errors) + len(res.records) - len(encoded)
@@ -94,7 +97,8 @@ def train_sft(model_args: ModelArguments, data_args: DataArguments, config, call
     from trl import SFTTrainer
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data)
+    dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data,
+                                data_args.skip_invalid)
     logger.info("SFT on %d conversations, %d tokens, %d trained", len(dataset),
                 sum(len(x) for x in dataset["input_ids"]), sum(sum(1 for t in x if t != -100) for x in dataset["labels"]))
     model = load_model(model_args)
