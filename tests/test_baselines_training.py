@@ -130,3 +130,32 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     ranks = rank_digests(tmp_path / "ranks", 2)
     assert ranks[0] == ranks[1] == weights_digest(out, tmp_path / "saved")
     assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["eto", "ipr"])
+def test_second_iteration_explores_with_the_first_agent_and_trains_from_it(method, nano_dir, alfworld_data,
+                                                                          alfworld_sft_sample, tmp_path):
+    """Reinfoced_train/iterate_baseline.sh on one real ALFWorld task: the nano model stands for iteration 1's
+    agent; iteration 2 explores with it in the engine, rebuilds the method's file and trains a model that reloads."""
+    from transformers import AutoModelForCausalLM
+
+    write_records(tmp_path / "sft.json", load_sft(alfworld_sft_sample, strict=True).records[:1])
+    work = tmp_path / "iterations"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "METHOD": method, "ITERATIONS": "2",
+           "ENV_NAME": "alfworld", "FIRST_MODEL": str(nano_dir), "SFT_FILE": str(tmp_path / "sft.json"),
+           "WORK_DIR": str(work), "ENV_DATA": str(alfworld_data), "SPLIT": "train", "BACKEND": "hf",
+           "MAX_STEPS": "4", "MAX_NEW_TOKENS": "8", "NUM_ROLLOUTS": "1"}
+    if method == "ipr":  # expert step rewards of stage 2 (reused by every iteration): hand-set here
+        write_records(tmp_path / "expert_mc.jsonl", [expert_step(t, 1.0, "alfworld_0") for t in range(5)])
+        env["EXPERT_STEPS"] = str(tmp_path / "expert_mc.jsonl")
+    proc = subprocess.run(["bash", str(REPO / "Reinfoced_train/iterate_baseline.sh"), "--max_steps", "1",
+                           "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((work / "iter2" / f"{method}_summary.json").read_text())
+    assert summary["counts"]["rule:exploration from t=0 failed: R_expert > R_explore"] == 1  # the nano agent fails
+    assert AutoModelForCausalLM.from_pretrained(work / "iter2" / "model").config.vocab_size == len(load_tokenizer(work / "iter2" / "model"))
+    again = subprocess.run(["bash", str(REPO / "Reinfoced_train/iterate_baseline.sh")], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "exists, skipped" in again.stdout
