@@ -172,6 +172,29 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> str | None:
     return resume
 
 
+# For tests only: when set, every rank writes a digest of its final weights there (multi-process checks).
+RANK_DIGEST_ENV = "STECA_TEST_RANK_DIGEST_DIR"
+
+
+def write_rank_digest(model, directory: str | os.PathLike) -> Path:
+    """Write ``<directory>/rank<R>.json``: this process's rank and a sha256 of its parameters
+    (sorted by name, float32 bytes), so a test can check that every rank ends with the same weights."""
+    import hashlib
+    import json
+
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    path = Path(directory) / f"rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": rank, "sha256": digest.hexdigest()}))
+    return path
+
+
 class NonFiniteWeightsError(RuntimeError):
     """Training produced NaN or infinite weights; the model is not saved."""
 
@@ -213,6 +236,8 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     out = Path(output_dir)
     check_finite_weights(trainer, out)
     model = trainer.model
+    if os.environ.get(RANK_DIGEST_ENV):
+        write_rank_digest(trainer.accelerator.unwrap_model(model), os.environ[RANK_DIGEST_ENV])
     try:
         from peft import PeftModel
         is_peft = isinstance(trainer.accelerator.unwrap_model(model), PeftModel)
