@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval_agent.agents.base import SamplingParams
-from eval_agent.envs.base import parse_action
+from eval_agent.agents.policy import SamplingParams
+from eval_agent.types import parse_action
 from eval_agent.prompts import builtin_example
 from eval_agent.types import Message
 from steca.method.datasets import build_expert
@@ -22,7 +22,7 @@ from steca.method.encoders import HashingEncoder
 from steca.method.rewards import ALFWORLD_WEIGHTS
 from steca.method.trajectories import prompt_length
 from steca.records import load_sft, load_steps
-from steca.sampling.envs import make_env
+from eval_agent.envs import make_env
 from steca.sampling.stages import mc_job
 
 import method_fixtures as fx
@@ -68,7 +68,7 @@ def test_released_step_records_load_and_mc_replays_the_experts_own_prefix(alfwor
         assert prompt_length(r.agent_step_conversations) == 13  # the task's first observation, not the example's
 
     expert_turns = [m.content for m in sft.conversations[3::2]]
-    env = make_env("alfworld", str(alfworld_data), "train")
+    env = make_env("alfworld", "train", str(alfworld_data))
     try:
         for r in recs:
             job = mc_job(r, 2, SamplingParams(1.0))

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from steca.method.encoders import ENCODER_THRESHOLDS, ENCODERS, ActionEncoder, make_encoder
 
 KINDS = ("number", "object", "verb")

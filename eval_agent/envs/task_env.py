@@ -1,4 +1,4 @@
-"""The narrow interface every environment implements, and the action parser STeCa uses.
+"""The narrow interface every environment implements.
 
 An environment plays one task at a time. It speaks in *engine actions* (``go to desk 1``); the
 episode driver (:mod:`eval_agent.episode`) turns a model's raw text into an action, keeps the chat
@@ -6,46 +6,10 @@ history and counts steps, so every environment behaves the same way towards the 
 """
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from typing import Sequence
 
-from eval_agent.types import StepOutcome
-
-_ACTION_RE = re.compile(r"Action:\s*(.*)")
-_ACTION_REST_RE = re.compile(r"Action:\s?(.*)", re.DOTALL)
-ACTION_PARSERS = ("released", "last_line")
-
-
-def parse_action(text: str) -> str | None:
-    """The action of a ``Thought: ...\\nAction: ...`` turn: the first line after the last ``Action:``.
-
-    Returns None when the text has no ``Action:`` or the action is empty. Used on recorded turns
-    (SFT data, step records); the rollout engine reads model outputs with :func:`parse_action_as`.
-    """
-    matches = _ACTION_RE.findall(text)
-    if not matches:
-        return None
-    action = matches[-1].strip().split("\n")[0].strip()
-    return action or None
-
-
-def parse_action_as(text: str, mode: str = "released") -> str | None:
-    """The action a model output sends to the environment.
-
-    ``released`` (the released environments' parser): everything after the FIRST ``Action:`` (one
-    optional space), later lines included, stripped. ``last_line``: :func:`parse_action`. The two
-    differ only on outputs with text after the action line, which the released parser sends to the
-    engine as part of the action (it then usually fails). None when there is no action.
-    """
-    if mode == "last_line":
-        return parse_action(text)
-    if mode != "released":
-        raise ValueError(f"action parser must be one of {ACTION_PARSERS}, got {mode!r}")
-    m = _ACTION_REST_RE.search(text)
-    action = m.group(1).strip() if m else ""
-    return action or None
-
+from eval_agent.types import MAX_STEPS, StepOutcome
 
 class TaskEnv(ABC):
     """One environment instance. Not thread-safe; give every worker process its own.
@@ -55,7 +19,7 @@ class TaskEnv(ABC):
     """
 
     name: str = "base"
-    max_steps: int = 40
+    max_steps: int = MAX_STEPS
 
     @abstractmethod
     def task_ids(self) -> list[str]:
