@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_fixtures import nano_model
+from training_fixtures import nano_model, rank_digests, weights_digest
 
 from steca.records import load_sft, write_records
-from steca.training.common import load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, load_tokenizer
 from steca.training.ipr import IPRArguments, LevelCollator, _ipr_trainer_class, build_ipr_dataset
 from tests.method_fixtures import explored_step, expert_sft, expert_step
 from tests.test_training import _grads, _hand_logp, _tiny_llama
-from tests.test_training_e2e import _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +113,7 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert summary["records"] == {"rft": 3, "eto": 1, "ipr": 4}[method], summary  # ipr: outcome, step t1:2, 2 sft
 
     out = tmp_path / "model"
-    env.update(NPROC="2", MASTER_PORT=str(_free_port()), MODEL_PATH=str(nano_dir), OUTPUT_DIR=str(out))
+    env.update(NPROC="2", MODEL_PATH=str(nano_dir), OUTPUT_DIR=str(out), **{RANK_DIGEST_ENV: str(tmp_path / "ranks")})
     extra = ["--max_steps", "2", "--per_device_train_batch_size", "1", "--save_steps", "2", "--logging_steps", "1",
              "--disable_tqdm", "true", "--use_cpu", "true"]
     if method == "rft":
@@ -127,3 +126,36 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert proc.stderr.count(" done: 2 steps") == 2, proc.stderr[-4000:]  # one line per rank
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == len(load_tokenizer(out))
+    # both ranks end with the same weights, the saved ones, which training moved away from the start
+    ranks = rank_digests(tmp_path / "ranks", 2)
+    assert ranks[0] == ranks[1] == weights_digest(out, tmp_path / "saved")
+    assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["eto", "ipr"])
+def test_second_iteration_explores_with_the_first_agent_and_trains_from_it(method, nano_dir, alfworld_data,
+                                                                          alfworld_sft_sample, tmp_path):
+    """Reinfoced_train/iterate_baseline.sh on one real ALFWorld task: the nano model stands for iteration 1's
+    agent; iteration 2 explores with it in the engine, rebuilds the method's file and trains a model that reloads."""
+    from transformers import AutoModelForCausalLM
+
+    write_records(tmp_path / "sft.json", load_sft(alfworld_sft_sample, strict=True).records[:1])
+    work = tmp_path / "iterations"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "METHOD": method, "ITERATIONS": "2",
+           "ENV_NAME": "alfworld", "FIRST_MODEL": str(nano_dir), "SFT_FILE": str(tmp_path / "sft.json"),
+           "WORK_DIR": str(work), "ENV_DATA": str(alfworld_data), "SPLIT": "train", "BACKEND": "hf",
+           "MAX_STEPS": "4", "MAX_NEW_TOKENS": "8", "NUM_ROLLOUTS": "1"}
+    if method == "ipr":  # expert step rewards of stage 2 (reused by every iteration): hand-set here
+        write_records(tmp_path / "expert_mc.jsonl", [expert_step(t, 1.0, "alfworld_0") for t in range(5)])
+        env["EXPERT_STEPS"] = str(tmp_path / "expert_mc.jsonl")
+    proc = subprocess.run(["bash", str(REPO / "Reinfoced_train/iterate_baseline.sh"), "--max_steps", "1",
+                           "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((work / "iter2" / f"{method}_summary.json").read_text())
+    assert summary["counts"]["rule:exploration from t=0 failed: R_expert > R_explore"] == 1  # the nano agent fails
+    assert AutoModelForCausalLM.from_pretrained(work / "iter2" / "model").config.vocab_size == len(load_tokenizer(work / "iter2" / "model"))
+    again = subprocess.run(["bash", str(REPO / "Reinfoced_train/iterate_baseline.sh")], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "exists, skipped" in again.stdout

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from steca.records import load_pairs
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs
@@ -50,14 +50,15 @@ class IPRArguments:
         return {"outcome": self.outcome_weight, "step": self.step_weight, "sft": self.sft_weight}
 
 
-def build_ipr_dataset(path: str | os.PathLike, tokenizer, args: IPRArguments, strict: bool = False):
+def build_ipr_dataset(path: str | os.PathLike, tokenizer, args: IPRArguments, strict: bool = False,
+                      skip_invalid: bool = False):
     """Tokenised IPR records (chosen and rejected sides, ``level`` code and ``scale``).
 
     A record without a known ``level`` is an error naming the file and the record.
     """
     from datasets import Dataset
 
-    res = load_pairs(path, strict=strict)
+    res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     indices = record_indices(len(res.records), res.errors)
     rows, levels = [], []
     for rec, i in zip(res.records, indices):
@@ -116,7 +117,8 @@ def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IP
     from peft import get_peft_model
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    dataset = build_ipr_dataset(data_args.data_path, tokenizer, ipr_args, data_args.strict_data)
+    dataset = build_ipr_dataset(data_args.data_path, tokenizer, ipr_args, data_args.strict_data,
+                                data_args.skip_invalid)
     model = load_model(model_args)
     peft_cfg = lora_config(model_args)
     ref_model = None
