@@ -29,6 +29,7 @@ from steca.records import load_pairs, load_sft, load_steps, write_records
 from steca.sampling.cli import main as sampling_main
 from steca.sampling.envs import make_env
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
+from image_checks import colored_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 MC_ARGS = ["--num_rollouts", "2", "--max_steps", "7", "--max_new_tokens", "8", "--save_rollouts", "--seed", "0",
@@ -98,7 +99,8 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert sorted(r.iteration for r in recs) == [0, 1, 2, 3, 4]
         for r in recs:
             assert len(r.mc_outcomes) == 2 and r.extra["mc_errors"] == 0
-            assert r.agent_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
+            # the nano model's rollouts of one state all end alike (fractional rewards: test_fractional_rewards.py)
+            assert set(r.mc_outcomes) == {r.agent_step_reward}
             assert len(r.extra["mc_rollout_turns"]) == 2
     expert = {r.iteration: r for r in load_steps(chain["root"] / "expert_mc.jsonl").records}
     assert expert[4].agent_step_reward == 1.0  # the last expert step wins: every rollout is a success
@@ -171,5 +173,6 @@ def test_whole_chain_builds_three_sets_and_a_valid_merged_file(chain, alfworld_d
         assert p.extra["rule"] and p.extra["set"] in ("calibrated", "expert")
         if p.extra["set"] == "calibrated":
             assert isinstance(p.extra["replay_executable"], bool)
-    for name in ("cali_step_rewards.png", "cali_distances.png", "train_distances.png"):
-        assert (root / "sets" / name).exists() or (root / name).exists()
+    for png in (root / "sets" / "cali_step_rewards.png", root / "sets" / "cali_distances.png",
+                root / "train_distances.png"):
+        assert colored_fraction(png) > 0.002  # bars drawn

@@ -129,7 +129,7 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert len(recs) == sum(TASKS.values())
         for r in recs:
             assert len(r.mc_outcomes) == N_ROLLOUTS and r.extra["mc_errors"] == 0
-            assert r.agent_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
+            assert set(r.mc_outcomes) == {r.agent_step_reward}  # all rollouts of a state end alike here
             assert all(s <= MAX_STEPS for s in r.extra["mc_steps"])
     for r in load_steps(chain["root"] / "expert_mc.jsonl").records:
         last = r.iteration == TASKS[r.id] - 1
