@@ -6,7 +6,7 @@ import pytest
 
 from engine_fixtures import build_tiny_chat_model
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.errors import RowErrors
 from eval_agent.types import Message
 
