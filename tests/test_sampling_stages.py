@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.engine import RolloutEngine
+from eval_agent.storage import KILL_AFTER_RECORDS_ENV
 
 from steca.collection.collect_cli import main as collect_main
 from steca.records import load_pairs, load_sft, load_steps, write_records
@@ -133,20 +133,15 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
     out = tmp_path / "mc.jsonl"
     cmd = [sys.executable, str(REPO / "sampling" / "run_sampling.py"), "mc", *chain["env"], *chain["model_args"],
            "--steps", str(chain["root"] / "expert.jsonl"), "--output", str(out), *MC_ARGS]
-    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd + ["--max_active", "2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = out.read_text().count("\n")
-    assert 1 <= partial < 5
-    subprocess.run(cmd + ["--max_active", "16"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant;
+    # the run kills itself right after its 2nd record (a deterministic crash point, not a timed one)
+    killed = subprocess.run(cmd + ["--max_active", "2"], cwd=REPO, env={**env, KILL_AFTER_RECORDS_ENV: "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert out.read_text().count("\n") == 2
+    subprocess.run(cmd + ["--max_active", "16"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     assert _records(out) == _records(chain["root"] / "expert_mc.jsonl")
 
 
