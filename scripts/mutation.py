@@ -85,6 +85,13 @@ def statuses(exe: Path, work: Path) -> dict[str, str]:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the mutants/ tree must be what the tests import
+    # mutmut forks a child per mutant: torch's thread pools do not survive a fork (the child hangs and
+    # would count as a timeout, i.e. a kill), so every library runs on one thread
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # the scratch copy has no ../shared/data beside it: point the real-data tests at the checkout's
+    shared = REPO.parent / "shared" / "data"
+    if "STECA_SHARED_DATA" not in env and shared.is_dir():
+        env["STECA_SHARED_DATA"] = str(shared)
     return env
 
 
