@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -419,6 +420,23 @@ def nonempty(result: LoadResult[T], path: str | os.PathLike, what: str = "record
     if not result.records:
         raise RecordError(path, None, None, f"no {what} in the file (an empty JSON array): nothing to do")
     return result.records
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create ``path``'s folder and probe that a file can be written there, before a long run writes it.
+
+    Raises ``OSError`` naming ``path`` when it cannot.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise IsADirectoryError(f"{p} is a directory")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise OSError(f"{p}: cannot write the output here ({e})") from None
+    return p
 
 
 def _to_obj(rec: Any) -> dict[str, Any]:
