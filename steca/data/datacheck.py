@@ -21,8 +21,10 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from eval_agent.envs import make_env
-from eval_agent.envs.base import TaskEnv, parse_action
-from steca.records import SFTRecord, check_writable, load_sft, nonempty, write_records
+from eval_agent.envs.task_env import TaskEnv
+from eval_agent.types import parse_action
+from eval_agent.storage import check_writable
+from steca.records import SFTRecord, load_sft, nonempty, write_records
 
 logger = logging.getLogger(__name__)
 OBS_PREFIX = "Observation: "
