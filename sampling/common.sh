@@ -17,10 +17,12 @@ run_parts() {
   # so its environment workers stop with it
   trap '_stop_parts INT 130' INT
   trap '_stop_parts TERM 143' TERM
+  local launcher=()
+  if command -v setsid >/dev/null; then launcher=(setsid); fi  # a process group per part (util-linux)
   for ((i = 0; i < PART_NUM; i++)); do
     local part="${output%.jsonl}.part${i}of${PART_NUM}.jsonl"
     parts+=("$part")
-    setsid python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
+    ${launcher[@]+"${launcher[@]}"} python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
       --output "$part" --part_num "$PART_NUM" --part_idx "$i" ${TASK_FILE:+--task_file "$TASK_FILE"} "$@" &
     _PART_PIDS+=($!)
   done
@@ -41,7 +43,7 @@ _stop_parts() {
   trap - INT TERM
   local pid
   echo "sampling: got SIG$1; stopping ${#_PART_PIDS[@]} part(s); rerun this script to resume" >&2
-  for pid in "${_PART_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${_PART_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${_PART_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
     while kill -0 -- "-$pid" 2>/dev/null; do sleep 0.2; done
