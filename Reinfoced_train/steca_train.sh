@@ -32,6 +32,9 @@ MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-512}
 MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-3072}
 if [ "$PROFILE" = "gpu" ]; then
   # released setting: lr 3e-6, 1 epoch, global batch 15, constant with 10% warmup, bf16, FSDP
+  # VARIANT=dpo|eto|ipr get the same setting (with BETA 0.1) so that the rows compare at equal budgets. These
+  # are not the ETO and IPR papers' own lr/beta/epochs, which this project has not verified: set LR, BETA and
+  # EPOCHS from the papers to reproduce their rows.
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NUM_GPUS=${NUM_GPUS:-5}                   # GPUs in total; 5 x 1 x 3 = 15
   NUM_MACHINES=${NUM_MACHINES:-1}
@@ -49,7 +52,7 @@ if [ "$PROFILE" = "gpu" ]; then
 else
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NPROC=${NPROC:-1}                         # >1: torchrun with the gloo backend
-  MASTER_PORT=${MASTER_PORT:-29500}
+  MASTER_PORT=${MASTER_PORT:-auto}  # auto: torchrun --standalone (the OS picks the port at bind time)
   DTYPE=${DTYPE:-auto}
   GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-false}
   LR=${LR:-1e-4}
@@ -60,6 +63,9 @@ fi
 EPOCHS=${EPOCHS:-1}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}/alfworld}   # = eval's MODEL_PATH for VARIANT=steca
 # ------------------------------------------------------------------
+
+# torchrun options: a fixed port, or --standalone (its rendezvous store binds port 0: no race)
+torchrun_rendezvous() { if [ "$1" = auto ]; then echo --standalone; else echo --master_port "$1"; fi; }
 
 ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir "$OUTPUT_DIR"
       --learning_rate "$LR" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$PER_DEVICE_BATCH"
@@ -81,7 +87,7 @@ if [ "$PROFILE" = "gpu" ]; then
     --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
     "$ENTRY" "${ARGS[@]}" "$@"
 elif [ "$NPROC" -gt 1 ]; then
-  torchrun --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" "$ENTRY" "${ARGS[@]}" --ddp_backend gloo "$@"
+  torchrun --nproc_per_node "$NPROC" $(torchrun_rendezvous "$MASTER_PORT") "$ENTRY" "${ARGS[@]}" --ddp_backend gloo "$@"
 else
   python "$ENTRY" "${ARGS[@]}" "$@"
 fi

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_fixtures import nano_model
+from training_fixtures import nano_model, rank_digests, weights_digest
 
 from steca.records import load_sft, write_records
-from steca.training.common import load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, load_tokenizer
 from steca.training.ipr import IPRArguments, LevelCollator, _ipr_trainer_class, build_ipr_dataset
 from tests.method_fixtures import explored_step, expert_sft, expert_step
 from tests.test_training import _grads, _hand_logp, _tiny_llama
-from tests.test_training_e2e import _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +113,7 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert summary["records"] == {"rft": 3, "eto": 1, "ipr": 4}[method], summary  # ipr: outcome, step t1:2, 2 sft
 
     out = tmp_path / "model"
-    env.update(NPROC="2", MASTER_PORT=str(_free_port()), MODEL_PATH=str(nano_dir), OUTPUT_DIR=str(out))
+    env.update(NPROC="2", MODEL_PATH=str(nano_dir), OUTPUT_DIR=str(out), **{RANK_DIGEST_ENV: str(tmp_path / "ranks")})
     extra = ["--max_steps", "2", "--per_device_train_batch_size", "1", "--save_steps", "2", "--logging_steps", "1",
              "--disable_tqdm", "true", "--use_cpu", "true"]
     if method == "rft":
@@ -127,6 +126,10 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert proc.stderr.count(" done: 2 steps") == 2, proc.stderr[-4000:]  # one line per rank
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == len(load_tokenizer(out))
+    # both ranks end with the same weights, the saved ones, which training moved away from the start
+    ranks = rank_digests(tmp_path / "ranks", 2)
+    assert ranks[0] == ranks[1] == weights_digest(out, tmp_path / "saved")
+    assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from steca.training.common import torch_dtype
+from steca.training.trainer_setup import torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def merge_lora(adapter_dir: str | Path, output_dir: str | Path, base_model: str 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from steca.training.common import load_tokenizer
+    from steca.training.trainer_setup import load_tokenizer
 
     adapter_dir = Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"

@@ -25,7 +25,7 @@ import torch
 
 from steca.records import PairRecord, RecordError, load_pairs, log_summary
 from steca.training.chat import IGNORE_INDEX, encode_prompt_continuation
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 from steca.training.losses import sequence_logprobs, steca_loss
@@ -162,17 +162,19 @@ def _trainer_class():
         def _reference_logps(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             with torch.no_grad():
                 if self.ref_model is not None:
-                    logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                    logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                            use_cache=False).logits
                 else:  # LoRA: the base model with the adapter switched off is the starting policy
                     unwrapped = self.accelerator.unwrap_model(model)
                     with unwrapped.disable_adapter():
-                        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       use_cache=False).logits
                 return sequence_logprobs(logits, inputs["labels"])
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             rewards = inputs["reward"]
             b = rewards.shape[0]
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             logps = sequence_logprobs(out.logits, inputs["labels"])
             if self.beta > 0:
                 if logps.shape[0] != 2 * b:

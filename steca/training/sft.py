@@ -21,13 +21,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from eval_agent.types import Message
 from steca.records import RecordError, SFTRecord, load_sft, log_summary
 from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 
 logger = logging.getLogger(__name__)
+
+# The character cut before tokenising keeps CHARS_PER_TOKEN characters per token wanted, and is
+# widened until the kept text gives CUT_MARGIN tokens more than wanted (see encode_truncated).
+CHARS_PER_TOKEN = 8
+CUT_MARGIN = 64
+
+
+def cut_messages(messages: Sequence[Message], max_chars: int) -> tuple[list[Message], bool]:
+    """The first ``max_chars`` characters of the messages' texts (the message it ends in is cut);
+    and whether anything was cut."""
+    out: list[Message] = []
+    used = 0
+    for m in messages:
+        room = max_chars - used
+        if room <= 0:
+            return out, True
+        if len(m.content) > room:
+            out.append(Message(m.role, m.content[:room]))
+            return out, True
+        out.append(m)
+        used += len(m.content)
+    return out, False
+
+
+def encode_truncated(tokenizer, messages: Sequence[Message], max_length: int | None) -> EncodedChat:
+    """The first ``max_length`` tokens (and labels) of :func:`~steca.training.chat.encode_chat`, without
+    tokenising the whole of a long conversation: the text is cut by characters first, and the cut is
+    widened until it yields ``CUT_MARGIN`` more tokens than kept, so the kept tokens are those of the
+    whole conversation (memory stays bounded by ``max_length``, not by the record's size)."""
+    if max_length is None:
+        return encode_chat(tokenizer, messages)
+    budget = max_length * CHARS_PER_TOKEN
+    while True:
+        kept, was_cut = cut_messages(messages, budget)
+        enc = encode_chat(tokenizer, kept)
+        if not was_cut or len(enc.input_ids) >= max_length + CUT_MARGIN:
+            return truncate_keep_start(enc, max_length)
+        budget *= 2
 
 
 @dataclass
@@ -52,7 +91,7 @@ def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int 
     for k, rec in enumerate(tqdm(records, desc="tokenising SFT data", disable=len(records) < 200)):
         i = indices[k] if indices is not None else k
         try:
-            enc = truncate_keep_start(encode_chat(tokenizer, rec.conversations), max_length)
+            enc = encode_truncated(tokenizer, rec.conversations, max_length)
             if enc.n_trained == 0:
                 raise RecordError(path, i, "conversations", "no assistant token left to train after truncation "
                                   f"to {max_length} tokens", rec.id)

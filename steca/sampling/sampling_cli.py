@@ -19,9 +19,9 @@ from dataclasses import asdict
 from functools import partial
 from typing import Sequence
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
+from eval_agent.envs import make_env
 from steca.records import load_sft, load_steps, nonempty
-from steca.sampling.envs import make_env
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shard = Shard(args.part_num, args.part_idx)
-    factory = partial(make_env, args.env, args.env_data, args.split, task_file=args.task_file)
+    factory = partial(make_env, args.env, args.split, args.env_data, task_file=args.task_file)
     # inputs are read (and refused) before any model is loaded
     if args.stage in ("expert_steps", "explore_steps"):
         if not args.sft:
