@@ -114,7 +114,9 @@ mkdir -p "$OUT_DIR"
 BENCH=$OUT_DIR/bench
 DATA=$OUT_DIR/data
 MODELS=$OUT_DIR/models
-stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" -- "${@:2}"; }
+# a stage's own output (progress bars, library warnings) goes to OUT_DIR/logs/stages/NAME.log; the console shows
+# each stage's start and end, with the count of finished stages, and the end of the log when one fails
+stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
 # its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed
 side_pids=(); side_names=()
@@ -253,6 +255,7 @@ export PROFILE=cpu
 # one kernel family for every x86-64 CPU (torch's ATen dispatch, MKL's code path, oneDNN's ISA); see the
 # README's CPU mini benchmark section for what this pins and what it cannot.
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+export PYTHONHASHSEED=0   # set iteration order (e.g. the tags of a saved model card) the same in every process
 case "$CPU_KERNELS" in
   avx2) export ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
   native) ;;
