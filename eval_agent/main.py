@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment worker processes (0: in-process; the expert plays tasks in parallel when > 1)")
     p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="score the playable tasks when the task file has unplayable ones (listed in summary.json)")
     p.add_argument("--log_level", default="WARNING")
     from eval_agent.agents.backend_args import add_backend_arguments
 
@@ -205,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     env_factory = functools.partial(make_env, args.exp_config, args.split, data_dir=args.data_dir,
                                     task_file=args.test_path, max_steps=args.max_steps)
     env = env_factory()
+    invalid = [str(e) for e in getattr(env, "load_errors", None) or []]
+    if invalid and not args.skip_invalid:
+        raise SystemExit(f"{len(invalid)} task(s) of the task file cannot be played, and a success rate without "
+                         f"them would not be over the whole split (first: {invalid[0]}); fix the file or pass "
+                         f"--skip_invalid to score the others")
     task_ids = env.task_ids()[: args.max_tasks] if args.max_tasks else env.task_ids()
     if not task_ids:
         raise SystemExit(f"no tasks in split {args.split!r} of {args.exp_config}")
@@ -218,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     else:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)
-    summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name)
+    summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name,
+                   invalid_tasks_skipped=invalid)
     write_json_atomic(out_dir / "summary.json", summary)
     env.close()
     print(f"Output folder: {out_dir}")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from eval_agent.storage import write_json_atomic
+from eval_agent.storage import check_not_input, write_json_atomic
 from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
 from steca.method.deviation import RULE_PRESETS, DeviationConfig
 from steca.method.encoders import make_encoder
@@ -247,6 +247,10 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     args = build_parser(stage, env_name).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output)
+    inputs_given = [getattr(args, name, None) for name in ("sft", "expert_steps", "explore_steps")]
+    inputs_given += list(getattr(args, "inputs", None) or [])
+    for out in (output, side_path(output, "_problems.jsonl"), side_path(output, "_summary.json")):
+        check_not_input(out, inputs_given)
     if stage == "merge":
         return merge_training_files(args.inputs, output, args.skip_invalid)
     weights: WeightScheme = WEIGHT_SCHEMES[args.weights]

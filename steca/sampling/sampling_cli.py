@@ -21,8 +21,9 @@ from typing import Sequence
 
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.envs import make_env
+from eval_agent.storage import check_not_input
 from steca.records import load_sft, load_steps, nonempty
-from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
+from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo, problems_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    inputs_given = [args.sft, args.steps, args.task_file]
+    for out in (args.output, problems_path(args.output)):
+        check_not_input(out, inputs_given)
     shard = Shard(args.part_num, args.part_idx)
     factory = partial(make_env, args.env, args.split, args.env_data, task_file=args.task_file)
     # inputs are read (and refused) before any model is loaded

@@ -68,6 +68,17 @@ def done_keys(path: str | Path) -> set[tuple[str, int]]:
                          if isinstance(o, dict) and "id" in o and isinstance(o.get("iteration"), int) else None)
 
 
+def open_outputs(output: str | Path) -> tuple[JsonlSink, JsonlSink, set[tuple[str, int]]]:
+    """The stage's output and problems sinks (locked, tails repaired) and the keys already finished."""
+    sink = JsonlSink(output)
+    try:
+        problems = JsonlSink(problems_path(output))
+    except BaseException:
+        sink.close()
+        raise
+    return sink, problems, done_keys(output)
+
+
 def problems_path(output: str | Path) -> Path:
     p = Path(output)
     return p.with_name(p.name + ".problems.jsonl")
@@ -88,8 +99,8 @@ def expert_steps(sft: Sequence[SFTRecord], env: TaskEnv, output: str | Path, sha
     ``env`` (1 if won). ``extra.step_won`` says whether ``a*_t`` itself won the game.
     """
     report = StageReport()
-    done = done_keys(output)
-    with JsonlSink(output) as sink, JsonlSink(problems_path(output)) as problems:
+    sink, problems, done = open_outputs(output)
+    with sink, problems:
         for i, rec in enumerate(tqdm(sft, desc="expert steps", unit="traj")):
             if not shard.take(i):
                 continue
@@ -145,7 +156,7 @@ def explore_steps(sft: Sequence[SFTRecord], engine: RolloutEngine, output: str |
     (1 if won within ``max_steps``). The prefix's observations are the environment's.
     """
     report = StageReport()
-    done = done_keys(output)
+    sink, problems, done = open_outputs(output)
     jobs: list[RolloutJob] = []
     game_of: dict[str, str] = {}
     for i, rec in enumerate(sft):
@@ -161,7 +172,7 @@ def explore_steps(sft: Sequence[SFTRecord], engine: RolloutEngine, output: str |
                 continue
             jobs.append(RolloutJob(job_id(rec.id, t), rec.game_file, prompt, prefix=turns[:t], params=params,
                                    max_steps=max_steps, meta={"sid": rec.id, "t": t}))
-    with JsonlSink(output) as sink, JsonlSink(problems_path(output)) as problems:
+    with sink, problems:
         for res in engine.run_iter(jobs):
             ep = res.episode
             rid, t = ep.extra["sid"], ep.extra["t"]
@@ -205,7 +216,7 @@ def monte_carlo(records: Sequence[StepRecord], engine: RolloutEngine, output: st
     ``save_rollouts`` keeps each rollout's generated turns in ``extra.mc_rollout_turns``.
     """
     report = StageReport()
-    done = done_keys(output)
+    sink, problems, done = open_outputs(output)
     order = _task_order(r.id for r in records)
     todo: dict[str, StepRecord] = {}
     jobs: list[RolloutJob] = []
@@ -228,7 +239,7 @@ def monte_carlo(records: Sequence[StepRecord], engine: RolloutEngine, output: st
             continue
         todo[jid] = r
     results: dict[str, list] = defaultdict(list)
-    with JsonlSink(output) as sink, JsonlSink(problems_path(output)) as problems:
+    with sink, problems:
         for b in bad:
             problems.write(b)
             report.problems += 1
