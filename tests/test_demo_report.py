@@ -206,6 +206,9 @@ def test_seed_report(tmp_path):
     cell = cell_stats(per_run, "sft", "alfworld_seen")
     assert cell.mean == pytest.approx(0.1) and (cell.wins, cell.games) == (4, 40) and cell.lo < 0.1 < cell.hi
     assert len(cell_stats(per_run, "sft", "vh_seen").results) == 3
+    # no seed wins a VirtualHome unseen game for sft: Wilson of the pooled 0/60 = [0, 3.841459 / 63.841459]
+    zero = cell_stats(per_run, "sft", "vh_unseen")
+    assert zero.lo == pytest.approx(0.0, abs=1e-12) and zero.hi == pytest.approx(3.841459 / 63.841459, abs=2e-6)
     table = format_table(per_run)
     assert "| SFT (base agent) | 10.0 [" in table and "(0.0, 10.0, 20.0, 10.0) |" in table
     # steca vs sft, ALFWorld seen, per seed (only steca, only sft) = (4,0), (4,0), (4,0), (3,0): 15:0 pooled
