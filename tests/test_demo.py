@@ -128,3 +128,19 @@ def test_elapsed_wall_counts_side_by_side_stages_once():
     # markers are read in finishing order, not starting order: a long stage that finished last
     assert elapsed_wall(sorted([t(3, 5), t(0, 20), t(6, 8)], key=lambda x: x.finished_at)) == 20
     assert elapsed_wall([]) == 0
+
+
+def test_stage_output_goes_to_its_log_and_a_failure_shows_its_end(tmp_path, capfd, caplog):
+    log = tmp_path / "logs" / "noisy.log"
+    noisy = "import sys; print('progress 50%'); print('UserWarning: library noise', file=sys.stderr)"
+    assert demo_main(["stage", "--run_dir", str(tmp_path), "--name", "noisy", "--log", str(log), "--",
+                      sys.executable, "-c", noisy]) == 0
+    out, err = capfd.readouterr()
+    assert "library noise" not in out + err and "progress 50%" not in out + err
+    assert "progress 50%" in log.read_text() and "UserWarning: library noise" in log.read_text()
+    failing = "import sys; print('the reason it failed'); raise SystemExit(4)"
+    assert demo_main(["stage", "--run_dir", str(tmp_path), "--name", "bad", "--log", str(tmp_path / "bad.log"), "--",
+                      sys.executable, "-c", failing]) == 4
+    assert "the reason it failed" not in capfd.readouterr().err.split("the end of its log")[0]
+    assert "stage bad failed with exit status 4" in caplog.text and "the reason it failed" in caplog.text
+    assert not is_done(tmp_path, "bad")

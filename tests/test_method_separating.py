@@ -122,7 +122,8 @@ def test_calibrated_pairs_carry_the_rewards_that_selected_them():
 
 # ------------------------------------------------------------------ D_s: expert sub-trajectories
 def test_expert_set_needs_both_the_step_reward_and_the_outcome_to_be_better():
-    res = build_expert(_sft(), _experts(), _explored(), HashingEncoder(), ALFWORLD_WEIGHTS)
+    # min_step=1 so that t = 1 is judged too (the released preset skips it: tests/test_released_compat.py)
+    res = build_expert(_sft(), _experts(), _explored(), HashingEncoder(), ALFWORLD_WEIGHTS, min_step=1)
     got = [(p.id, p.extra["rule"], p.extra.get("r_expert"), p.extra.get("r_explore")) for p in res.pairs]
     beats = rule_expert_beats(0.01)
     assert got == [
