@@ -208,9 +208,9 @@ def test_tasks_in_natural_order_and_counters_per_record():
     # records without the rewards they need are counted one by one and do not stop their task
     no_reward = [explored_step(t, "go to shelf 1", 0.0, 0.0, "a") for t in (2, 3)]
     for r in no_reward:
-        r.agent_step_reward = None
+        r.mc_step_reward = None
     unscored_expert = _expert("b")
-    unscored_expert[1].agent_step_reward = unscored_expert[2].agent_step_reward = None
+    unscored_expert[1].mc_step_reward = unscored_expert[2].mc_step_reward = None
     no_action = [explored_step(t, "go to shelf 1", 0.0, 0.0, "c") for t in (2, 4)]  # no expert step 2 or 4
     res = find_deviations(
         _expert("a") + unscored_expert + [r for r in _expert("c") if r.iteration in (0, 1, 3)],
