@@ -19,7 +19,7 @@ from tests.method_fixtures import explored_fixture, explored_step, expert_reward
 def test_step_reward_is_mean_of_outcomes():
     assert step_reward([1, 0, 0, 1, 1]) == pytest.approx(0.6)
     assert step_reward([0.0]) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a step reward needs at least one rollout outcome$"):
         step_reward([])
 
 
