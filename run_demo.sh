@@ -4,7 +4,9 @@
 #
 #   bash run_demo.sh                 # seed 0 into runs/demo_seed0
 #   SEED=1 bash run_demo.sh          # another seed into runs/demo_seed1
-#   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then mean ± sd (runs/demo_seeds.md)
+#   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then the seeds report (runs/demo_seeds.md:
+#                                    # means with 95 % intervals, paired tests pooled over seeds, per-type columns)
+#   BASELINES=true bash run_demo.sh  # add RFT, ETO, IPR and STeCa's ablations (finished stages are skipped)
 #
 # Stages (each one the very stage script a GPU user runs, with its variables set for the tiny setting):
 #   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
@@ -23,8 +25,10 @@ cd "$(dirname "$0")"
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
 OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
-ASSETS_DIR=${ASSETS_DIR-assets}           # the plots of seed 0 are copied here (ASSETS_DIR= : do not copy)
+ASSETS_DIR=${ASSETS_DIR-assets}           # seed 0's plots and the seeds plot are copied here (ASSETS_DIR= : do not copy)
 SKIP_INSTALL=${SKIP_INSTALL:-false}
+BASELINES=${BASELINES:-false}             # true: also RFT, ETO, IPR and STeCa's ablations (a second command on a
+                                          # finished run: BASELINES=true bash run_demo.sh; see the README for its time)
 # mini benchmark (steca/generators/alfworld_games.py)
 N_TRAIN=${N_TRAIN:-600}                   # training games (expert trajectories for SFT)
 N_SEEN=${N_SEEN:-40}                      # valid_seen games (the "seen" column)
@@ -58,6 +62,7 @@ EVAL_WORKERS=${EVAL_WORKERS:-0}
 # ICL_NUM and PART_NUM above apply to it too). Homes, tasks and model are much smaller than ALFWorld's:
 # the block must fit in ~4 minutes on 2 cores.
 VH=${VH:-true}                            # false: ALFWorld only
+ALFWORLD=${ALFWORLD:-true}                # false: VirtualHome only (its block needs nothing from ALFWorld's)
 VH_HOMES=${VH_HOMES:-6}                   # generated homes (steca/generators/virtualhome_tasks.py)
 VH_UNSEEN_HOMES=${VH_UNSEEN_HOMES:-2}     # the last homes: the unseen split only (held-out layouts)
 VH_TASKS_PER_HOME=${VH_TASKS_PER_HOME:-30}  # tasks per home (~100 train, 20 seen, 60 unseen tasks)
@@ -83,7 +88,9 @@ if [[ -n "$SEEDS" ]]; then
     SEED=$s SEEDS= OUT_DIR=runs/demo_seed$s bash "$0"
     runs+=("runs/demo_seed$s")
   done
-  python -m steca.demo seeds --output runs/demo_seeds.md "${runs[@]}"
+  seeds_assets=()
+  if [[ -n "$ASSETS_DIR" ]]; then seeds_assets=(--assets_dir "$ASSETS_DIR"); fi
+  python -m steca.demo seeds --output runs/demo_seeds.md "${seeds_assets[@]}" "${runs[@]}"
   exit 0
 fi
 
@@ -169,10 +176,75 @@ train_both() {
     --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
   joined
 }
+# Greedy evaluation of OUT_DIR's model METHOD on both splits, side by side: eval_alfworld METHOD, eval_vh METHOD
+eval_alfworld() {
+  local split
+  for split in dev test; do
+    side "eval_${1}_$split" stage "eval_${1}_$split" env MODEL_PATH="$MODELS/$1" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
+      OUTPUT_DIR="$OUT_DIR/eval/$1" SPLITS="$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" \
+      ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" \
+      bash eval/my_eval_alfworld.sh
+  done
+}
+eval_vh() {
+  local root=$OUT_DIR/vh split
+  for split in seen unseen; do
+    side "vh_eval_${1}_$split" stage "vh_eval_${1}_$split" env MODEL_PATH="$root/models/$1" \
+      DATA_DIR="$root/bench" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
+      OUTPUT_DIR="$root/eval/$1/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
+      EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device cpu" bash eval/my_eval_vh.sh
+  done
+}
+# BASELINES=true: the paper's baselines (RFT, ETO, IPR; data_collection/data_baselines.py) and STeCa's ablations
+# (without D_c, without reward weighting, DPO on STeCa's pairs, first deviated step only) on one environment's
+# sampling outputs. Each is trained from the SFT model for as many optimizer steps as STeCa (same batch, same lr),
+# then evaluated. baseline_rows STAGE_PREFIX ROOT LR BATCH MAX_LENGTH D_C_SCRIPT EVAL_FUNCTION
+BASELINE_ROWS=(  # row (= model and eval folder), stage-script variant (rft: sft/my_sft.sh), training file
+  "rft rft rft.json" "eto eto eto.json" "ipr ipr ipr.json" "steca_no_dc steca steca_no_dc_pairs.json"
+  "steca_no_weighting no_weighting steca_pairs.json" "steca_dpo dpo steca_pairs.json"
+  "steca_first steca steca_first_pairs.json")
+baseline_rows() {
+  local pre=$1 root=$2 lr=$3 batch=$4 max_length=$5 cali=$6 evaluate=$7
+  local data=$2/data models=$2/models sampling=$2/sampling steps method row name variant file n
+  local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$sampling/expert_steps_mc.jsonl"
+                    --explore_steps "$sampling/explore_steps_mc.jsonl")
+  for method in rft eto ipr; do
+    stage "${pre}data_$method" python data_collection/data_baselines.py "$method" "${steps_args[@]}" --output "$data/$method.json"
+  done
+  stage "${pre}d_c_first" python "data_collection/$cali" "${steps_args[@]}" --reflector offline --rule paper \
+    --output "$data/d_c_first.json"
+  stage "${pre}merge_no_dc" python data_collection/merge_data.py --output "$data/steca_no_dc_pairs.json" \
+    "$data/d_s.json" "$data/d_e.json"
+  stage "${pre}merge_first" python data_collection/merge_data.py --output "$data/steca_first_pairs.json" \
+    "$data/d_s.json" "$data/d_c_first.json" "$data/d_e.json"
+  steps=$(python -m steca.demo steps --pairs "$data/steca_pairs.json" --batch_size "$batch")
+  echo "${pre}baselines: $steps optimizer steps each, as STeCa"
+  local common=(MODEL_PATH="$models/sft" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS=1 SEED="$SEED" SAVE_STEPS=100000)
+  for row in "${BASELINE_ROWS[@]}"; do
+    read -r name variant file <<< "$row"
+    n=$(python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" "$data/$file")
+    if [[ "$n" -eq 0 ]]; then echo "${pre}$name: $data/$file has no record, row skipped"; continue; fi
+    if [[ "$variant" == rft ]]; then
+      side "${pre}${name}_train" stage "${pre}${name}_train" env "${common[@]}" SFT_DATA="$data/$file" \
+        OUTPUT_DIR="$models/$name" MAX_LENGTH="$max_length" bash sft/my_sft.sh --max_steps "$steps" \
+        --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+    else
+      side "${pre}${name}_train" stage "${pre}${name}_train" env "${common[@]}" TRAIN_DATA="$data/$file" \
+        VARIANT="$variant" OUTPUT_DIR="$models/$name" bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
+    fi
+  done
+  joined
+  for row in "${BASELINE_ROWS[@]}"; do
+    read -r name variant file <<< "$row"
+    if [[ -f "$models/$name/config.json" ]]; then "$evaluate" "$name"; fi
+  done
+  joined
+}
 export PROFILE=cpu
 # tiny models train and generate fastest with one thread per process; JOBS processes share the cores
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
+if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
   --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
@@ -200,14 +272,11 @@ train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
 
 # 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
 for method in sft sft_more steca; do
-  for split in dev test; do
-    side "eval_${method}_$split" stage "eval_${method}_$split" env MODEL_PATH="$MODELS/$method" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
-      OUTPUT_DIR="$OUT_DIR/eval/$method" SPLITS="$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" \
-      ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" \
-      bash eval/my_eval_alfworld.sh
-  done
+  eval_alfworld "$method"
 done
 joined
+
+fi  # ALFWORLD
 
 # 7. VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
 # evolving_graph simulator; no download), into OUT_DIR/vh
@@ -238,14 +307,9 @@ virtualhome_block() {
   train_both vh_ "$models" "$data" "$VH_RL_LR" "$VH_RL_BATCH" 1 "$VH_MAX_LENGTH"
 
   # greedy evaluation on seen (new goals in the training homes) and unseen (held-out homes)
-  local method split
+  local method
   for method in sft sft_more steca; do
-    for split in seen unseen; do
-      side "vh_eval_${method}_$split" stage "vh_eval_${method}_$split" env MODEL_PATH="$models/$method" \
-        DATA_DIR="$bench" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
-        OUTPUT_DIR="$root/eval/$method/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
-        EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device cpu" bash eval/my_eval_vh.sh
-    done
+    eval_vh "$method"
   done
   joined
 }
@@ -253,7 +317,17 @@ if [[ "$VH" == "true" ]]; then
   virtualhome_block
 fi
 
-# 8. the table, results.md and the plots
+# 8. BASELINES=true: RFT, ETO, IPR and STeCa's ablations on the same sampling outputs, both environments
+if [[ "$BASELINES" == "true" ]]; then
+  if [[ "$ALFWORLD" == "true" ]]; then
+    baseline_rows "" "$OUT_DIR" "$RL_LR" "$RL_BATCH" "$MAX_LENGTH" data_cali_alfworld.py eval_alfworld
+  fi
+  if [[ "$VH" == "true" ]]; then
+    baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
+  fi
+fi
+
+# 9. the table, results.md and the plots
 assets_args=()
 if [[ -n "$ASSETS_DIR" && "$SEED" == "0" ]]; then assets_args=(--assets_dir "$ASSETS_DIR"); fi
 echo

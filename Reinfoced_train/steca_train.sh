@@ -6,6 +6,11 @@
 #   VARIANT=no_weighting bash Reinfoced_train/steca_train.sh             # ablation: every pair weighs 1
 #   VARIANT=dpo BETA=0.1 bash Reinfoced_train/steca_train.sh             # "SFT + DPO" (trl DPOTrainer)
 #   BETA=0.1 bash Reinfoced_train/steca_train.sh                         # STeCa objective with the DPO term
+#   VARIANT=eto TRAIN_DATA=outputs/data_collection/alfworld_eto_pairs.json bash Reinfoced_train/steca_train.sh
+#                                            # ETO: trajectory DPO on (expert, failed exploration) pairs
+#   VARIANT=ipr TRAIN_DATA=outputs/data_collection/alfworld_ipr.json bash Reinfoced_train/steca_train.sh
+#                                            # IPR: outcome DPO + step DPO + SFT (steca/training/ipr.py)
+# (RFT is SFT on data_collection/data_baselines.py rft's file: SFT_DATA=... bash sft/my_sft.sh.)
 #
 # Loss per pair (VARIANT=steca): reward * [ -log sigmoid(BETA * delta) - sum log pi(chosen) ];
 # BETA=0 (released) loads no reference model. Every variable can be overridden from the
@@ -16,9 +21,10 @@ cd "$(dirname "$0")/.."
 
 # ------------------------------------------------------------------ editable variables
 PROFILE=${PROFILE:-cpu}                     # cpu: tiny model | gpu: released Llama-2-7B-chat setting
-VARIANT=${VARIANT:-steca}                   # steca | no_weighting | dpo
-TRAIN_DATA=${TRAIN_DATA:-outputs/data_collection/alfworld_steca_pairs.json}
-BETA=${BETA:-$([ "$VARIANT" = dpo ] && echo 0.1 || echo 0.0)}   # released: 0; the DPO variant defaults to 0.1
+VARIANT=${VARIANT:-steca}                   # steca | no_weighting | dpo | eto | ipr
+TRAIN_DATA=${TRAIN_DATA:-outputs/data_collection/alfworld_$(case "$VARIANT" in eto) echo eto_pairs;; ipr) echo ipr;; *) echo steca_pairs;; esac).json}
+# released STeCa: 0; DPO, ETO and IPR: 0.1 (DPO's usual value; not checked against the ETO and IPR papers)
+BETA=${BETA:-$(case "$VARIANT" in dpo|eto|ipr) echo 0.1;; *) echo 0.0;; esac)}
 USE_LORA=${USE_LORA:-false}
 SEED=${SEED:-42}
 SAVE_STEPS=${SAVE_STEPS:-200}
@@ -43,7 +49,7 @@ if [ "$PROFILE" = "gpu" ]; then
 else
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NPROC=${NPROC:-1}                         # >1: torchrun with the gloo backend
-  MASTER_PORT=${MASTER_PORT:-29500}
+  MASTER_PORT=${MASTER_PORT:-auto}  # auto: torchrun --standalone (the OS picks the port at bind time)
   DTYPE=${DTYPE:-auto}
   GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-false}
   LR=${LR:-1e-4}
@@ -55,6 +61,9 @@ EPOCHS=${EPOCHS:-1}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}/alfworld}   # = eval's MODEL_PATH for VARIANT=steca
 # ------------------------------------------------------------------
 
+# torchrun options: a fixed port, or --standalone (its rendezvous store binds port 0: no race)
+torchrun_rendezvous() { if [ "$1" = auto ]; then echo --standalone; else echo --master_port "$1"; fi; }
+
 ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir "$OUTPUT_DIR"
       --learning_rate "$LR" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$PER_DEVICE_BATCH"
       --gradient_accumulation_steps "$GRAD_ACCUM" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1
@@ -64,8 +73,9 @@ ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir 
 case "$VARIANT" in
   steca) ENTRY=Reinfoced_train/steca_train.py ;;
   no_weighting) ENTRY=Reinfoced_train/steca_train.py; ARGS+=(--no_reward_weighting true) ;;
-  dpo) ENTRY=Reinfoced_train/dpo_train.py ;;
-  *) echo "VARIANT must be steca, no_weighting or dpo, got $VARIANT" >&2; exit 2 ;;
+  dpo|eto) ENTRY=Reinfoced_train/dpo_train.py ;;
+  ipr) ENTRY=Reinfoced_train/ipr_train.py ;;
+  *) echo "VARIANT must be steca, no_weighting, dpo, eto or ipr, got $VARIANT" >&2; exit 2 ;;
 esac
 
 if [ "$PROFILE" = "gpu" ]; then
@@ -74,7 +84,7 @@ if [ "$PROFILE" = "gpu" ]; then
     --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
     "$ENTRY" "${ARGS[@]}" "$@"
 elif [ "$NPROC" -gt 1 ]; then
-  torchrun --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" "$ENTRY" "${ARGS[@]}" --ddp_backend gloo "$@"
+  torchrun --nproc_per_node "$NPROC" $(torchrun_rendezvous "$MASTER_PORT") "$ENTRY" "${ARGS[@]}" --ddp_backend gloo "$@"
 else
   python "$ENTRY" "${ARGS[@]}" "$@"
 fi

@@ -122,8 +122,28 @@ def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids
                               params=params, override=args.override)
 
 
+def success_by_type(results: dict[str, EpisodeState], env: TaskEnv) -> dict[str, dict[str, float | int]]:
+    """Success per task type (``env.task_type``): ``{type: {n_tasks, n_success, success_rate}}``.
+
+    ALFWorld types come in the order pick, clean, heat, cool, look, pick two; other types (VirtualHome
+    task categories) in alphabetical order. Tasks without a type are left out; empty when none has one.
+    """
+    from eval_agent.envs.alfworld_env import ALFWORLD_TASK_TYPES
+
+    groups: dict[str, list[bool]] = {}
+    for task_id, state in results.items():
+        kind = env.task_type(task_id)
+        if kind is not None:
+            groups.setdefault(kind, []).append(bool(state.success))
+    order = list(ALFWORLD_TASK_TYPES.values())
+    ranked = sorted(groups, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return {k: {"n_tasks": len(groups[k]), "n_success": sum(groups[k]),
+                "success_rate": sum(groups[k]) / len(groups[k])} for k in ranked}
+
+
 def summarize(results: dict[str, EpisodeState], env: TaskEnv) -> dict[str, object]:
-    """Success over all tasks, and over reachable tasks where the environment classifies them."""
+    """Success over all tasks, per task type (``success_by_type``), and over reachable tasks where the
+    environment classifies them."""
     n = len(results)
     wins = sum(s.success for s in results.values())
     summary: dict[str, object] = {"n_tasks": n, "n_success": wins, "success_rate": wins / n if n else 0.0,
@@ -132,12 +152,24 @@ def summarize(results: dict[str, EpisodeState], env: TaskEnv) -> dict[str, objec
     for s in results.values():
         reasons[str(s.terminate_reason)] = reasons.get(str(s.terminate_reason), 0) + 1
     summary["terminate_reasons"] = reasons
+    summary["success_by_type"] = success_by_type(results, env)
     is_reachable = getattr(env, "is_reachable", None)
     if callable(is_reachable):
         reach = [t for t in results if is_reachable(t)]
         rw = sum(results[t].success for t in reach)
         summary.update(n_reachable=len(reach), reachable_success_rate=rw / len(reach) if reach else 0.0)
     return summary
+
+
+def type_table(by_type: dict[str, dict[str, float | int]]) -> str:
+    """A plain-text table of :func:`success_by_type`: one line per type (rate, successes / tasks)."""
+    if not by_type:
+        return ""
+    width = max(len("task type"), *(len(k) for k in by_type))
+    lines = [f"{'task type':<{width}}  success  n_success/n_tasks"]
+    for kind, row in by_type.items():
+        lines.append(f"{kind:<{width}}  {row['success_rate']:.4f}   {row['n_success']}/{row['n_tasks']}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     write_json_atomic(out_dir / "summary.json", summary)
     env.close()
     print(f"Output folder: {out_dir}")
+    table = type_table(summary["success_by_type"])
+    if table:
+        print(table)
     if "reachable_success_rate" in summary:
         print(f"Reachable success rate: {summary['reachable_success_rate']:.4f} ({summary['n_reachable']} tasks)")
     print(f"Success rate: {summary['success_rate']:.4f}")

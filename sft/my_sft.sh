@@ -45,7 +45,7 @@ else
   MODEL_SIZE=${MODEL_SIZE:-tiny}
   MODEL_PATH=${MODEL_PATH:-outputs/bootstrap_${MODEL_SIZE}}
   NPROC=${NPROC:-1}                           # >1: torchrun with the gloo backend
-  MASTER_PORT=${MASTER_PORT:-29500}
+  MASTER_PORT=${MASTER_PORT:-auto}  # auto: torchrun --standalone (the OS picks the port at bind time)
   DTYPE=${DTYPE:-auto}
   GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-false}
   LR=${LR:-3e-3}
@@ -56,6 +56,9 @@ else
   BF16=${BF16:-false}
 fi
 # ------------------------------------------------------------------
+
+# torchrun options: a fixed port, or --standalone (its rendezvous store binds port 0: no race)
+torchrun_rendezvous() { if [ "$1" = auto ]; then echo --standalone; else echo --master_port "$1"; fi; }
 
 ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$SFT_DATA" --output_dir "$OUTPUT_DIR"
       --learning_rate "$LR" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$PER_DEVICE_BATCH"
@@ -73,7 +76,7 @@ else
     python -m steca.training.bootstrap --sft_file "$SFT_DATA" --output_dir "$MODEL_PATH" --size "$MODEL_SIZE" --seed "$SEED"
   fi
   if [ "$NPROC" -gt 1 ]; then
-    torchrun --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" sft/train_sft.py "${ARGS[@]}" --ddp_backend gloo "$@"
+    torchrun --nproc_per_node "$NPROC" $(torchrun_rendezvous "$MASTER_PORT") sft/train_sft.py "${ARGS[@]}" --ddp_backend gloo "$@"
   else
     python sft/train_sft.py "${ARGS[@]}" "$@"
   fi

@@ -8,19 +8,31 @@ Three record families, all in the released STeCa field names:
   agent_step_reward, agent_step_conversations, agent_conversations, agent_final_reward}``.
 * Training pairs: ``{id, prompt, chosen, rejected, reward}`` (message lists; extra keys kept).
 
-Files may be a JSON array or JSONL (one object per line). Every validation error names the
-file, the record (index and id when known) and the field. Readers are lenient by default: a bad
-record is reported in ``LoadResult.errors`` and the rest of the file is still read; pass
-``strict=True`` to raise on the first problem instead.
+Files may be a JSON array or JSONL (one object per line), UTF-8 with or without a byte-order
+mark. Every validation error names the file, the record (index and id when known) and the field.
+
+What a reader refuses, and what it skips:
+
+* the whole file is an error (:class:`RecordError` naming it) when it is empty, not UTF-8, not
+  JSON, a JSON value that is neither an array nor JSONL (e.g. one object), or when none of its
+  records can be read;
+* a number outside its documented range (rewards and outcomes in [0, 1], weights finite and
+  >= 0; NaN and infinities never) is an error unless ``skip_invalid`` is set, which drops such
+  records and counts them;
+* a record over :data:`MAX_RECORD_CHARS` characters of text is refused (it would be tokenised
+  and copied into every step record of its trajectory);
+* any other bad record is skipped and reported in ``LoadResult.errors`` (one summary warning
+  with the count and the first few), unless ``strict=True`` makes the first one raise.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 from eval_agent.storage import to_json_obj, write_json_atomic, write_jsonl_atomic
 from eval_agent.types import Message
@@ -28,6 +40,12 @@ from eval_agent.types import Message
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The largest record the readers accept, in characters of text (sum over its strings). The authors'
+# longest ALFWorld trajectory is about 20k characters; a bigger record is almost surely corrupt.
+MAX_RECORD_CHARS = 2_000_000
+# How many individual bad-record messages a reader logs before summarising the rest.
+WARN_FIRST = 3
 
 ROLE_FROM_SHAREGPT = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                       "system": "system"}
@@ -87,11 +105,31 @@ def dump_messages(messages: Iterable[Message], style: str = "role") -> list[dict
     return [m.to_dict(style) for m in messages]
 
 
+class InvalidNumberError(RecordError):
+    """A reward, outcome or weight that is not finite or outside its documented range."""
+
+
 class _FieldProblem(ValueError):
-    def __init__(self, field_name: str, problem: str):
+    def __init__(self, field_name: str, problem: str, invalid_number: bool = False):
         self.field_name = field_name
         self.problem = problem
+        self.invalid_number = invalid_number
         super().__init__(f"{field_name}: {problem}")
+
+
+def check_number(value: float, field_name: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a float if it is finite and within ``[low, high]``, else a field problem naming it."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise _FieldProblem(field_name, f"{value!r} is not a finite number", invalid_number=True)
+    if not low <= x <= high:
+        raise _FieldProblem(field_name, f"{value!r} is outside its range [{low}, {high}]", invalid_number=True)
+    return x
+
+
+def _number(obj: dict[str, Any], key: str, low: float, high: float, optional: bool = False) -> float | None:
+    value = _require(obj, key, (int, float), optional)
+    return None if value is None else check_number(value, key, low, high)
 
 
 def _require(obj: dict[str, Any], key: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
@@ -176,16 +214,14 @@ class StepRecord:
         step_conv = parse_messages(_require(obj, "agent_step_conversations", list), "agent_step_conversations")
         conv_raw = _require(obj, "agent_conversations", list, optional=True)
         conv = parse_messages(conv_raw, "agent_conversations") if conv_raw is not None else None
-        final = _require(obj, "agent_final_reward", (int, float), optional=True)
-        step_reward = _require(obj, "agent_step_reward", (int, float), optional=True)
+        final = _number(obj, "agent_final_reward", 0.0, 1.0, optional=True)
+        step_reward = _number(obj, "agent_step_reward", 0.0, 1.0, optional=True)
         mc = _require(obj, "mc_outcomes", list, optional=True)
         if mc is not None and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in mc):
             raise _FieldProblem("mc_outcomes", "expected a list of numbers")
+        outcomes = None if mc is None else [check_number(x, f"mc_outcomes[{i}]", 0.0, 1.0) for i, x in enumerate(mc)]
         extra = {k: v for k, v in obj.items() if k not in cls.KEYS}
-        return cls(str(rid), iteration, game_file, out, step_conv, conv,
-                   None if final is None else float(final),
-                   None if step_reward is None else float(step_reward),
-                   None if mc is None else [float(x) for x in mc], extra)
+        return cls(str(rid), iteration, game_file, out, step_conv, conv, final, step_reward, outcomes, extra)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -223,7 +259,7 @@ class PairRecord:
         rejected = parse_messages(_require(obj, "rejected", list), "rejected")
         if not any(m.role == "assistant" for m in chosen):
             raise _FieldProblem("chosen", "no assistant turn to train on")
-        reward = _require(obj, "reward", (int, float))
+        reward = _number(obj, "reward", 0.0, math.inf)
         extra = {k: v for k, v in obj.items() if k not in cls.KEYS}
         return cls(str(rid), prompt, chosen, rejected, float(reward), extra)
 
@@ -249,19 +285,43 @@ class LoadResult(Generic[T]):
         return self
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """A file's text as UTF-8 (a leading byte-order mark is dropped); any other encoding names the file."""
+    p = Path(path)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecordError(p, None, None, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "convert the file to UTF-8") from None
+
+
 def _iter_raw(path: Path) -> Iterator[tuple[int, Any, RecordError | None]]:
-    """Yield ``(index, object, error)`` for a JSON array or JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    """Yield ``(index, object, error)`` for a JSON array or JSONL file; file-level problems raise."""
+    text = read_text_file(path)
     stripped = text.lstrip()
+    if not stripped:
+        raise RecordError(path, None, None, "the file is empty" if not text else "the file holds only whitespace")
     if stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            yield 0, None, RecordError(path, None, None, f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")
-            return
+            raise RecordError(path, None, None, f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}; "
+                              "a truncated or unfinished file?") from None
+        if not isinstance(data, list):
+            raise RecordError(path, None, None, f"expected a JSON array, got {type(data).__name__}")
         for i, obj in enumerate(data):
             yield i, obj, None
         return
+    if stripped.startswith("{") and "\n" in stripped.rstrip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            keys = ", ".join(list(whole)[:5])
+            raise RecordError(path, None, None, f"the file is one JSON object (keys: {keys}), expected a JSON array "
+                              "of records or JSONL (one record per line)")
     index = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -275,42 +335,91 @@ def _iter_raw(path: Path) -> Iterator[tuple[int, Any, RecordError | None]]:
         index += 1
 
 
+def text_size(obj: Any) -> int:
+    """Characters of text in a JSON value (its strings and keys, recursively)."""
+    if isinstance(obj, str):
+        return len(obj)
+    if isinstance(obj, dict):
+        return sum(len(str(k)) + text_size(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return sum(text_size(v) for v in obj)
+    return 0
+
+
+def log_summary(what: str, errors: Sequence[Exception], total: int | None = None) -> None:
+    """One warning for many bad records: the count and the first :data:`WARN_FIRST` messages."""
+    if not errors:
+        return
+    first = "; ".join(str(e) for e in errors[:WARN_FIRST])
+    more = f" (and {len(errors) - WARN_FIRST} more)" if len(errors) > WARN_FIRST else ""
+    of = f" of {total}" if total is not None else ""
+    logger.warning("%s: %d%s record(s) skipped: %s%s", what, len(errors), of, first, more)
+
+
 def load_records(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T],
-                 strict: bool = False) -> LoadResult[T]:
-    """Read a JSON array or JSONL file of records with ``parse``; collect (or raise) errors."""
+                 strict: bool = False, skip_invalid: bool = False) -> LoadResult[T]:
+    """Read a JSON array or JSONL file of records with ``parse``; collect (or raise) errors.
+
+    Raises :class:`RecordError` for a file that is unreadable as a whole, that yields no usable
+    record while it has bad ones, and (unless ``skip_invalid``) for the first record with an
+    invalid number (see the module docstring); ``strict`` raises on any bad record.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
     records: list[T] = []
     errors: list[RecordError] = []
+    n_invalid_numbers = 0
     for index, obj, err in _iter_raw(p):
         if err is None:
             if not isinstance(obj, dict):
                 err = RecordError(p, index, None, f"expected a JSON object, got {type(obj).__name__}")
+            elif (size := text_size(obj)) > MAX_RECORD_CHARS:
+                rid = obj.get("id")
+                err = RecordError(p, index, None, f"the record holds {size} characters of text, over the limit of "
+                                  f"{MAX_RECORD_CHARS} (steca.records.MAX_RECORD_CHARS)",
+                                  None if rid is None else str(rid))
             else:
                 try:
                     records.append(parse(obj))
                 except _FieldProblem as e:
                     rid = obj.get("id")
-                    err = RecordError(p, index, e.field_name, e.problem, None if rid is None else str(rid))
+                    cls = InvalidNumberError if e.invalid_number else RecordError
+                    err = cls(p, index, e.field_name, e.problem, None if rid is None else str(rid))
         if err is not None:
+            if isinstance(err, InvalidNumberError):
+                if not skip_invalid:
+                    raise InvalidNumberError(err.path, err.index, err.field_name,
+                                             err.problem + " (--skip_invalid drops such records)", err.record_id)
+                n_invalid_numbers += 1
             if strict:
                 raise err
-            logger.warning("%s", err)
             errors.append(err)
+    log_summary(str(p), errors, len(records) + len(errors))
+    if n_invalid_numbers:
+        logger.warning("%s: dropped %d record(s) with an invalid number (--skip_invalid)", p, n_invalid_numbers)
+    if errors and not records:
+        raise RecordError(p, None, None, f"no usable record: all {len(errors)} record(s) are bad; first: {errors[0]}")
     return LoadResult(records, errors)
 
 
-def load_sft(path: str | os.PathLike, strict: bool = False) -> LoadResult[SFTRecord]:
-    return load_records(path, SFTRecord.from_dict, strict)
+def load_sft(path: str | os.PathLike, strict: bool = False, skip_invalid: bool = False) -> LoadResult[SFTRecord]:
+    return load_records(path, SFTRecord.from_dict, strict, skip_invalid)
 
 
-def load_steps(path: str | os.PathLike, strict: bool = False) -> LoadResult[StepRecord]:
-    return load_records(path, StepRecord.from_dict, strict)
+def load_steps(path: str | os.PathLike, strict: bool = False, skip_invalid: bool = False) -> LoadResult[StepRecord]:
+    return load_records(path, StepRecord.from_dict, strict, skip_invalid)
 
 
-def load_pairs(path: str | os.PathLike, strict: bool = False) -> LoadResult[PairRecord]:
-    return load_records(path, PairRecord.from_dict, strict)
+def load_pairs(path: str | os.PathLike, strict: bool = False, skip_invalid: bool = False) -> LoadResult[PairRecord]:
+    return load_records(path, PairRecord.from_dict, strict, skip_invalid)
+
+
+def nonempty(result: LoadResult[T], path: str | os.PathLike, what: str = "record") -> list[T]:
+    """The records of ``result``; a :class:`RecordError` naming ``path`` when there are none."""
+    if not result.records:
+        raise RecordError(path, None, None, f"no {what} in the file (an empty JSON array): nothing to do")
+    return result.records
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Any], fmt: str | None = None) -> Path:

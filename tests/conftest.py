@@ -1,5 +1,5 @@
 """Shared fixtures. Real test data lives outside the repository in ``../shared/data`` (or where
-``STECA_SHARED_DATA`` points). A test that needs it fails under ``CI=true`` when it is missing and
+``STECA_SHARED_DATA`` points). A test that needs it fails under ``CI=true`` (or ``1``) when it is missing and
 is skipped with a clear message otherwise (a user's clone has no ``../shared``)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _need(path: Path, what: str) -> Path:
         return path
     msg = (f"{what} not found at {path}. Tests on real data read ../shared/data next to the clone "
            f"(or set STECA_SHARED_DATA).")
-    if os.environ.get("CI", "").lower() == "true":
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(msg + " CI=true, so this is an error.")
     pytest.skip(msg)
 

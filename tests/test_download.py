@@ -31,7 +31,8 @@ def test_unpack_and_verify_a_small_archive(alfworld_data: Path, tmp_path: Path) 
     assert len(collect_games(root, "dev")) == 2 and len(collect_games(root, "train")) == 1
     report = verify_alfworld(root, verify_games=-1)
     assert report.counts == {"train": 1, "valid_seen": 2} and report.loaded == report.counts
-    assert len(report.problems) == 1 and "expected 140" in report.problems[0]  # a partial valid_seen is flagged
+    assert len(report.problems) == 2 and "expected 140" in report.problems[0]  # a partial valid_seen is flagged
+    assert "missing split folder(s) valid_unseen" in report.problems[1]  # and so is a missing split
 
 
 def test_cli_fails_loudly_on_an_incomplete_archive(alfworld_data: Path, tmp_path: Path) -> None:

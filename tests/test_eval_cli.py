@@ -26,6 +26,12 @@ def test_expert_scores_one_on_all_dev_games(alfworld_data: Path, tmp_path: Path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_tasks"] == 140 and summary["n_success"] == 140
     assert len(list(out.glob("*.json"))) == 141
+    by_type = summary["success_by_type"]
+    assert list(by_type) == ["pick", "clean", "heat", "cool", "look", "pick two"]
+    assert sum(row["n_tasks"] for row in by_type.values()) == 140
+    assert all(row["success_rate"] == 1.0 and row["n_success"] == row["n_tasks"] for row in by_type.values())
+    for kind, row in by_type.items():  # the printed table has one line per type
+        assert any(line.startswith(kind) and f"{row['n_success']}/{row['n_tasks']}" in line for line in lines)
 
 
 def test_resume_skips_finished_tasks(alfworld_data: Path, tmp_path: Path) -> None:
@@ -48,6 +54,17 @@ def test_resume_skips_finished_tasks(alfworld_data: Path, tmp_path: Path) -> Non
     assert summary["n_tasks"] == 3  # every task exactly once
     lines = _run(*common, "--max_tasks", "2", "--override")
     assert any((out / n).stat().st_mtime_ns != s for n, s in stamps.items())
+
+
+def test_alfworld_task_types_from_game_paths() -> None:
+    from eval_agent.envs.alfworld_env import alfworld_task_type
+
+    root = "data/json_2.1.1/valid_seen"
+    assert alfworld_task_type(f"{root}/pick_two_obj_and_place-Pen-None-Desk-313/trial_T1/game.tw-pddl") == "pick two"
+    assert alfworld_task_type(f"{root}/pick_and_place_simple-Pen-None-Desk-313/trial_T1") == "pick"
+    assert alfworld_task_type(f"{root}/pick_cool_then_place_in_recep-Apple-None-Fridge-1/trial_T1") == "cool"
+    assert alfworld_task_type(f"{root}/look_at_obj_in_light-Book-None-DeskLamp-1/trial_T1") == "look"
+    assert alfworld_task_type("somewhere/else/game.tw-pddl") is None
 
 
 def test_task_file_names_are_flat() -> None:

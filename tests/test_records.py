@@ -87,8 +87,9 @@ def test_wrong_types_name_the_field(tmp_path: Path) -> None:
 def test_broken_json_array_names_the_file(tmp_path: Path) -> None:
     p = tmp_path / "broken.json"
     p.write_text('[{"id": 1,')
-    res = load_sft(p)
-    assert res.records == [] and str(p) in str(res.errors[0]) and "not valid JSON" in str(res.errors[0])
+    with pytest.raises(RecordError, match="not valid JSON") as e:
+        load_sft(p)
+    assert str(p) in str(e.value)
 
 
 def test_jsonl_sink_repairs_a_torn_tail(tmp_path: Path) -> None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from training_fixtures import nano_model
+from training_fixtures import nano_model, rank_digests, weights_digest
 
 from steca.records import load_sft
 from steca.training.chat import encode_chat
-from steca.training.trainer_setup import DataArguments, ModelArguments, load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_tokenizer
 from steca.training.losses import sequence_logprobs
 from steca.training.sft import train_sft
 
@@ -83,6 +82,73 @@ def test_sft_lowers_loss_and_saved_model_generates(nano_dir, sft_small, tmp_path
     assert res.losses[-1] < res.losses[0]
     conv = load_sft(sft_small, strict=True).records[0].conversations
     assert _generate(res.output_dir, conv[:3]).strip()
+
+
+def _hand_masked_nll(model_dir: Path, sft_file: Path) -> tuple[float, float]:
+    """Token-mean NLL over every record of ``sft_file``: on the assistant tokens only (the mask from
+    transformers' own ``{% generation %}`` handling of the chat template), and on every token."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    masked, masked_n, every, every_n = 0.0, 0, 0.0, 0
+    with torch.no_grad():
+        for rec in load_sft(sft_file, strict=True).records:
+            enc = tok.apply_chat_template([m.to_dict() for m in rec.conversations], return_dict=True,
+                                          return_assistant_tokens_mask=True)
+            ids = enc["input_ids"]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            for t in range(1, len(ids)):
+                nll = -logp[t - 1, ids[t]].item()
+                every, every_n = every + nll, every_n + 1
+                if enc["assistant_masks"][t]:
+                    masked, masked_n = masked + nll, masked_n + 1
+    return masked / masked_n, every / every_n
+
+
+def test_sft_first_step_loss_is_the_assistant_masked_nll(nano_dir, sft_small, tmp_path):
+    """The loss the SFT trainer reports for its first batch (the whole 2-record file) is the NLL of the
+    assistant tokens, computed here position by position, and not the NLL of every token."""
+    from transformers import AutoModelForCausalLM
+
+    two = tmp_path / "sft2.json"
+    two.write_text(json.dumps(json.loads(sft_small.read_text())[:2]))
+    # the bootstrap's init predicts nearly uniformly (every token's NLL ~ log V): redraw the weights larger
+    sharp = tmp_path / "sharp"
+    model = AutoModelForCausalLM.from_pretrained(nano_dir)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3, generator=g)
+    model.save_pretrained(sharp)
+    load_tokenizer(nano_dir).save_pretrained(sharp)
+    masked, every = _hand_masked_nll(sharp, two)
+    res = train_sft(ModelArguments(str(sharp), dtype="float32"), DataArguments(str(two)),
+                    _sft_config(tmp_path / "sft", max_steps=1, max_length=4096))
+    assert abs(masked - every) > 0.05, (masked, every)  # the two alternatives are far apart here
+    assert res.losses[0] == pytest.approx(masked, abs=2e-3), (res.losses, masked, every)
+
+
+def _reinforced(nano_dir: Path, pairs: Path, out: Path, beta: float) -> Path:
+    from steca.training.reinforced import main as reinforced_main
+
+    return reinforced_main(["--model_name_or_path", str(nano_dir), "--data_path", str(pairs), "--output_dir", str(out),
+                            "--beta", str(beta), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                            "--learning_rate", "1e-3", "--max_prompt_length", "64", "--max_target_length", "128",
+                            "--use_cpu", "true", "--seed", "0", "--save_steps", "1000", "--disable_tqdm", "true",
+                            "--dtype", "float32"]).output_dir
+
+
+def test_beta_changes_the_reinforced_result(nano_dir, pairs_small, tmp_path):
+    """From the same start, data and seed, beta = 0.1 (preference term against the frozen start) ends with
+    other weights than beta = 0 (reward-weighted NLL), and beta = 0 is reproducible."""
+    zero = weights_digest(_reinforced(nano_dir, pairs_small, tmp_path / "b0", 0.0), tmp_path / "d0")
+    again = weights_digest(_reinforced(nano_dir, pairs_small, tmp_path / "b0again", 0.0), tmp_path / "d0again")
+    positive = weights_digest(_reinforced(nano_dir, pairs_small, tmp_path / "b01", 0.1), tmp_path / "d01")
+    start = weights_digest(nano_dir, tmp_path / "start")
+    assert zero == again
+    assert positive not in (zero, start) and zero != start
 
 
 def _generate(model_dir: Path, messages) -> str:
@@ -190,22 +256,17 @@ def test_dpo_scores_only_continuation_assistant_tokens(nano_dir, pairs_small, tm
     assert torch.allclose(torch.cat([ref_c, ref_r]), want, atol=1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("script,variant", [("sft/my_sft.sh", None), ("Reinfoced_train/steca_train.sh", "steca"),
                                             ("Reinfoced_train/steca_train.sh", "dpo")])
 def test_two_process_cpu_run_saves_loadable_model(script, variant, nano_dir, sft_small, pairs_small, tmp_path):
-    """The stage scripts with NPROC=2: torchrun, gloo, two CPU processes; the output reloads."""
+    """The stage scripts with NPROC=2: torchrun, gloo, two CPU processes; both ranks end with the same
+    weights, the ones saved; the output reloads."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "NPROC": "2",
-           "MASTER_PORT": str(_free_port()), "MODEL_PATH": str(nano_dir), "OUTPUT_DIR": str(out)}
+           "MODEL_PATH": str(nano_dir), "OUTPUT_DIR": str(out), RANK_DIGEST_ENV: str(tmp_path / "ranks")}
     extra = ["--max_steps", "2", "--per_device_train_batch_size", "1", "--save_steps", "2", "--logging_steps", "1",
              "--disable_tqdm", "true", "--use_cpu", "true"]
     if variant is None:
@@ -221,3 +282,6 @@ def test_two_process_cpu_run_saves_loadable_model(script, variant, nano_dir, sft
     assert (out / "checkpoint-2").is_dir()
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == len(load_tokenizer(out))
+    ranks = rank_digests(tmp_path / "ranks", 2)
+    assert ranks[0] == ranks[1] == weights_digest(out, tmp_path / "saved")
+    assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")

@@ -121,6 +121,17 @@ def test_expert_meets_the_targets_on_seen_test(expert_results: dict[str, tuple[b
     assert sum(everything) / len(everything) >= 0.70
 
 
+def test_seen_tasks_acting_while_seated_win(env: VirtualHomeEnv):
+    """Regression (seated reach): 2743 finds the console while sitting without any [WALK]; 570 sits on the
+    couch, then finds the remote control and the television. Both failed before the rebuilt graphs put
+    what a seated character reaches within reach of its seat."""
+    for tid in ("2743", "570"):
+        assert env.is_reachable(tid)
+        env.reset(tid)
+        outs = [env.execute(a) for a in env.expert_actions(tid)]
+        assert all(o.valid for o in outs) and outs[-1].won, tid
+
+
 def test_first_observation_and_invalid_actions(env: VirtualHomeEnv):
     first = env.reset("132")
     assert first.startswith("You are in the ") and "Your task is to: Get dressed." in first

@@ -5,8 +5,9 @@ standard-library server of :mod:`eval_agent.agents.serve` over a local model dir
 
 * Concurrency: the conversations of a batch are sent as separate requests by a pool of
   ``max_concurrency`` threads; answers come back in order.
-* Retries: HTTP 429, 5xx, timeouts and connection errors are retried up to ``max_retries``
-  times, waiting ``min(backoff_max, backoff_base * 2**attempt)`` seconds times a random factor in
+* Retries: HTTP 429, 5xx, timeouts, connection errors and answers that are not a valid completion
+  (a body that is not JSON or not a chat completion, an empty ``choices`` list, a text that
+  cannot be encoded as UTF-8) are retried up to ``max_retries`` times, waiting ``min(backoff_max, backoff_base * 2**attempt)`` seconds times a random factor in
   [0.5, 1]. When the retries run out the server is treated as unavailable and the run stops
   (:class:`~eval_agent.agents.errors.FatalPolicyError`), so no episode is recorded as failed
   because of an outage and a rerun continues where the run stopped.
@@ -15,13 +16,16 @@ standard-library server of :mod:`eval_agent.agents.serve` over a local model dir
 * 400 and 422 (for example a prompt longer than the model's context) fail that conversation only
   (:class:`~eval_agent.agents.errors.RowErrors`).
 * The key comes from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``); a
-  local server that needs no key gets the placeholder ``EMPTY``. It is never logged or written.
+  local server that needs no key gets the placeholder ``EMPTY``. It is never logged or written:
+  every text from the server that reaches a log, an error or an episode goes through
+  :meth:`OpenAIPolicy.redact`, which masks the key and any ``Bearer`` token a server echoes.
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +41,33 @@ logger = logging.getLogger(__name__)
 
 class _RowFailed(Exception):
     pass
+
+
+class MalformedAnswer(Exception):
+    """A 200 answer that is not a usable chat completion; retried like a 5xx."""
+
+
+REDACTED = "[redacted]"
+_BEARER = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+
+
+def completion_text(resp: Any) -> str:
+    """The first choice's text of a chat-completion answer; :class:`MalformedAnswer` for anything else."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        kind = "no choices" if isinstance(choices, list) else f"not a chat completion ({type(resp).__name__})"
+        raise MalformedAnswer(f"malformed answer: {kind}")
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise MalformedAnswer(f"malformed answer: message content is {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MalformedAnswer(f"malformed answer: text cannot be encoded as UTF-8 ({e.reason})") from None
+    return text
 
 
 class OpenAIPolicy(Policy):
@@ -56,6 +87,7 @@ class OpenAIPolicy(Policy):
                 raise FatalPolicyError(f"the openai backend needs an API key in the environment variable "
                                        f"{api_key_env} (or a --base_url of a local server)")
             key = "EMPTY"
+        self._secret = key if key != "EMPTY" else None
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -110,25 +142,26 @@ class OpenAIPolicy(Policy):
                 with self._lock:
                     self.n_requests += 1
                 resp = self.client.chat.completions.create(**kwargs)
-                text = resp.choices[0].message.content or ""
-                return truncate_at_stop(text, p.stop).strip()
+                return truncate_at_stop(completion_text(resp), p.stop).strip()
             except (oa.AuthenticationError, oa.PermissionDeniedError) as e:
                 raise FatalPolicyError(f"{where} refused the credentials (HTTP {e.status_code}); check the key in "
                                        f"${self.api_key_env}") from None
             except oa.NotFoundError as e:
                 raise FatalPolicyError(f"{where} answered 404 for model {self.model!r}: wrong model name or "
-                                       f"base_url ({_short(e)})") from None
+                                       f"base_url ({self._short(e)})") from None
             except (oa.BadRequestError, oa.UnprocessableEntityError) as e:
-                raise _RowFailed(f"HTTP {e.status_code}: {_short(e)}") from None
+                raise _RowFailed(f"HTTP {e.status_code}: {self._short(e)}") from None
             except (oa.RateLimitError, oa.InternalServerError, oa.APITimeoutError, oa.APIConnectionError) as e:
                 retryable = e
             except oa.APIStatusError as e:
                 if e.status_code < 500 and e.status_code not in (408, 409, 429):
-                    raise _RowFailed(f"HTTP {e.status_code}: {_short(e)}") from None
+                    raise _RowFailed(f"HTTP {e.status_code}: {self._short(e)}") from None
                 retryable = e
+            except (MalformedAnswer, oa.APIResponseValidationError, ValueError, TypeError, AttributeError) as e:
+                retryable = e  # a 200 answer that is no completion (a proxy's HTML page, a truncated body, ...)
             if attempt == self.max_retries:
                 raise FatalPolicyError(f"{where} still failing after {self.max_retries} retries: "
-                                       f"{type(retryable).__name__}: {_short(retryable)}") from None
+                                       f"{type(retryable).__name__}: {self._short(retryable)}") from None
             with self._lock:
                 self.n_retries += 1
                 delay = min(self.backoff_max, self.backoff_base * 2 ** attempt) * (0.5 + 0.5 * self._rng.random())
@@ -137,11 +170,17 @@ class OpenAIPolicy(Policy):
             time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def redact(self, text: str) -> str:
+        """``text`` with the API key and any echoed ``Bearer`` token masked."""
+        if self._secret:
+            text = text.replace(self._secret, REDACTED)
+        return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+
+    def _short(self, e: Exception, limit: int = 300) -> str:
+        """The redacted text of a server error, cut to ``limit`` characters."""
+        text = self.redact(str(e))
+        return text if len(text) <= limit else text[:limit] + "..."
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
-
-
-def _short(e: Exception, limit: int = 300) -> str:
-    text = str(e)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -9,6 +9,13 @@ speak the OpenAI protocol) can use it. Requests that arrive together are answere
 Endpoints: ``POST /v1/chat/completions`` (non-streaming), ``GET /v1/models``, ``GET /health``.
 When ``api_key`` is set, requests must carry ``Authorization: Bearer <key>`` or get HTTP 401.
 
+Every request is checked on its own before it joins a batch (:func:`parse_chat_request`), and
+every error is answered with an OpenAI-style JSON error body: a malformed request gets its own
+400 and the other requests of its batch are served; a batch whose ``generate`` call fails is
+answered one request at a time, so only the request that fails gets the error. A body that does
+not arrive in full within ``read_timeout_s`` (a wrong ``Content-Length``) gets 408, one over
+``max_body_bytes`` gets 413.
+
 CLI::
 
     python -m eval_agent.agents.serve --model_path models/tiny --port 8000 [--api_key_env MY_KEY]
@@ -18,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +40,60 @@ from eval_agent.agents.errors import RowErrors
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+MAX_BODY_BYTES = 16 * 1024 * 1024
+READ_TIMEOUT_S = 30.0
+
+
+class BadRequest(ValueError):
+    """A request the server answers with HTTP ``status`` and ``message``."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = status
+        super().__init__(message)
+
+
+def _number(req: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise BadRequest(f"'{key}' must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def parse_chat_request(req: Any, model_name: str) -> tuple[list[Message], SamplingParams]:
+    """The messages and sampling parameters of one chat-completions request, or :class:`BadRequest`."""
+    if not isinstance(req, dict):
+        raise BadRequest(f"the body must be a JSON object, got a JSON {type(req).__name__}")
+    if req.get("model") != model_name:
+        raise BadRequest(f"The model {req.get('model')!r} does not exist.", 404)
+    if req.get("stream"):
+        raise BadRequest("streaming is not supported")
+    raw = req.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("'messages' must be a non-empty list")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BadRequest(f"messages[{i}] must be an object with 'role' in {ROLES} and a string 'content'")
+        messages.append(Message(m["role"], m["content"]))
+    stop = req.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings")
+    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 256
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(f"'max_tokens' must be a positive integer, got {max_tokens!r}")
+    seed = req.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest(f"'seed' must be an integer, got {seed!r}")
+    params = SamplingParams(temperature=_number(req, "temperature", 1.0, 0.0, 100.0),
+                            top_p=_number(req, "top_p", 1.0, 1e-9, 1.0), max_new_tokens=max_tokens,
+                            stop=tuple(stop), seed=seed)
+    return messages, params
 
 
 @dataclass
@@ -81,19 +144,35 @@ class Batcher:
                 items.append(nxt)
             self._answer(items)
 
+    def _generate(self, items: list[_Pending]) -> tuple[list[str | None], dict[int, str]]:
+        try:
+            return list(self.policy.generate([it.messages for it in items], [it.params for it in items])), {}
+        except RowErrors as e:
+            return e.outputs, e.errors
+        except Exception as e:
+            if len(items) == 1:
+                logger.warning("generation failed: %s: %s", type(e).__name__, e)
+                return [None], {0: f"{type(e).__name__}: {e}"}
+        logger.warning("batched generation failed; answering its %d requests one at a time", len(items))
+        outs: list[str | None] = []
+        errs: dict[int, str] = {}
+        for i, it in enumerate(items):
+            o, e1 = self._generate([it])
+            outs.append(o[0])
+            if 0 in e1:
+                errs[i] = e1[0]
+        return outs, errs
+
     def _answer(self, items: list[_Pending]) -> None:
         try:
-            outs: list[str | None] = list(self.policy.generate([it.messages for it in items],
-                                                                [it.params for it in items]))
-            errs: dict[int, str] = {}
-        except RowErrors as e:
-            outs, errs = e.outputs, e.errors
-        except Exception as e:  # answer every waiting request rather than hang them
-            logger.exception("generation failed")
+            outs, errs = self._generate(items)
+        except BaseException as e:  # answer every waiting request rather than hang them
             outs, errs = [None] * len(items), {i: f"{type(e).__name__}: {e}" for i in range(len(items))}
-        for i, it in enumerate(items):
-            it.text, it.error = outs[i], errs.get(i)
-            it.done.set()
+            raise
+        finally:
+            for i, it in enumerate(items):
+                it.text, it.error = outs[i] if i < len(outs) else None, errs.get(i)
+                it.done.set()
 
 
 class ChatHandler(BaseHTTPRequestHandler):
@@ -134,28 +213,47 @@ class ChatHandler(BaseHTTPRequestHandler):
         else:
             self.send_error_json(404, f"no route {self.path}")
 
+    def _read_body(self) -> bytes:
+        """The request body, per ``Content-Length``; :class:`BadRequest` for a missing, bad or short one."""
+        value = self.headers.get("Content-Length")
+        try:
+            length = int(value) if value is not None else 0
+        except ValueError:
+            raise BadRequest(f"bad Content-Length {value!r}") from None
+        if length < 0:
+            raise BadRequest(f"bad Content-Length {value!r}")
+        if length > self.server.max_body_bytes:
+            raise BadRequest(f"body of {length} bytes is over the limit of {self.server.max_body_bytes}", 413)
+        self.connection.settimeout(self.server.read_timeout_s)
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except (socket.timeout, TimeoutError):
+            raw = None
+        if raw is None or len(raw) < length:
+            self.close_connection = True
+            raise BadRequest(f"the body did not arrive in full ({length} bytes announced by Content-Length)", 408)
+        return raw
+
     def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length", 0))
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self._read_body()
+        except BadRequest as e:
+            self.close_connection = True
+            self.send_error_json(e.status, str(e))
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self.send_error_json(404, f"no route {self.path}")
             return
         if not self._authorized():
             return
         try:
-            req = json.loads(raw)
-            if req.get("model") != self.server.model_name:
-                self.send_error_json(404, f"The model {req.get('model')!r} does not exist.")
-                return
-            if req.get("stream"):
-                raise ValueError("streaming is not supported")
-            messages = [Message(m["role"], m["content"]) for m in req["messages"]]
-            stop = req.get("stop") or ()
-            params = SamplingParams(temperature=float(req.get("temperature", 1.0)), top_p=float(req.get("top_p", 1.0)),
-                                    max_new_tokens=int(req.get("max_completion_tokens") or req.get("max_tokens") or 256),
-                                    stop=(stop,) if isinstance(stop, str) else tuple(stop), seed=req.get("seed"))
-        except (ValueError, KeyError, TypeError) as e:
-            self.send_error_json(400, f"bad request: {e}")
+            try:
+                req = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequest(f"the body is not JSON: {e}") from None
+            messages, params = parse_chat_request(req, self.server.model_name)
+        except BadRequest as e:
+            self.send_error_json(e.status, f"bad request: {e}" if e.status == 400 else str(e))
             return
         item = self.server.batcher.submit(messages, params)
         if item.error is not None:
@@ -174,11 +272,14 @@ class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], batcher: Batcher,
-                 model_name: str, api_key: str | None):
+                 model_name: str, api_key: str | None, read_timeout_s: float = READ_TIMEOUT_S,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         super().__init__(address, handler)
         self.batcher = batcher
         self.model_name = model_name
         self.api_key = api_key
+        self.read_timeout_s = read_timeout_s
+        self.max_body_bytes = max_body_bytes
 
     @property
     def base_url(self) -> str:
@@ -193,9 +294,10 @@ class ChatServer(ThreadingHTTPServer):
 
 def make_server(policy: Policy, model_name: str, host: str = "127.0.0.1", port: int = 0,
                 api_key: str | None = None, max_batch: int = 32, batch_wait_s: float = 0.01,
-                handler: type[ChatHandler] = ChatHandler) -> ChatServer:
+                handler: type[ChatHandler] = ChatHandler, read_timeout_s: float = READ_TIMEOUT_S) -> ChatServer:
     """A server (not yet serving) on ``host:port`` (port 0: any free port); call ``serve_forever``."""
-    return ChatServer((host, port), handler, Batcher(policy, max_batch, batch_wait_s), model_name, api_key)
+    return ChatServer((host, port), handler, Batcher(policy, max_batch, batch_wait_s), model_name, api_key,
+                      read_timeout_s)
 
 
 def serve_in_thread(server: ChatServer) -> threading.Thread:

@@ -41,6 +41,27 @@ _ARRIVE_RE = re.compile(r"You arrive at loc \d+\. ")
 NOTHING_HAPPENS = "Nothing happens."
 
 
+# ALFWorld's six task types, keyed by the prefix of a game's task folder (``<type>-<args>/<trial>``),
+# named as verl-agent reports them; the order is the one results tables use.
+ALFWORLD_TASK_TYPES = {
+    "pick_and_place_simple": "pick",
+    "pick_clean_then_place_in_recep": "clean",
+    "pick_heat_then_place_in_recep": "heat",
+    "pick_cool_then_place_in_recep": "cool",
+    "look_at_obj_in_light": "look",
+    "pick_two_obj_and_place": "pick two",
+}
+
+
+def alfworld_task_type(game_path: str) -> str | None:
+    """The task type of an ALFWorld game path or task id (None when no folder names a known type)."""
+    for part in reversed(game_path.replace("\\", "/").split("/")):
+        kind = ALFWORLD_TASK_TYPES.get(part.split("-")[0])
+        if kind is not None:
+            return kind
+    return None
+
+
 def clean_observation(text: str) -> str:
     """STeCa's observation text: no welcome banner, no ``You arrive at loc N. `` prefix, stripped."""
     text = text.strip()
@@ -154,6 +175,10 @@ class AlfWorldEnv(TaskEnv):
         if task_id in self._by_id:
             return self._by_id[task_id].game_file
         return task_id
+
+    def task_type(self, task_id: str) -> str | None:
+        """The ALFWorld task type (pick, clean, heat, cool, look, pick two) from the game's folder name."""
+        return alfworld_task_type(str(self.game_path(task_id)))
 
     # ------------------------------------------------------------------ engine plumbing
     def _engine(self) -> Any:

@@ -42,6 +42,10 @@ class TaskEnv(ABC):
     def expert_actions(self, task_id: str) -> list[str]:
         """A list of engine actions that solves ``task_id`` from its initial state."""
 
+    def task_type(self, task_id: str) -> str | None:
+        """The task's type or category for per-type results (None: the environment has none)."""
+        return None
+
     def reset_to_prefix(self, task_id: str, actions: Sequence[str]) -> tuple[str, list[StepOutcome]]:
         """Start ``task_id`` and execute ``actions``; return the first observation and each outcome.
 

@@ -20,7 +20,8 @@ from steca.method.deviation import RULE_PRESETS, DeviationConfig
 from steca.method.encoders import make_encoder
 from steca.method.reflection import OfflineReflector, PolicyReflector, ReflectionCache, Reflector
 from steca.method.rewards import WEIGHT_SCHEMES, WeightScheme
-from steca.records import PairRecord, SFTRecord, StepRecord, load_pairs, load_sft, load_steps, write_records
+from steca.records import (PairRecord, RecordError, SFTRecord, StepRecord, load_pairs, load_sft, load_steps, log_summary,
+                           nonempty, write_records)
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +85,18 @@ def write_run(output: Path, set_name: str, result: BuildResult, step_rewards: di
     return summary
 
 
-def merge_training_files(inputs: Sequence[str | Path], output: str | Path) -> dict:
+def merge_training_files(inputs: Sequence[str | Path], output: str | Path, skip_invalid: bool = False) -> dict:
     """Concatenate training files into one (``id, prompt, chosen, rejected, reward`` + extras).
 
     Every input is validated; a bad record is reported and skipped, a duplicate id keeps the
-    first occurrence. Writes ``<out>_summary.json`` (counts per set and rule) and histograms.
+    first occurrence. Inputs that hold no pair at all between them are an error. Writes ``<out>_summary.json`` (counts per set and rule) and histograms.
     """
     out = Path(output)
     pairs: list[PairRecord] = []
     seen: set[str] = set()
     errors, duplicates = [], 0
     for path in inputs:
-        loaded = load_pairs(path)
+        loaded = load_pairs(path, skip_invalid=skip_invalid)
         errors.extend(str(e) for e in loaded.errors)
         for p in loaded.records:
             if p.id in seen:
@@ -103,6 +104,8 @@ def merge_training_files(inputs: Sequence[str | Path], output: str | Path) -> di
                 continue
             seen.add(p.id)
             pairs.append(p)
+    if not pairs:
+        raise RecordError(", ".join(str(p) for p in inputs), None, None, "no training pair in any input: nothing to merge")
     write_records(out, pairs)
     by_set: dict[str, list[float]] = {}
     for p in pairs:
@@ -119,17 +122,35 @@ def merge_training_files(inputs: Sequence[str | Path], output: str | Path) -> di
 
 
 # ---------------------------------------------------------------- inputs
-def load_inputs(sft_path: str, steps_paths: Sequence[str],
-                invalid: list[str]) -> tuple[dict[str, SFTRecord], list[list[StepRecord]]]:
-    """Read the SFT file and step files; every invalid record's error (file, record, field) goes to ``invalid``."""
-    sft = load_sft(sft_path)
+def load_inputs(sft_path: str, steps_paths: Sequence[str], invalid: list[str], required: str | None = None,
+                skip_invalid: bool = False) -> tuple[dict[str, SFTRecord], list[list[StepRecord]]]:
+    """Read the SFT file and step files; every invalid record's error (file, record, field) goes to ``invalid``.
+
+    ``required`` names a reward field every step record must hold (``agent_step_reward``: the
+    Monte Carlo stage's output). A record without it is an error naming it, or with
+    ``skip_invalid`` it is dropped and counted. A file with no usable record is an error.
+    """
+    sft = load_sft(sft_path, skip_invalid=skip_invalid)
     invalid.extend(str(e) for e in sft.errors)
-    sft_by_id = {r.id: r for r in sft.records}
+    sft_by_id = {r.id: r for r in nonempty(sft, sft_path, "SFT record")}
     steps = []
     for p in steps_paths:
-        loaded = load_steps(p)
+        loaded = load_steps(p, skip_invalid=skip_invalid)
         invalid.extend(str(e) for e in loaded.errors)
-        steps.append(loaded.records)
+        records = nonempty(loaded, p, "step record")
+        if required is not None:
+            missing = [RecordError(p, i, required, "missing or null: run the Monte Carlo stage (mc) on this file "
+                                   "first", r.id) for i, r in enumerate(records) if getattr(r, required) is None]
+            if missing and not skip_invalid:
+                raise RecordError(missing[0].path, missing[0].index, required, missing[0].problem
+                                  + f" ({len(missing)} of {len(records)} record(s); --skip_invalid drops them)",
+                                  missing[0].record_id)
+            log_summary(str(p), missing, len(records))
+            invalid.extend(str(e) for e in missing)
+            records = [r for r in records if getattr(r, required) is not None]
+            if not records:
+                raise RecordError(p, None, required, "no record holds this field")
+        steps.append(records)
     return sft_by_id, steps
 
 
@@ -214,6 +235,9 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
                        help="with --replay_check: drop calibrations whose expert suffix the engine rejects")
     if stage == "merge":
         p.add_argument("inputs", nargs="+", help="training files to merge")
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="drop input records with a reward out of range, not finite or missing (counted) instead of "
+                        "stopping")
     p.add_argument("--log_level", default="INFO")
     return p
 
@@ -224,17 +248,19 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output)
     if stage == "merge":
-        return merge_training_files(args.inputs, output)
+        return merge_training_files(args.inputs, output, args.skip_invalid)
     weights: WeightScheme = WEIGHT_SCHEMES[args.weights]
     encoder = make_encoder(args.encoder_model)
     settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name}
     invalid: list[str] = []
     if stage == "explored":
-        sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid)
+        sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid, "agent_final_reward",
+                                       args.skip_invalid)
         result = build_explored(sft, explored, encoder, weights)
         rewards = {"explored t=0": [r.agent_step_reward for r in explored if r.iteration == 0 and r.agent_step_reward is not None]}
         return write_run(output, "explored", result, rewards, settings, invalid)
-    sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid)
+    sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid,
+                                          "agent_step_reward", args.skip_invalid)
     rewards = {"expert": [r.agent_step_reward for r in expert if r.agent_step_reward is not None],
                "explored": [r.agent_step_reward for r in explored if r.agent_step_reward is not None]}
     if stage == "expert":

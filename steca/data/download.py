@@ -10,8 +10,16 @@ Layout after unpacking (what ``--data_dir`` of every stage expects):
 * ``<output_dir>/trajectories/...`` (the authors' expert SFT files, e.g. ``alfworld_sft.json``)
 
 Verification counts ALFWorld's playable games per split (ALFWorld's own filter; the reference
-counts are valid_seen 140 and valid_unseen 134) and loads games in the real engine
-(``--verify_games``: how many per split, ``-1`` for all).
+counts are valid_seen 140 and valid_unseen 134), requires every split (train, valid_seen,
+valid_unseen) and loads games in the real engine (``--verify_games``: how many per split, ``-1``
+for all).
+
+Archives are untrusted input. An archive already on disk that fails its check (not a zip, a bad
+CRC: an interrupted or corrupt download) is downloaded again; downloads go to a ``.part`` file
+renamed when complete. Extraction refuses, before writing anything, members whose resolved path
+leaves the target folder, symbolic links and device files, a member over
+:data:`MAX_MEMBER_BYTES` or compressed more than :data:`MAX_RATIO` times, and archives over
+:data:`MAX_TOTAL_BYTES` in all; while writing it stops a member that grows past its declared size.
 """
 from __future__ import annotations
 
@@ -19,11 +27,12 @@ import argparse
 import json
 import logging
 import shutil
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,19 @@ ARCHIVES = {
     "trajectories": ("1tqZyqzyE7NnJdUJlwwfcwnPUFMafKdfA", "data.zip"),
 }
 EXPECTED_ALFWORLD = {"valid_seen": 140, "valid_unseen": 134}
+ALFWORLD_SPLITS = ("train", "valid_seen", "valid_unseen")
+
+# Extraction limits (the authors' archives are far below them: their largest member is a few MB,
+# JSON compresses about 10x).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_TOTAL_BYTES = 64 << 30
+MAX_RATIO = 200.0
+_RATIO_FROM_BYTES = 1 << 20  # tiny members may compress far better; the ratio counts from 1 MB up
+_CHUNK = 1 << 20
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member that would escape the target, is not a regular file, or is too large."""
 
 
 @dataclass
@@ -47,28 +69,95 @@ class VerifyReport:
         return not self.problems
 
 
-def fetch(what: str, dest_dir: Path) -> Path:
-    """Download one archive with gdown (network needed) and return its path."""
+def gdown_download(file_id: str, out: Path) -> None:
+    """Download a Google Drive file to ``out`` with gdown (network needed)."""
     import gdown
 
+    gdown.download(id=file_id, output=str(out), quiet=False)
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a sound zip archive (not a zip, a member failing its CRC), or None."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a readable zip archive ({e})"
+    return None if bad is None else f"member {bad!r} fails its CRC check"
+
+
+def fetch(what: str, dest_dir: Path, download: Callable[[str, Path], None] = gdown_download) -> Path:
+    """Download one archive (unless a sound copy is there) and return its path.
+
+    A copy that fails :func:`archive_problem` is deleted and downloaded again. ``download`` writes
+    the file of a Google Drive id to a path (default: gdown).
+    """
     file_id, name = ARCHIVES[what]
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = dest_dir / name
-    if not out.exists():
-        result = gdown.download(id=file_id, output=str(out), quiet=False)
-        if result is None or not out.exists():
-            raise RuntimeError(f"could not download {name} (Google Drive id {file_id}); download it by hand "
-                               f"and pass --archive")
+    if out.exists():
+        problem = archive_problem(out)
+        if problem is None:
+            return out
+        logger.warning("%s: %s; downloading it again", out, problem)
+        out.unlink()
+    part = out.with_name(out.name + ".part")
+    part.unlink(missing_ok=True)
+    download(file_id, part)
+    problem = archive_problem(part) if part.exists() else "nothing was downloaded"
+    if problem is not None:
+        part.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download {name} (Google Drive id {file_id}): {problem}; download it by "
+                           f"hand and pass --archive")
+    part.replace(out)
     return out
 
 
-def _safe_extract(archive: Path, target: Path) -> None:
+def check_members(archive: Path, infos: Sequence[zipfile.ZipInfo], target: Path,
+                  max_member: int = MAX_MEMBER_BYTES, max_total: int = MAX_TOTAL_BYTES,
+                  max_ratio: float = MAX_RATIO) -> None:
+    """Raise :class:`UnsafeArchiveError` for the first member that must not be extracted into ``target``."""
+    root = target.resolve()
+    total = 0
+    for info in infos:
+        name = info.filename
+        if not (root / name).resolve().is_relative_to(root):
+            raise UnsafeArchiveError(f"{archive}: member {name!r} would unpack outside {target}")
+        mode = info.external_attr >> 16  # Unix mode; its file-type bits are 0 in zips made elsewhere
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or special file"
+            raise UnsafeArchiveError(f"{archive}: member {name!r} is {kind}")
+        if info.file_size > max_member:
+            raise UnsafeArchiveError(f"{archive}: member {name!r} unpacks to {info.file_size} bytes, over the "
+                                     f"limit of {max_member}")
+        if info.file_size >= _RATIO_FROM_BYTES and info.file_size > max_ratio * max(1, info.compress_size):
+            raise UnsafeArchiveError(f"{archive}: member {name!r} is compressed {info.file_size / max(1, info.compress_size):.0f} "
+                                     f"times, over the limit of {max_ratio:.0f} (a zip bomb?)")
+        total += info.file_size
+        if total > max_total:
+            raise UnsafeArchiveError(f"{archive}: unpacks to more than {max_total} bytes")
+
+
+def _safe_extract(archive: Path, target: Path, max_member: int = MAX_MEMBER_BYTES,
+                  max_total: int = MAX_TOTAL_BYTES, max_ratio: float = MAX_RATIO) -> None:
+    """Extract ``archive`` into ``target`` after :func:`check_members`, never writing past a declared size."""
     with zipfile.ZipFile(archive) as zf:
-        for member in zf.namelist():
-            dest = (target / member).resolve()
-            if not str(dest).startswith(str(target.resolve())):
-                raise ValueError(f"{archive}: member {member!r} would unpack outside {target}")
-        zf.extractall(target)
+        infos = zf.infolist()
+        check_members(archive, infos, target, max_member, max_total, max_ratio)
+        for info in infos:
+            dest = target / info.filename
+            if info.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            with zf.open(info) as src, dest.open("wb") as out:
+                while chunk := src.read(_CHUNK):
+                    written += len(chunk)
+                    if written > info.file_size:
+                        raise UnsafeArchiveError(f"{archive}: member {info.filename!r} unpacks to more than the "
+                                                 f"{info.file_size} bytes it declares")
+                    out.write(chunk)
 
 
 def unpack_alfworld(archive: Path, output_dir: Path) -> Path:
@@ -131,8 +220,10 @@ def verify_alfworld(root: Path, verify_games: int = 3) -> VerifyReport:
                 report.problems.append(f"{g.path}: does not load ({type(e).__name__}: {e})")
         env.close()
         report.loaded[folder] = loaded
-    if not report.counts:
-        report.problems.append(f"{base}: no split folders")
+    missing = [s for s in ALFWORLD_SPLITS if s not in report.counts]
+    if missing:
+        report.problems.append(f"{base}: missing split folder(s) {', '.join(missing)} (expected "
+                               f"{', '.join(ALFWORLD_SPLITS)})")
     return report
 
 

@@ -5,7 +5,7 @@
     subset    --sft F --n K --seed S --output O the K trajectories Monte Carlo scores
     steps     --pairs F --batch_size B [--epochs E]   optimizer steps of the reinforced stage
     report    --run_dir R [--assets_dir A]      print the table, write results.md and the plots
-    seeds     --output O RUN_DIR ...            mean ± sd over seeds
+    seeds     --output O [--assets_dir A] RUN_DIR ...   means over seeds with intervals and paired tests
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from steca.demo.prep import take_subset, training_steps
-from steca.demo.results import write_report, write_seed_report
+from steca.demo.report import write_report, write_seed_report
 from steca.demo.stage_markers import is_done, run_stage
 
 
@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the table; write results.md and plots")
     r.add_argument("--run_dir", required=True)
     r.add_argument("--assets_dir", default=None, help="also copy the plots here")
-    m = sub.add_parser("seeds", help="mean ± sd over several run folders")
+    m = sub.add_parser("seeds", help="means over several run folders (seeds), intervals, pooled paired tests")
     m.add_argument("--output", required=True, help="markdown file to write (a PNG goes next to it)")
+    m.add_argument("--assets_dir", default=None, help="also copy the plot here as demo_seeds.png")
     m.add_argument("run_dirs", nargs="+")
     return p
 
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(write_report(args.run_dir, args.assets_dir) + "\n")
         return 0
     if args.command == "seeds":
-        sys.stdout.write(write_seed_report(args.run_dirs, args.output) + "\n")
+        sys.stdout.write(write_seed_report(args.run_dirs, args.output, args.assets_dir) + "\n")
         return 0
     raise SystemExit(f"unknown command {args.command}")
 

@@ -559,8 +559,9 @@ def expert_sft_from_tasks(task_file: str | Path, data_dir: str | Path, output: s
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        description="Generate VirtualHome mini-benchmark tasks (no outside data), or, with --sft_from, "
-                    "write expert SFT trajectories for an existing task file.")
+        description="Generate VirtualHome mini-benchmark tasks (no outside data); with --sft_from, "
+                    "write expert SFT trajectories for an existing task file; with --scene_tasks_from, "
+                    "write held-out-style tasks on VirtualHome's scene graphs.")
     ap.add_argument("--out", help="output data folder (usable as the env's data_dir)")
     ap.add_argument("--n_homes", type=int, default=6)
     ap.add_argument("--n_unseen_homes", type=int, default=2)
@@ -575,8 +576,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--data_dir", default=None, help="with --sft_from: the folder with scene_graphs/ and resources/")
     ap.add_argument("--sft_out", default=None, help="with --sft_from: the SFT file to write (JSON array)")
     ap.add_argument("--limit", type=int, default=None, help="with --sft_from: keep the first N winning tasks")
+    ap.add_argument("--scene_tasks_from", default=None,
+                    help="a VirtualHome data folder (scene_graphs/, resources/): write held-out-style tasks on its "
+                         "scene graphs to --out instead (see steca.generators.virtualhome_scene_tasks)")
+    ap.add_argument("--per_family_and_scene", type=int, default=6,
+                    help="with --scene_tasks_from: drafts per program family and scene")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.scene_tasks_from:
+        if not args.out:
+            ap.error("--scene_tasks_from needs --out")
+        from steca.generators.virtualhome_scene_tasks import generate_scene_tasks
+        logger.info("done: %s", generate_scene_tasks(args.scene_tasks_from, args.out, args.per_family_and_scene,
+                                                     args.seed))
+        return
     if args.sft_from:
         if not args.data_dir or not args.sft_out:
             ap.error("--sft_from needs --data_dir and --sft_out")

@@ -180,7 +180,7 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
             if rec.agent_final_reward is None or rec.agent_final_reward >= 1.0:
                 res.rejected["exploration_succeeded"] += 1
                 continue
-            rule = RULE_EXPERT_WHOLE
+            rule, used = RULE_EXPERT_WHOLE, {}
         else:
             exp_rec = expert.get(rec.key)
             if exp_rec is None or exp_rec.agent_step_reward is None:
@@ -197,6 +197,7 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                 res.rejected["expert_outcome_not_better"] += 1
                 continue
             rule = step_rule
+            used = {"r_expert": exp_rec.agent_step_reward, "r_explore": rec.agent_step_reward}
         exp = sft.get(rec.id)
         if exp is None:
             res.problem("missing_expert_trajectory", rec.id, t, "no expert trajectory with this id in the SFT file")
@@ -217,7 +218,7 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
             id=f"{rec.id}_expert_{t}", prompt=traj.prefix(t), chosen=chosen, rejected=rejected,
             reward=weights.expert(dist),
             extra={"set": SET_EXPERT, "rule": rule, "source_id": rec.id, "iteration": t,
-                   "game_file": rec.game_file, "distance": dist}))
+                   "game_file": rec.game_file, "distance": dist, **used}))
         res.counts[f"rule:{rule}"] += 1
     res.counts["pairs"] = len(res.pairs)
     return res

@@ -24,6 +24,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from eval_agent.agents.policy import Policy, SamplingParams
+from eval_agent.agents.errors import FatalPolicyError
 from eval_agent.types import Message
 from eval_agent.storage import JsonlSink, read_jsonl_objects
 
@@ -183,6 +184,9 @@ class PolicyReflector(Reflector):
     ``ok=False`` and the error, for the caller to report. After ``max_consecutive_failures``
     failures in a row (the endpoint is down) the remaining requests are not sent and come back
     failed; since failures are never cached, a rerun asks for exactly those again.
+    A :class:`~eval_agent.agents.errors.FatalPolicyError` (bad credentials, a server still down
+    after the backend's retries) is not a failed reflection: it stops the run, so the stage exits
+    non-zero instead of writing a training file without calibrations.
     """
 
     def __init__(self, policy: Policy, model_label: str, params: SamplingParams | None = None,
@@ -206,6 +210,8 @@ class PolicyReflector(Reflector):
             try:
                 out.append(self.policy.generate([p], self.params)[0])
                 self._consecutive_failures = 0
+            except FatalPolicyError:
+                raise
             except Exception as e:  # noqa: BLE001 - reported per record
                 logger.warning("reflection request failed: %s", e)
                 self._consecutive_failures += 1
@@ -223,6 +229,8 @@ class PolicyReflector(Reflector):
                 raise RuntimeError(f"policy returned {len(replies)} replies for {len(prompts)} prompts")
             self._consecutive_failures = 0
             return replies
+        except FatalPolicyError:
+            raise
         except Exception as e:  # noqa: BLE001
             outputs = getattr(e, "outputs", None)
             errors = getattr(e, "errors", None)

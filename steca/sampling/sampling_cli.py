@@ -21,7 +21,7 @@ from typing import Sequence
 
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.envs import make_env
-from steca.records import load_sft, load_steps
+from steca.records import load_sft, load_steps, nonempty
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=0, help="environment worker processes (0: in-process)")
     p.add_argument("--max_active", type=int, default=256, help="rollouts in flight (generation batch)")
     p.add_argument("--save_rollouts", action="store_true", help="mc: keep each rollout's generated turns")
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="drop input records with a reward out of range or not finite (counted) instead of stopping")
     p.add_argument("--log_level", default="INFO")
     return p
 
@@ -61,13 +63,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shard = Shard(args.part_num, args.part_idx)
     factory = partial(make_env, args.env, args.split, args.env_data, task_file=args.task_file)
-    if args.stage == "expert_steps":
+    # inputs are read (and refused) before any model is loaded
+    if args.stage in ("expert_steps", "explore_steps"):
         if not args.sft:
-            raise SystemExit("expert_steps needs --sft")
-        sft = load_sft(args.sft).records
+            raise SystemExit(f"{args.stage} needs --sft")
+        inputs = nonempty(load_sft(args.sft, skip_invalid=args.skip_invalid), args.sft, "SFT record")
+    else:
+        if not args.steps:
+            raise SystemExit("mc needs --steps")
+        inputs = nonempty(load_steps(args.steps, skip_invalid=args.skip_invalid), args.steps, "step record")
+    if args.stage == "expert_steps":
         env = factory()
         try:
-            report = expert_steps(sft, env, args.output, shard)
+            report = expert_steps(inputs, env, args.output, shard)
         finally:
             env.close()
     else:
@@ -83,13 +91,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                default_params=params, seed=args.seed, progress_desc=args.stage)
         try:
             if args.stage == "explore_steps":
-                if not args.sft:
-                    raise SystemExit("explore_steps needs --sft")
-                report = explore_steps(load_sft(args.sft).records, engine, args.output, params, shard, args.max_steps)
+                report = explore_steps(inputs, engine, args.output, params, shard, args.max_steps)
             else:
-                if not args.steps:
-                    raise SystemExit("mc needs --steps")
-                report = monte_carlo(load_steps(args.steps).records, engine, args.output, args.num_rollouts, params,
+                report = monte_carlo(inputs, engine, args.output, args.num_rollouts, params,
                                      shard, args.max_steps, args.save_rollouts)
             logger.info("engine: %s", engine.stats)
         finally:

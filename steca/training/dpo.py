@@ -58,10 +58,10 @@ def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_dpo_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = 512,
-                      max_target_length: int | None = 3072, strict: bool = False):
+                      max_target_length: int | None = 3072, strict: bool = False, skip_invalid: bool = False):
     from datasets import Dataset
 
-    res = load_pairs(path, strict=strict)
+    res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, True, path, strict,
                         record_indices(len(res.records), res.errors))
     if not rows:
@@ -117,7 +117,8 @@ def train_dpo(model_args: ModelArguments, data_args: DataArguments, dpo_data: DP
     """Run trl's DPO on a pair file; ``config`` is a ``trl.DPOConfig``."""
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset = build_dpo_dataset(data_args.data_path, tokenizer, dpo_data.max_prompt_length,
-                                dpo_data.max_target_length, data_args.strict_data)
+                                dpo_data.max_target_length, data_args.strict_data,
+                                data_args.skip_invalid)
     logger.info("DPO on %d pairs (beta=%g)", len(dataset), config.beta)
     model = load_model(model_args)
     peft_cfg = lora_config(model_args)

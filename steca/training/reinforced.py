@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from steca.records import PairRecord, RecordError, load_pairs
+from steca.records import PairRecord, RecordError, load_pairs, log_summary
 from steca.training.chat import IGNORE_INDEX, encode_prompt_continuation
 from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
@@ -66,6 +66,7 @@ def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: in
     from tqdm import tqdm
 
     rows: list[dict[str, Any]] = []
+    skipped: list[RecordError] = []
     for k, rec in enumerate(tqdm(records, desc="tokenising pairs", disable=len(records) < 200)):
         i = indices[k] if indices is not None else k
         field_name = "chosen"
@@ -83,24 +84,26 @@ def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: in
         except RecordError as e:
             if strict:
                 raise
-            logger.warning("skipping: %s", e)
+            skipped.append(e)
             continue
         except Exception as e:  # the chat template refused the conversation
             err = RecordError(path, i, field_name, f"cannot render with the chat template: {e}", rec.id)
             if strict:
                 raise err from e
-            logger.warning("skipping: %s", err)
+            skipped.append(err)
             continue
         rows.append(row)
+    log_summary(f"{path} (tokenising)", skipped, len(records))
     return rows
 
 
 def build_pair_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = 512,
-                       max_target_length: int | None = 3072, with_rejected: bool = False, strict: bool = False):
+                       max_target_length: int | None = 3072, with_rejected: bool = False, strict: bool = False,
+                       skip_invalid: bool = False):
     """A ``datasets.Dataset`` of tokenised pairs from a pair file (see :func:`encode_pairs`)."""
     from datasets import Dataset
 
-    res = load_pairs(path, strict=strict)
+    res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, with_rejected, path, strict,
                         record_indices(len(res.records), res.errors))
     n_bad = len(res.errors) + len(res.records) - len(rows)
@@ -211,7 +214,8 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     need_rejected = rl_args.beta > 0
     dataset = build_pair_dataset(data_args.data_path, tokenizer, rl_args.max_prompt_length,
-                                 rl_args.max_target_length, need_rejected, data_args.strict_data)
+                                 rl_args.max_target_length, need_rejected, data_args.strict_data,
+                                 data_args.skip_invalid)
     logger.info("reinforced training on %d pairs (beta=%g, reward weighting %s)", len(dataset), rl_args.beta,
                 "off" if rl_args.no_reward_weighting else "on")
     model = load_model(model_args)

@@ -21,13 +21,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from steca.records import RecordError, SFTRecord, load_sft
+from eval_agent.types import Message
+from steca.records import RecordError, SFTRecord, load_sft, log_summary
 from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
 from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 
 logger = logging.getLogger(__name__)
+
+# The character cut before tokenising keeps CHARS_PER_TOKEN characters per token wanted, and is
+# widened until the kept text gives CUT_MARGIN tokens more than wanted (see encode_truncated).
+CHARS_PER_TOKEN = 8
+CUT_MARGIN = 64
+
+
+def cut_messages(messages: Sequence[Message], max_chars: int) -> tuple[list[Message], bool]:
+    """The first ``max_chars`` characters of the messages' texts (the message it ends in is cut);
+    and whether anything was cut."""
+    out: list[Message] = []
+    used = 0
+    for m in messages:
+        room = max_chars - used
+        if room <= 0:
+            return out, True
+        if len(m.content) > room:
+            out.append(Message(m.role, m.content[:room]))
+            return out, True
+        out.append(m)
+        used += len(m.content)
+    return out, False
+
+
+def encode_truncated(tokenizer, messages: Sequence[Message], max_length: int | None) -> EncodedChat:
+    """The first ``max_length`` tokens (and labels) of :func:`~steca.training.chat.encode_chat`, without
+    tokenising the whole of a long conversation: the text is cut by characters first, and the cut is
+    widened until it yields ``CUT_MARGIN`` more tokens than kept, so the kept tokens are those of the
+    whole conversation (memory stays bounded by ``max_length``, not by the record's size)."""
+    if max_length is None:
+        return encode_chat(tokenizer, messages)
+    budget = max_length * CHARS_PER_TOKEN
+    while True:
+        kept, was_cut = cut_messages(messages, budget)
+        enc = encode_chat(tokenizer, kept)
+        if not was_cut or len(enc.input_ids) >= max_length + CUT_MARGIN:
+            return truncate_keep_start(enc, max_length)
+        budget *= 2
 
 
 @dataclass
@@ -48,29 +87,32 @@ def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int 
     from tqdm import tqdm
 
     out: list[EncodedChat] = []
+    skipped: list[RecordError] = []
     for k, rec in enumerate(tqdm(records, desc="tokenising SFT data", disable=len(records) < 200)):
         i = indices[k] if indices is not None else k
         try:
-            enc = truncate_keep_start(encode_chat(tokenizer, rec.conversations), max_length)
+            enc = encode_truncated(tokenizer, rec.conversations, max_length)
             if enc.n_trained == 0:
                 raise RecordError(path, i, "conversations", "no assistant token left to train after truncation "
                                   f"to {max_length} tokens", rec.id)
         except RecordError as e:
             if strict:
                 raise
-            logger.warning("skipping: %s", e)
+            skipped.append(e)
             continue
         except Exception as e:  # the chat template refused the conversation (e.g. roles do not alternate)
             err = RecordError(path, i, "conversations", f"cannot render with the chat template: {e}", rec.id)
             if strict:
                 raise err from e
-            logger.warning("skipping: %s", err)
+            skipped.append(err)
             continue
         out.append(enc)
+    log_summary(f"{path} (tokenising)", skipped, len(records))
     return out
 
 
-def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False):
+def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False,
+                      skip_invalid: bool = False):
     """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` from an SFT file.
 
     Malformed records are skipped with a warning naming the file, record and field (``strict``:
@@ -78,7 +120,7 @@ def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None
     """
     from datasets import Dataset
 
-    res = load_sft(path, strict=strict)
+    res = load_sft(path, strict=strict, skip_invalid=skip_invalid)
     encoded = encode_sft_records(res.records, tokenizer, max_length, path, strict,
                                  record_indices(len(res.records), res.errors))
     n_bad = len(res.errors) + len(res.records) - len(encoded)
@@ -94,7 +136,8 @@ def train_sft(model_args: ModelArguments, data_args: DataArguments, config, call
     from trl import SFTTrainer
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data)
+    dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data,
+                                data_args.skip_invalid)
     logger.info("SFT on %d conversations, %d tokens, %d trained", len(dataset),
                 sum(len(x) for x in dataset["input_ids"]), sum(sum(1 for t in x if t != -100) for x in dataset["labels"]))
     model = load_model(model_args)

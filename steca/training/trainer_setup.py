@@ -2,8 +2,10 @@
 LoRA, checkpoint resume and saving a directory that ``AutoModelForCausalLM`` loads."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ class DataArguments:
     data_path: str = field(metadata={"help": "training file (JSON array or JSONL)"})
     strict_data: bool = field(default=False, metadata={
         "help": "stop at the first malformed record instead of skipping it with a warning"})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "drop records whose reward/weight is not finite or out of range (counted) instead of stopping"})
     resume: str = field(default="auto", metadata={
         "help": "auto: continue from the last checkpoint in output_dir if any; never; or a checkpoint path"})
 
@@ -95,22 +99,130 @@ def lora_config(args: ModelArguments):
                       task_type="CAUSAL_LM", bias="none")
 
 
-def resolve_resume(resume: str, output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint to resume from: ``auto`` finds the last ``checkpoint-*`` in ``output_dir``."""
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a ``checkpoint-N`` directory cannot be resumed from (torn by a crash while saving), or None.
 
+    Cheap checks of what a crash leaves behind: ``trainer_state.json`` must parse, every
+    safetensors file must have a complete header and data, every torch file (optimizer,
+    scheduler, RNG states, ``.bin`` weights) must be a complete zip archive.
+    """
+    import zipfile
+
+    p = Path(path)
+    state = p / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"trainer_state.json is not readable JSON ({e})"
+    for f in sorted(p.rglob("*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem:
+            return f"{f.name}: {problem}"
+    for f in sorted([*p.rglob("*.pt"), *p.rglob("*.pth"), *p.rglob("*.bin")]):
+        try:
+            with zipfile.ZipFile(f):
+                pass
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{f.name}: incomplete ({e})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """The safetensors layout: an 8-byte header length, a JSON header, then exactly the tensors' bytes."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "incomplete (no header)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return "incomplete (header cut)"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            return f"unreadable header ({e})"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    return None if 8 + n + end == size else f"incomplete ({size} bytes, {8 + n + end} expected)"
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint to resume from: ``auto`` takes the newest ``checkpoint-*`` in ``output_dir`` that
+    passes :func:`checkpoint_problem`; a torn newer one (a crash while saving) is skipped with a warning."""
     if resume == "never":
         return None
     if resume == "auto":
-        if not Path(output_dir).is_dir():
+        out = Path(output_dir)
+        if not out.is_dir():
             return None
-        last = get_last_checkpoint(str(output_dir))
-        if last:
-            logger.info("resuming from %s", last)
-        return last
+        steps = sorted((int(m.group(1)), d) for d in out.iterdir()
+                       if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name)))
+        for _, ckpt in reversed(steps):
+            problem = checkpoint_problem(ckpt)
+            if problem is None:
+                logger.info("resuming from %s", ckpt)
+                return str(ckpt)
+            logger.warning("skipping checkpoint %s: %s (torn by an interrupted save?)", ckpt, problem)
+        if steps:
+            logger.warning("no checkpoint in %s can be resumed from; training starts from the model", out)
+        return None
     if not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
     return resume
+
+
+# For tests only: when set, every rank writes a digest of its final weights there (multi-process checks).
+RANK_DIGEST_ENV = "STECA_TEST_RANK_DIGEST_DIR"
+
+
+def write_rank_digest(model, directory: str | os.PathLike) -> Path:
+    """Write ``<directory>/rank<R>.json``: this process's rank and a sha256 of its parameters
+    (sorted by name, float32 bytes), so a test can check that every rank ends with the same weights."""
+    import hashlib
+    import json
+
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    path = Path(directory) / f"rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": rank, "sha256": digest.hexdigest()}))
+    return path
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Training produced NaN or infinite weights; the model is not saved."""
+
+
+def first_nonfinite_parameter(model) -> str | None:
+    """Name of the first parameter holding a NaN or an infinity (this process's shard), or None."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.numel() and not bool(torch.isfinite(p.detach()).all()):
+            return name
+    return None
+
+
+def check_finite_weights(trainer, output_dir: str | os.PathLike) -> None:
+    """Raise :class:`NonFiniteWeightsError` when any process's weights are not finite (all processes agree)."""
+    import torch
+    import torch.distributed as dist
+
+    bad = first_nonfinite_parameter(trainer.model)
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([0.0 if bad is None else 1.0], device=trainer.args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and bad is None:
+            bad = "a parameter of another process"
+    if bad is not None:
+        raise NonFiniteWeightsError(f"training produced non-finite weights ({bad} holds NaN or inf); nothing was "
+                                    f"saved to {output_dir}. Check the training data's rewards and the learning rate.")
 
 
 def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bool = True) -> Path:
@@ -118,10 +230,14 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
 
     For a peft model the adapter goes to ``output_dir/adapter`` and, with ``merge_lora``, the merged
     full model to ``output_dir`` (merging needs the full weights on one process, so under ZeRO-3 or
-    FSDP with LoRA set ``merge_lora`` false and merge the adapter afterwards).
+    FSDP with LoRA set ``merge_lora`` false and merge the adapter afterwards). Weights that are not
+    finite are never saved (:class:`NonFiniteWeightsError`).
     """
     out = Path(output_dir)
+    check_finite_weights(trainer, out)
     model = trainer.model
+    if os.environ.get(RANK_DIGEST_ENV):
+        write_rank_digest(trainer.accelerator.unwrap_model(model), os.environ[RANK_DIGEST_ENV])
     try:
         from peft import PeftModel
         is_peft = isinstance(trainer.accelerator.unwrap_model(model), PeftModel)

@@ -139,6 +139,10 @@ class VirtualHomeEnv(TaskEnv):
         """The task's ground-truth program as STeCa text actions (``Walk to bedroom``...)."""
         return [program_line_to_text(line) for line in self.task(task_id).program]
 
+    def task_type(self, task_id: str) -> str | None:
+        """The task's category: its title in the task file (``Watch TV``, ``Work``...)."""
+        return self.task(task_id).title.strip() or None
+
     def is_reachable(self, task_id: str) -> bool:
         """False when the goal needs nodes that the initial graph lacks (see :mod:`.graph`)."""
         return self._prepare(task_id).unreachable is None

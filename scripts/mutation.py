@@ -1,0 +1,142 @@
+"""Mutation score of the method's core: mutmut over steca/method/, the losses, the chat masks and
+the episode driver, against the fast tests only.
+
+    python scripts/mutation.py            # prints "mutation score: K/N = P% ..." and exits 1 below --goal
+
+mutmut (3.8.1) goes into its own virtual environment (``--venv``, default
+``/tmp/steca-mutation-venv``, created with ``--system-site-packages`` so it sees the project's
+packages; nothing is installed into the system Python). The checkout's files (tracked and untracked,
+not ignored) are copied to a scratch folder, where mutmut writes its ``mutants/`` tree, so the
+checkout is never touched. The score counts a mutant as killed when a test failed or timed out;
+the survivors named in ``scripts/mutation_equivalent.txt`` (with the reason each cannot change
+behaviour) are left out of the denominator. ``--show`` prints the diff of every other survivor.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MUTMUT_VERSION = "3.8.1"
+MUTATED = ["steca/method/", "steca/training/losses.py", "steca/training/chat.py", "eval_agent/episode.py"]
+FAST_TESTS = ["tests/test_method_math.py", "tests/test_method_separating.py", "tests/test_method_datasets.py",
+              "tests/test_masks_losses_episode.py"]
+EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
+KILLED = {"killed", "timeout"}
+
+
+def ensure_venv(venv: Path) -> Path:
+    """The venv's mutmut executable (the venv is created and mutmut installed on first use)."""
+    exe = venv / "bin" / "mutmut"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"mutmut=={MUTMUT_VERSION}"], check=True)
+    return exe
+
+
+def copy_checkout(dest: Path) -> None:
+    """Tracked and untracked (not ignored) files of the checkout, as they are on disk."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def write_config(work: Path, mutated: list[str], tests: list[str]) -> None:
+    lines = ["[mutmut]", "source_paths ="] + [f"    {p}" for p in mutated]
+    lines += ["also_copy =", "    steca/", "    eval_agent/",
+              "pytest_add_cli_args = -p no:randomly -p no:cacheprovider -q",
+              "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
+    (work / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+def load_equivalent(path: Path) -> dict[str, str]:
+    """``mutant name -> reason`` from lines ``<name>  <reason>`` (``#`` comments and blank lines skipped)."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, reason = line.partition(" ")
+                out[name] = reason.strip()
+    return out
+
+
+def statuses(exe: Path, work: Path) -> dict[str, str]:
+    res = subprocess.run([str(exe), "results", "--all", "true"], cwd=work, check=True, capture_output=True, text=True,
+                         env=_env())
+    out = {}
+    for line in res.stdout.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep:
+            out[name] = status
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the mutants/ tree must be what the tests import
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--venv", type=Path, default=Path(os.environ.get("MUTATION_VENV", "/tmp/steca-mutation-venv")))
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
+    p.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    p.add_argument("--paths", nargs="+", default=MUTATED, help="files or folders to mutate")
+    p.add_argument("--tests", nargs="+", default=FAST_TESTS)
+    p.add_argument("--goal", type=float, default=90.0, help="exit 1 when the score (%%) is below this")
+    p.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
+    args = p.parse_args(argv)
+
+    exe = ensure_venv(args.venv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="steca-mutation-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "mutants").exists():
+        copy_checkout(work)
+        write_config(work, args.paths, args.tests)
+    start = time.time()
+    with (work / "mutmut.log").open("w") as log:
+        run = subprocess.run([str(exe), "run", "--max-children", str(args.jobs)], cwd=work, stdout=log,
+                             stderr=subprocess.STDOUT, env=_env())
+    wall = time.time() - start
+    if run.returncode != 0:
+        print(f"mutmut run failed (exit {run.returncode}); see {work / 'mutmut.log'}")
+        return 2
+    status = statuses(exe, work)
+    equivalent = load_equivalent(EQUIVALENT_FILE)
+    survivors = sorted(n for n, s in status.items() if s not in KILLED)
+    counted = [n for n in status if n not in equivalent or status[n] in KILLED]
+    killed = sum(1 for n in counted if status[n] in KILLED)
+    unlisted = [n for n in survivors if n not in equivalent]
+    stale = sorted(n for n in equivalent if status.get(n) not in (None, "survived", "no tests"))
+    score = 100.0 * killed / len(counted) if counted else 0.0
+    by_status: dict[str, int] = {}
+    for s in status.values():
+        by_status[s] = by_status.get(s, 0) + 1
+    print(f"mutants: {len(status)} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))}); "
+          f"listed equivalent: {len(survivors) - len(unlisted)}")
+    for n in unlisted:
+        print(f"  not killed: {n} ({status[n]})")
+    if stale:
+        print(f"  listed as equivalent but now killed (remove from {EQUIVALENT_FILE.name}): {', '.join(stale)}")
+    if args.show:
+        for n in unlisted:
+            print(subprocess.run([str(exe), "show", n], cwd=work, capture_output=True, text=True, env=_env()).stdout)
+    print(f"mutation score: {killed}/{len(counted)} = {score:.1f}% of non-equivalent mutants killed "
+          f"(goal {args.goal:g}%); mutmut run {wall:.0f} s with {args.jobs} jobs; work dir {work}")
+    return 0 if score >= args.goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

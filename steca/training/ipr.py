@@ -1,0 +1,157 @@
+"""IPR's training step (Xiong et al., EMNLP 2024, arXiv 2406.11176): outcome-level DPO + step-level DPO
++ SFT in one objective, on the file written by ``data_collection/data_baselines.py ipr``.
+
+Each record is a pair record with a ``level`` extra (``outcome`` | ``step`` | ``sft``). The loss is
+:func:`steca.training.preference_losses.ipr_loss`: DPO on the pairs, NLL per token on the SFT records,
+each record scaled by ``lambda_k * N / N_k`` (:func:`~steca.training.preference_losses.level_scales`) so
+that a batch estimates ``L_o-DPO + L_s-DPO + L_SFT`` whatever its mix. The reference policy is the
+frozen starting model (the SFT agent in the first iteration; LoRA: the disabled adapter), handled by the
+reinforced trainer this one extends.
+
+    python -m steca.training.ipr --model_name_or_path out/sft --data_path data/ipr.json \\
+        --output_dir out/ipr --beta 0.1 --learning_rate 1e-6
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from steca.records import load_pairs
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
+                                   save_final)
+from steca.training.losses import IGNORE_INDEX, sequence_logprobs
+from steca.training.preference_losses import LEVEL_CODES, ipr_loss, level_scales
+from steca.training.reinforced import PairCollator, TrainResult, _trainer_class, encode_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IPRArguments:
+    """Options of IPR's mixture objective."""
+
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature of both preference levels"})
+    outcome_weight: float = field(default=1.0, metadata={"help": "lambda of the outcome-level DPO term"})
+    step_weight: float = field(default=1.0, metadata={"help": "lambda of the step-level DPO term"})
+    sft_weight: float = field(default=1.0, metadata={"help": "lambda of the SFT term"})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "prompt tokens kept (None: all)"})
+    max_target_length: int | None = field(default=None, metadata={"help": "continuation tokens kept (None: all)"})
+    ref_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "reference model without LoRA (default: --model_name_or_path)"})
+
+    def weights(self) -> dict[str, float]:
+        return {"outcome": self.outcome_weight, "step": self.step_weight, "sft": self.sft_weight}
+
+
+def build_ipr_dataset(path: str | os.PathLike, tokenizer, args: IPRArguments, strict: bool = False,
+                      skip_invalid: bool = False):
+    """Tokenised IPR records (chosen and rejected sides, ``level`` code and ``scale``).
+
+    A record without a known ``level`` is an error naming the file and the record.
+    """
+    from datasets import Dataset
+
+    res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
+    indices = record_indices(len(res.records), res.errors)
+    rows, levels = [], []
+    for rec, i in zip(res.records, indices):
+        level = rec.extra.get("level")
+        if level not in LEVEL_CODES:
+            raise ValueError(f"{path}, record {i} (id={rec.id!r}), field 'level': expected one of "
+                             f"{sorted(LEVEL_CODES)}, got {level!r}")
+        enc = encode_pairs([rec], tokenizer, args.max_prompt_length, args.max_target_length, True, path, strict, [i])
+        if enc:
+            rows.append({**enc[0], "level": LEVEL_CODES[level]})
+            levels.append(level)
+    if not rows:
+        raise ValueError(f"{path}: no usable IPR record")
+    scales = level_scales(Counter(levels), args.weights())
+    for row, level in zip(rows, levels):
+        row["scale"] = scales[level]
+    logger.info("IPR records per level: %s; scales %s", dict(Counter(levels)), scales)
+    return Dataset.from_list(rows)
+
+
+@dataclass
+class LevelCollator(PairCollator):
+    """:class:`PairCollator` (chosen rows then rejected rows) plus each record's ``level`` and ``scale``."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = super().__call__(rows)
+        out["level"] = torch.tensor([int(r["level"]) for r in rows], dtype=torch.long)
+        out["scale"] = torch.tensor([float(r["scale"]) for r in rows], dtype=torch.float32)
+        return out
+
+
+def _ipr_trainer_class():
+    base = _trainer_class()
+
+    class IPRTrainer(base):
+        """The reinforced trainer (same reference model handling) with IPR's mixture loss."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            b = inputs["level"].shape[0]
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            logps = sequence_logprobs(out.logits, inputs["labels"])
+            ref = self._reference_logps(model, inputs)
+            n_tokens = (inputs["labels"][:b, 1:] != IGNORE_INDEX).sum(-1)
+            res = ipr_loss(inputs["level"], inputs["scale"], logps[:b], logps[b:], ref[:b], ref[b:], n_tokens,
+                           self.beta)
+            for name, value in res.level_means.items():
+                self._pair_metrics[f"{name}_loss"].append(value)
+            return (res.loss, out) if return_outputs else res.loss
+
+    return IPRTrainer
+
+
+def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IPRArguments, config,
+              callbacks: list | None = None) -> TrainResult:
+    """Run IPR's objective from ``model_args.model_name_or_path``; ``config`` is a ``transformers.TrainingArguments``."""
+    from peft import get_peft_model
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    dataset = build_ipr_dataset(data_args.data_path, tokenizer, ipr_args, data_args.strict_data,
+                                data_args.skip_invalid)
+    model = load_model(model_args)
+    peft_cfg = lora_config(model_args)
+    ref_model = None
+    if peft_cfg is not None:
+        model = get_peft_model(model, peft_cfg)
+    else:
+        ref_model = load_model(ModelArguments(model_name_or_path=ipr_args.ref_model_name_or_path or model_args.model_name_or_path,
+                                              dtype=model_args.dtype, attn_implementation=model_args.attn_implementation))
+    config.remove_unused_columns = False
+    trainer = _ipr_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                   data_collator=LevelCollator(tokenizer.pad_token_id), beta=ipr_args.beta,
+                                   ref_model=ref_model, callbacks=callbacks)
+    run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
+    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(out, trainer.state.global_step, losses, float(run.metrics.get("train_runtime", 0.0)))
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, IPRArguments, TrainingArguments))
+    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "num_train_epochs": 1.0})
+    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, ipr_args, config = parse_args(argv if argv is not None else sys.argv[1:])
+    result = train_ipr(model_args, data_args, ipr_args, config)
+    logger.info("IPR training done: %d steps, model saved to %s", result.global_step, result.output_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()

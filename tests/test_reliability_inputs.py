@@ -1,0 +1,194 @@
+"""Reliability, bad input: numbers checked at the door, unreadable files refused, nothing trained on NaN.
+
+Each test reproduces one failure of the reliability issue (numbers in its list): before the fix
+the stage accepted the input and exited 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from method_fixtures import expert_rewards, expert_sft, explored_fixture
+from training_fixtures import nano_model
+
+from steca.collection.collect_cli import main as collect_main
+from steca.records import (InvalidNumberError, RecordError, load_pairs, load_sft, load_steps, write_records)
+from steca.sampling.sampling_cli import main as sampling_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pairs(path: Path, rewards: list[object]) -> Path:
+    """A pair file (JSONL) with one pair per reward, written as given (NaN and Infinity as JSON allows)."""
+    with path.open("w") as f:
+        for i, w in enumerate(rewards):
+            conv = [{"role": "user", "content": f"task {i}"}, {"role": "assistant", "content": "Action: look"}]
+            f.write(json.dumps({"id": f"p{i}", "prompt": conv[:1], "chosen": conv[1:], "rejected": conv[1:],
+                                "reward": w}) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ 1. numbers at the door
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
+def test_pair_reward_must_be_finite_and_not_negative(tmp_path: Path, bad: float) -> None:
+    p = _pairs(tmp_path / "pairs.jsonl", [1.0, bad, 1.01])
+    with pytest.raises(InvalidNumberError) as e:
+        load_pairs(p)
+    msg = str(e.value)
+    assert str(p) in msg and "record 1 (id='p1')" in msg and "field 'reward'" in msg and "--skip_invalid" in msg
+    kept = load_pairs(p, skip_invalid=True)
+    assert [r.id for r in kept.records] == ["p0", "p2"] and len(kept.errors) == 1
+
+
+@pytest.mark.parametrize("field,value", [("agent_step_reward", math.nan), ("agent_step_reward", 1.5),
+                                         ("agent_final_reward", math.inf), ("mc_outcomes", [1.0, math.nan])])
+def test_step_rewards_must_be_finite_and_in_unit_range(tmp_path: Path, field: str, value: object) -> None:
+    recs = [r.to_dict() for r in expert_rewards()]
+    recs[2][field] = value
+    p = tmp_path / "steps.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(InvalidNumberError, match=rf"record 2 \(id='t1'\), field '{field}"):
+        load_steps(p)
+    assert len(load_steps(p, skip_invalid=True).records) == 4
+
+
+def test_training_on_a_nan_reward_exits_nonzero_naming_the_record(tmp_path: Path, tmp_path_factory,
+                                                                   alfworld_sft_sample: Path) -> None:
+    """Failure 1: a NaN reward trained a model whose weights were all NaN, and the run exited 0."""
+    model = nano_model(tmp_path_factory, alfworld_sft_sample)
+    pairs = _pairs(tmp_path / "pairs.jsonl", [1.0, math.nan, 1.0])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "Reinfoced_train/steca_train.py", "--model_name_or_path", str(model),
+                           "--data_path", str(pairs), "--output_dir", str(out), "--max_steps", "1",
+                           "--per_device_train_batch_size", "2", "--use_cpu", "true"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"{pairs}, record 1 (id='p1'), field 'reward'" in proc.stderr
+    assert not (out / "model.safetensors").exists()
+
+
+def test_training_refuses_to_save_nonfinite_weights(tmp_path: Path, tmp_path_factory,
+                                                     alfworld_sft_sample: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from steca.training.trainer_setup import NonFiniteWeightsError, save_final
+
+    src = nano_model(tmp_path_factory, alfworld_sft_sample)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    out = tmp_path / "out"
+    trainer = Trainer(model=model, args=TrainingArguments(str(out), report_to="none", use_cpu=True))
+    with pytest.raises(NonFiniteWeightsError, match="non-finite weights"):
+        save_final(trainer, AutoTokenizer.from_pretrained(src), out)
+    assert not (out / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ 2. input that yields nothing
+BAD_FILES = {
+    "empty": (b"", "the file is empty"),
+    "whitespace": (b"\n  \n", "only whitespace"),
+    "truncated": (b'[{"id": "a", "conversations": [', "not valid JSON"),
+    "object": (b'{\n "data": [\n  {"id": "a"}\n ]\n}\n', "one JSON object"),
+    "latin1": ('[{"id": "caf\u00e9"}]'.encode("latin-1"), "not UTF-8"),
+    "all_bad_lines": (b'{"id": 1}\n{"id": 2}\n', "no usable record"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+@pytest.mark.parametrize("loader", [load_sft, load_steps, load_pairs])
+def test_unreadable_files_are_errors_naming_the_file(tmp_path: Path, kind: str, loader) -> None:
+    data, problem = BAD_FILES[kind]
+    p = tmp_path / f"{kind}.json"
+    p.write_bytes(data)
+    with pytest.raises(RecordError, match=problem) as e:
+        loader(p)
+    assert str(p) in str(e.value)
+
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.json"
+    write_records(plain, [expert_sft()])
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_sft(bom, strict=True).records == load_sft(plain, strict=True).records
+
+
+def test_bad_record_warnings_are_summarised(tmp_path: Path, caplog) -> None:
+    p = tmp_path / "steps.jsonl"
+    p.write_text(json.dumps(expert_rewards()[0].to_dict()) + "\n" + "".join('{"id": "x"}\n' for _ in range(50)))
+    with caplog.at_level(logging.WARNING):
+        res = load_steps(p)
+    assert len(res.records) == 1 and len(res.errors) == 50
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "50 of 51 record(s) skipped" in warnings[0].getMessage()
+    assert "and 47 more" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("stage", ["expert_steps", "explore_steps", "mc"])
+@pytest.mark.parametrize("content", [b"", b"[]", b'{\n "a": 1\n}'])
+def test_sampling_stages_refuse_inputs_that_yield_nothing(tmp_path: Path, stage: str, content: bytes) -> None:
+    """Failure 4: an empty step file into ``mc`` or the explore scripts gave exit 0 and an empty output."""
+    src = tmp_path / "input.json"
+    src.write_bytes(content)
+    out = tmp_path / "out.jsonl"
+    flag = "--steps" if stage == "mc" else "--sft"
+    with pytest.raises(RecordError) as e:
+        sampling_main([stage, flag, str(src), "--output", str(out), "--model_path", "unused-model-dir"])
+    assert str(src) in str(e.value)
+    assert not out.exists()
+
+
+def test_sampling_entry_point_exits_nonzero_on_an_empty_file(tmp_path: Path) -> None:
+    src = tmp_path / "steps.jsonl"
+    src.write_bytes(b"")
+    proc = subprocess.run([sys.executable, "sampling/run_sampling.py", "mc", "--steps", str(src), "--output",
+                           str(tmp_path / "o.jsonl"), "--model_path", "x"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and f"{src}: the file is empty" in proc.stderr
+
+
+def _collect_inputs(tmp_path: Path, expert: list[dict] | None = None) -> list[str]:
+    write_records(tmp_path / "sft.json", [expert_sft()])
+    rows = expert if expert is not None else [r.to_dict() for r in expert_rewards()]
+    (tmp_path / "expert.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_records(tmp_path / "explore.jsonl", list(explored_fixture().values()))
+    return ["--sft", str(tmp_path / "sft.json"), "--expert_steps", str(tmp_path / "expert.jsonl"),
+            "--explore_steps", str(tmp_path / "explore.jsonl"), "--log_level", "WARNING"]
+
+
+def test_data_collection_refuses_nan_step_rewards(tmp_path: Path) -> None:
+    """Failure 9: NaN step rewards crashed data collection in the histogram after writing ``[]``."""
+    rows = [r.to_dict() for r in expert_rewards()]
+    rows[1]["agent_step_reward"] = math.nan
+    args = _collect_inputs(tmp_path, rows)
+    out = tmp_path / "run" / "cali.json"
+    with pytest.raises(InvalidNumberError, match="record 1 \\(id='t1'\\), field 'agent_step_reward'"):
+        collect_main("calibrated", "alfworld", args + ["--output", str(out)])
+    assert not out.exists()
+    summary = collect_main("calibrated", "alfworld", args + ["--output", str(out), "--skip_invalid"])
+    assert out.exists() and summary["invalid_input_records"]
+
+
+def test_data_collection_refuses_step_records_without_rewards(tmp_path: Path) -> None:
+    """Failure 9: missing or null rewards gave 0 pairs and exit 0, the reason only in a summary file."""
+    rows = [r.to_dict() for r in expert_rewards()]
+    for r in rows:
+        r["agent_step_reward"] = None
+    args = _collect_inputs(tmp_path, rows)
+    with pytest.raises(RecordError, match="field 'agent_step_reward': missing or null: run the Monte Carlo stage"):
+        collect_main("expert", "alfworld", args + ["--output", str(tmp_path / "expert_set.json")])
+
+
+def test_merge_of_inputs_without_pairs_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty_set.json"
+    write_records(empty, [])
+    with pytest.raises(RecordError, match="no training pair in any input"):
+        collect_main("merge", "alfworld", [str(empty), "--output", str(tmp_path / "train.json")])
