@@ -83,6 +83,7 @@ from eval_agent.agents.backend_utils import RowParams, group_key, params_per_row
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.agents.shared_prefix import enable as enable_shared_prefix
 from eval_agent.agents.shared_prefix import ATTENTION_NAME, prefixed_layer_class
+from eval_agent.agents.transformers_adapter import cache_kwargs
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
@@ -424,7 +425,7 @@ class HFPolicy(Policy):
             cache = copy.deepcopy(self._prefix_kv(tuple(ids[0][:shared])))
             if len(ids) > 1:
                 cache.batch_repeat_interleave(len(ids))
-            kwargs["cache"] = cache
+            kwargs.update(cache_kwargs(self.model, cache))
         config = GenerationConfig(max_new_tokens=p0.max_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=self.eos_token_id, num_beams=1, use_cache=True)
         if p0.temperature > 0:
@@ -585,7 +586,7 @@ class HFPolicy(Policy):
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         with torch.inference_mode():
             self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
-                       position_ids=positions[:, width_c:].to(self.device), cache=cache, use_cache=True,
+                       position_ids=positions[:, width_c:].to(self.device), use_cache=True, **cache_kwargs(self.model, cache),
                        logits_to_keep=1)
         out = list(sources)
         for i, rows in enumerate(shared):
@@ -656,7 +657,7 @@ class HFPolicy(Policy):
         running = torch.ones(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids[:, width_c:].to(dev), attention_mask=full[:, :width].long(),
-                                position_ids=positions[:, width_c:], cache=cache, use_cache=True,
+                                position_ids=positions[:, width_c:], use_cache=True, **cache_kwargs(self.model, cache),
                                 logits_to_keep=1).logits[:, -1, :]
             last = positions[:, -1:]
             for t in range(steps):
@@ -673,8 +674,8 @@ class HFPolicy(Policy):
                 full[:, width + t] = True
                 last = last + 1
                 step_mask = full[:, None, None, :width + t + 1] if four_d else full[:, :width + t + 1].long()
-                logits = self.model(input_ids=tok[:, None], attention_mask=step_mask, position_ids=last, cache=cache,
-                                    use_cache=True).logits[:, -1, :]
+                logits = self.model(input_ids=tok[:, None], attention_mask=step_mask, position_ids=last,
+                                    use_cache=True, **cache_kwargs(self.model, cache)).logits[:, -1, :]
         return out[:, :t + 1].tolist()
 
     def _stop_at_strings(self, generated: Any, running: Any, stop: Sequence[str]) -> None:

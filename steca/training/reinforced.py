@@ -162,17 +162,19 @@ def _trainer_class():
         def _reference_logps(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             with torch.no_grad():
                 if self.ref_model is not None:
-                    logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                    logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                            use_cache=False).logits
                 else:  # LoRA: the base model with the adapter switched off is the starting policy
                     unwrapped = self.accelerator.unwrap_model(model)
                     with unwrapped.disable_adapter():
-                        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       use_cache=False).logits
                 return sequence_logprobs(logits, inputs["labels"])
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             rewards = inputs["reward"]
             b = rewards.shape[0]
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             logps = sequence_logprobs(out.logits, inputs["labels"])
             if self.beta > 0:
                 if logps.shape[0] != 2 * b:

@@ -85,6 +85,10 @@ def load_model(args: ModelArguments):
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+    # Training forwards never use a KV cache, and one built during a forward breaks activation
+    # checkpointing's recompute (FSDP's ``fsdp_activation_checkpointing``: "Recomputed values ... have
+    # different metadata"). The saved model gets ``use_cache`` back (see :func:`save_final`).
+    model.config.use_cache = False
     return model
 
 
@@ -236,6 +240,7 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     out = Path(output_dir)
     check_finite_weights(trainer, out)
     model = trainer.model
+    trainer.accelerator.unwrap_model(model).config.use_cache = True  # off for training only (load_model)
     if os.environ.get(RANK_DIGEST_ENV):
         write_rank_digest(trainer.accelerator.unwrap_model(model), os.environ[RANK_DIGEST_ENV])
     try:
