@@ -7,8 +7,9 @@ Everything derives from two roots and a profile:
   ``<data_root>/trajectories/<env>_sft.json``), or a generator's output laid out the same way;
 * ``output_root``: where the run writes (``<output_root>/sft/<env>``, ``<output_root>/sampling/<env>``,
   ``<output_root>/data_collection``, ``<output_root>/<variant>/<env>``, ``<output_root>/eval/<env>``);
-* ``profile``: ``cpu`` (a bootstrapped nano model, short episodes: the whole chain runs in minutes on
-  a laptop) or ``gpu`` (the released Llama-2-7B-chat setting).
+* ``profile``: ``cpu`` (a smoke-test scale: a bootstrapped nano model, 2 rollouts, episodes of 10
+  steps in sampling and 20 in evaluation; the whole chain runs in minutes on a laptop, and
+  ``run_demo.sh`` sets larger values) or ``gpu`` (the released Llama-2-7B-chat setting).
 
 Each stage reads what the previous one writes: SFT's ``OUTPUT_DIR`` is sampling's ``MODEL_PATH``,
 sampling's Monte Carlo files are stage 3's inputs, stage 3's merged file is the reinforced
@@ -254,8 +255,8 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         explore_mc=o("EXPLORE_MC", _join(out_dir, "explore_steps_mc.jsonl")),
         backend=o("BACKEND", "vllm" if gpu else "hf"), api_base=o("API_BASE", ""), part_num=o("PART_NUM", 1),
         num_workers=o("NUM_WORKERS", 0), max_active=o("MAX_ACTIVE", 256),
-        max_new_tokens=o("MAX_NEW_TOKENS", MAX_NEW_TOKENS if gpu else 64),
-        max_steps=o("MAX_STEPS", MAX_STEPS if gpu else 20),
+        max_new_tokens=o("MAX_NEW_TOKENS", MAX_NEW_TOKENS if gpu else 32),
+        max_steps=o("MAX_STEPS", MAX_STEPS if gpu else 10),
         num_rollouts=o("NUM_ROLLOUTS", NUM_ROLLOUTS if gpu else 2),
         explore_temperature=o("EXPLORE_TEMPERATURE", EXPLORE_TEMPERATURE),
         mc_temperature=o("MC_TEMPERATURE", MC_TEMPERATURE), seed=o("SEED", 0))

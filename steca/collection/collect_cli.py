@@ -251,7 +251,9 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
         return merge_training_files(args.inputs, output, args.skip_invalid)
     weights: WeightScheme = WEIGHT_SCHEMES[args.weights]
     encoder = make_encoder(args.encoder_model)
-    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name}
+    inputs = {"sft": args.sft, "expert_steps": getattr(args, "expert_steps", None), "explore_steps": args.explore_steps}
+    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name, "inputs": inputs}
+    logger.info("%s set for %s from %s", stage, output, {k: v for k, v in inputs.items() if v})
     invalid: list[str] = []
     if stage == "explored":
         sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid, "agent_final_reward",

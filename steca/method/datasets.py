@@ -67,7 +67,12 @@ def _distance(chosen: Sequence[Message], rejected: Sequence[Message], encoder: A
 def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord],
                      explored_steps: Iterable[StepRecord], cfg: DeviationConfig, encoder: ActionEncoder,
                      reflector: Reflector, weights: WeightScheme) -> BuildResult:
-    """D_c: one calibrated pair per deviated step (reflection failures are reported in ``problems``)."""
+    """D_c: one calibrated pair per deviated step (reflection failures are reported in ``problems``).
+
+    Paper: arXiv 2502.14276, Sec. 3, calibrated trajectory construction: prefix ``a*_<t``, the
+    deviated ``â_t`` and its observation, a reflective turn ending in ``a*_t``, then the expert
+    suffix; weight ``1 + scale * d`` (:class:`~steca.method.rewards.WeightScheme`).
+    """
     res = BuildResult()
     dev = find_deviations(expert_steps, explored_steps, cfg, encoder)
     res.rejected.update(dev.rejected)
@@ -123,7 +128,10 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
 
 def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecord], encoder: ActionEncoder,
                    weights: WeightScheme) -> BuildResult:
-    """D_e: successful explorations from ``t = 0``, kept when ``d < weights.explored_max_distance``."""
+    """D_e: successful explorations from ``t = 0``, kept when ``d < weights.explored_max_distance``.
+
+    Paper: arXiv 2502.14276, Sec. 3, reinforced training (successful trajectories, weight ``1 - scale * d``).
+    """
     res = BuildResult()
     for rec in sorted(explored_steps, key=lambda r: (r.id, r.iteration)):
         if rec.iteration != 0:
@@ -161,6 +169,9 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                  encoder: ActionEncoder, weights: WeightScheme, margin: float = 0.01,
                  include_whole: bool = True) -> BuildResult:
     """D_s: expert suffixes where the expert step beat the explored step by more than ``margin``.
+
+    Paper: arXiv 2502.14276, Sec. 3 (expert sub-trajectories among the successful trajectories);
+    the margin rule is the released code's.
 
     Step rule (``t >= 1``): ``r_expert(t) - r_explore(t) > margin`` and
     ``R_expert - R_explore > margin``, where ``R`` is ``agent_final_reward`` (an expert step

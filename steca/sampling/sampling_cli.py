@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         finally:
             engine.close()
             policy.close()
-    summary = {"stage": args.stage, "output": args.output, **asdict(report)}
+    summary = {"stage": args.stage, "input": args.steps if args.stage == "mc" else args.sft, "model": args.model_path,
+               "output": args.output, **asdict(report)}
     logger.info("%s", json.dumps(summary))
     return summary
 
