@@ -30,6 +30,9 @@ MODEL_PATH=${MODEL_PATH:-}            # (empty: SFT's OUTPUT_DIR)
 OUTPUT_DIR=${OUTPUT_DIR:-}            # (empty: OUTPUT_ROOT/VARIANT/<env>) = eval's MODEL_PATH for VARIANT=steca
 BETA=${BETA:-}                        # released STeCa: 0; dpo, eto, ipr: 0.1
 LR=${LR:-}                            # released: 3e-6, 1 epoch, global batch 15 (5 GPUs x 1 x 3), constant, warmup 10%
+# PROFILE=gpu gives VARIANT=dpo|eto|ipr the same setting (with BETA 0.1) so that the rows compare at equal budgets.
+# These are not the ETO and IPR papers' own lr/beta/epochs, which this project has not verified: set LR, BETA
+# and EPOCHS from the papers to reproduce their rows.
 # (the remaining ones, e.g. EPOCHS, PER_DEVICE_BATCH, GRAD_ACCUM, BF16, DTYPE, SEED, SAVE_STEPS, USE_LORA,
 #  MAX_PROMPT_LENGTH, MAX_TARGET_LENGTH, NUM_GPUS, ACCELERATE_CONFIG, NPROC, can be set the same way)
 # ------------------------------------------------------------------
