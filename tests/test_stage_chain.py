@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from steca.method.trajectories import split_expert
 from steca.records import load_pairs, load_sft, load_steps
 from steca.stage_config import STAGES, stage_config, stage_variables
 
@@ -68,7 +69,7 @@ def test_readme_stage_commands_chain_from_the_download_layout(tmp_path):
 
     # 2. sampling: every stage names its input and the SFT model; records cover every expert step
     s = cfg.sampling
-    n_steps = (len(sft[0].conversations) - 3) // 2
+    n_steps = len(split_expert(sft[0]).steps)
     for script, inp, output, model in ((CHAIN[1], s.sft_file, s.expert_steps, None),
                                        (CHAIN[2], s.expert_steps, s.expert_mc, s.model_path),
                                        (CHAIN[3], s.sft_file, s.explore_steps, s.model_path),
