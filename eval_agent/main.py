@@ -33,13 +33,18 @@ def task_file_name(task_id: str) -> str:
 
 
 def run_expert(env_factory: Callable[[], TaskEnv], task_ids: Sequence[str], prompt: Sequence[Message],
-               out_dir: Path, override: bool, num_workers: int = 0, max_active: int = 64) -> dict[str, EpisodeState]:
+               out_dir: Path, override: bool, num_workers: int = 0) -> dict[str, EpisodeState]:
     """Play every task with the scripted expert through the rollout engine (plans computed by the
-    ``num_workers`` environment processes), writing one JSON per task as it finishes."""
+    ``num_workers`` environment processes), writing one JSON per task as it finishes.
+
+    Two episodes per worker are in flight: an expert episode needs no generation, so a larger batch
+    gains nothing, and a worker's answer (a plan can take seconds) stays well inside the engine's
+    worker timeout."""
     from eval_agent.agents.expert_policy import ExpertPolicy
     from eval_agent.engine import RolloutEngine, run_evaluation
 
-    with RolloutEngine(ExpertPolicy(), env_factory, num_workers=num_workers, max_active=max_active) as engine:
+    with RolloutEngine(ExpertPolicy(), env_factory, num_workers=num_workers, max_active=2 * max(1, num_workers),
+                       progress_desc="expert episodes") as engine:
         return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t), override=override,
                               expert=True)
 
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         from eval_agent.prompts import prompt_for
 
         prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
-        results = run_expert(env_factory, task_ids, prompt, out_dir, args.override, args.num_workers, args.max_active)
+        results = run_expert(env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
     else:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)
