@@ -47,7 +47,7 @@ from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.envs.task_env import TaskEnv
 from eval_agent.episode import expert_turn, new_episode, record_step
-from eval_agent.storage import load_finished_json, write_json_atomic
+from eval_agent.storage import kill_point, load_finished_json, write_json_atomic
 from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message, parse_action
 
 logger = logging.getLogger(__name__)
@@ -635,7 +635,8 @@ def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Seque
         logger.info("%d of %d tasks already evaluated; running %d", len(done), len(done) + len(todo), len(todo))
     jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps, expert=expert)
             for t in todo]
-    for result in engine.run_iter(jobs):
+    for n, result in enumerate(engine.run_iter(jobs), 1):
         write_json_atomic(output_path_for(result.job_id), result.to_output())
         done[result.job_id] = result.episode
+        kill_point(n)
     return {t: done[t] for t in dict.fromkeys(task_ids)}

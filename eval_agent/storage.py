@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import IO, Any, Callable, Hashable, Iterable, Iterator, TypeVar
 
@@ -26,6 +27,18 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
+
+# For tests only: a process where this is set to N kills itself (SIGKILL) right after its N-th record
+# (a JsonlSink line, or an evaluation's per-task file) is on disk: a crash at a known point, not a race.
+KILL_AFTER_RECORDS_ENV = "STECA_TEST_KILL_AFTER_RECORDS"
+
+
+def kill_point(records_written: int) -> None:
+    """SIGKILL this process when ``records_written`` equals ``$STECA_TEST_KILL_AFTER_RECORDS``."""
+    limit = os.environ.get(KILL_AFTER_RECORDS_ENV)
+    if limit is not None and records_written == int(limit):
+        logger.warning("%s=%s: killing this process after record %d", KILL_AFTER_RECORDS_ENV, limit, records_written)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def to_json_obj(record: Any) -> Any:
@@ -79,11 +92,14 @@ class JsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_jsonl_tail(self.path)
         self._f = self.path.open("a", encoding="utf-8")
+        self.written = 0
 
     def write(self, record: Any) -> None:
         self._f.write(json.dumps(to_json_obj(record), ensure_ascii=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
+        self.written += 1
+        kill_point(self.written)
 
     __call__ = write
 

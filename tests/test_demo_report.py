@@ -17,6 +17,7 @@ from steca.demo.significance import PairedCounts
 from steca.demo.stage_markers import run_stage
 from steca.records import StepRecord, write_records
 from eval_agent.types import Message
+from image_checks import colored_fraction
 
 TYPES = ("pick_and_place_simple", "pick_clean_then_place_in_recep")
 
@@ -187,7 +188,7 @@ def test_report_writes_results_md_and_plots(tmp_path):
     assert "## Training pairs, VirtualHome\n\n3 pairs: expert 3" in md
     assert "| ALFWorld stages |" in md and "| VirtualHome stages |" in md and "| total (stages run" in md
     for name in ("success.png", "step_rewards.png"):
-        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert colored_fraction(run / name) > 0.005  # bars drawn
         assert (tmp_path / "assets" / f"demo_{name}").is_file()
 
 

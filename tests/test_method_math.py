@@ -192,3 +192,26 @@ def test_no_reward_drop_and_missing_rewards():
 def test_similarity_filter_needs_an_encoder():
     with pytest.raises(ValueError):
         find_deviations([], [], RELEASED_RULE, None)
+
+
+def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
+    """Each vector is the model's last hidden state at position 0 ([CLS]) of that text alone; mean pooling
+    (or any other position) gives other vectors on this random BERT."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "go", "to", "desk", "open", "drawer", "1", "2", "the"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=32)).eval()
+    model.save_pretrained(tmp_path)
+    texts = ["go to desk 1", "open the drawer 2", "go to the desk 2 go to drawer 1"]  # padded in one batch
+    vecs = make_encoder(str(tmp_path)).encode(texts)
+    with torch.no_grad():
+        for text, vec in zip(texts, vecs):
+            hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
+            np.testing.assert_allclose(vec, hidden[0].numpy(), rtol=1e-4, atol=1e-5)
+            assert not np.allclose(vec, hidden.mean(0).numpy(), atol=1e-3)
