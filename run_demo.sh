@@ -200,7 +200,7 @@ eval_vh() {
   local root=$OUT_DIR/vh split
   for split in seen unseen; do
     side "vh_eval_${1}_$split" stage "vh_eval_${1}_$split" env MODEL_PATH="$root/models/$1" \
-      DATA_DIR="$root/bench" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
+      DATA_DIR="$root/bench" SFT_FILE="$root/bench/vh_sft_train.json" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
       OUTPUT_DIR="$root/eval/$1/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
       EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device cpu" bash eval/my_eval_vh.sh
   done

@@ -23,7 +23,7 @@ METHOD=${METHOD:-eto}                       # eto | ipr
 ITERATIONS=${ITERATIONS:-2}                 # total iterations, the first one included
 ENV_NAME=${ENV_NAME:-alfworld}              # alfworld | virtualhome (sampling/<env>/ scripts)
 FIRST_MODEL=${FIRST_MODEL:-outputs/${METHOD}/${ENV_NAME}}   # iteration 1's trained agent
-SFT_FILE=${SFT_FILE:-data/${ENV_NAME}_sft.json}             # expert trajectories of the explored tasks
+SFT_FILE=${SFT_FILE:-data/trajectories/${ENV_NAME}_sft.json}   # expert trajectories of the explored tasks (steca/stage_config.py)
 EXPERT_STEPS=${EXPERT_STEPS:-outputs/sampling/${ENV_NAME}/expert_steps_mc.jsonl}   # IPR: expert step rewards
 WORK_DIR=${WORK_DIR:-outputs/${METHOD}_iterations/${ENV_NAME}}
 # ------------------------------------------------------------------

@@ -8,22 +8,25 @@
 # An interrupted run can simply be started again: finished games are not replayed (OVERRIDE=true
 # replays them). A split whose games are missing under DATA_DIR is skipped and marked in the table.
 set -euo pipefail
-
-AGENT_CONFIG=${AGENT_CONFIG:-hf}                     # hf | vllm | openai (configs: eval_agent/configs/)
-MODEL_PATH=${MODEL_PATH:-outputs/steca/alfworld}     # model dir (hf/vllm) or served model name (openai)
-DATA_DIR=${DATA_DIR:-data/alfworld}       # holds json_2.1.1/{valid_seen,valid_unseen}
-SFT_FILE=${SFT_FILE:-$DATA_DIR/alfworld_sft_sample.json}  # the authors' instruction is read from it
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/eval/alfworld/$(basename "$MODEL_PATH")}
+# Every variable below can be set here or from the environment; empty means the stage configuration's
+# value (`python -m steca.stage_config --env alfworld --stage eval` prints them all).
+PROFILE=${PROFILE:-cpu}                              # cpu | gpu (vllm, 40 steps, one in-context example)
+DATA_ROOT=${DATA_ROOT:-data}
+OUTPUT_ROOT=${OUTPUT_ROOT:-outputs}
+AGENT_CONFIG=${AGENT_CONFIG:-}                       # hf | vllm | openai (configs: eval_agent/configs/)
+MODEL_PATH=${MODEL_PATH:-}                           # model dir or served name (empty: OUTPUT_ROOT/steca/alfworld)
+DATA_DIR=${DATA_DIR:-}                               # holds json_2.1.1/{valid_seen,valid_unseen} (empty: DATA_ROOT/alfworld)
+OUTPUT_DIR=${OUTPUT_DIR:-}                           # (empty: OUTPUT_ROOT/eval/alfworld/<model>)
 SPLITS=${SPLITS:-"dev test"}                         # dev = seen (valid_seen), test = unseen (valid_unseen)
-NUM_WORKERS=${NUM_WORKERS:-2}                        # environment processes
-MAX_ACTIVE=${MAX_ACTIVE:-64}                         # episodes in flight (the generation batch)
-ICL_NUM=${ICL_NUM:-1}                                # in-context examples in the instruction turn
 BASE_URL=${BASE_URL:-}                               # openai: endpoint (empty: api.openai.com)
 TP=${TP:-1}                                          # vllm: tensor_parallel_size
 OVERRIDE=${OVERRIDE:-false}
 EXTRA_ARGS=${EXTRA_ARGS:-}                           # anything else for eval_agent.main
-
+# (NUM_WORKERS, MAX_ACTIVE, ICL_NUM, MAX_STEPS, MAX_NEW_TOKENS and SFT_FILE, the file the instruction is
+#  read from, can be set the same way)
 cd "$(dirname "$0")/.."
+source scripts/stage_common.sh
+stage_defaults alfworld eval
 declare -A NAME=([dev]=seen [test]=unseen) FOLDER=([dev]=valid_seen [test]=valid_unseen)
 declare -A RATE COUNT
 for split in $SPLITS; do
@@ -36,7 +39,7 @@ for split in $SPLITS; do
   mkdir -p "$out"
   args=(--exp_config alfworld --split "$split" --agent_config "$AGENT_CONFIG" --model_name "$MODEL_PATH"
         --data_dir "$DATA_DIR" --output_path "$out" --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE"
-        --icl_num "$ICL_NUM")
+        --icl_num "$ICL_NUM" --max_steps "$MAX_STEPS" --max_new_tokens "$MAX_NEW_TOKENS")
   [[ -f "$SFT_FILE" ]] && args+=(--sft_file "$SFT_FILE")
   [[ -n "$BASE_URL" ]] && args+=(--base_url "$BASE_URL")
   [[ "$AGENT_CONFIG" == "vllm" ]] && args+=(--tensor_parallel_size "$TP")

@@ -41,12 +41,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.envs.task_env import TaskEnv
-from eval_agent.episode import new_episode, record_step
+from eval_agent.episode import expert_turn, new_episode, record_step
 from eval_agent.storage import kill_point, load_finished_json, write_json_atomic
 from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message, parse_action_as
 
@@ -71,7 +71,10 @@ class RolloutJob:
     itself, executed without asking the policy (the expert action ``a*_t`` or an explored action
     ``â_t`` of Monte Carlo sampling). Prefix and forced turns count towards ``max_steps``.
     ``params``: sampling (None: the engine's default). ``seed``: None derives one from the engine
-    seed and ``job_id``. ``meta``: copied into every result's ``meta``.
+    seed and ``job_id``. ``meta``: copied into every result's ``meta``. ``expert``: the scripted
+    expert plays the episode (:class:`ExpertPolicy`): its plan, ``TaskEnv.expert_actions``, is
+    computed by the environment worker and replayed as the episode's turns; an episode the plan
+    leaves unfinished ends as ``expert_exhausted``.
     """
 
     job_id: str
@@ -84,6 +87,7 @@ class RolloutJob:
     n: int = 1
     max_steps: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    expert: bool = False
 
 
 @dataclass
@@ -109,13 +113,37 @@ class EngineStats:
 
 
 # ---------------------------------------------------------------------------------------- workers
-class EnvHost:
-    """Runs environment commands for many episodes (inside a worker process or in-process).
+class StartEpisode(NamedTuple):
+    """Open episode ``ep`` at the state after ``actions`` of ``task_id`` (``expert``: after the
+    environment's expert plan instead). Answer: ``(first_observation, outcomes, game_file,
+    max_steps, actions)``."""
 
-    Commands: ``("start", ep, task_id, actions)`` → ``(first_observation, outcomes, game_file,
-    max_steps)``; ``("step", ep, action)`` → ``StepOutcome``; ``("drop", ep)`` → None. Each answer
-    is ``(True, value)`` or ``(False, error message)``: one failing episode never stops the others.
-    """
+    ep: int
+    task_id: str
+    actions: tuple[str, ...]
+    expert: bool = False
+
+
+class StepEpisode(NamedTuple):
+    """Execute ``action`` in episode ``ep``. Answer: the :class:`StepOutcome`."""
+
+    ep: int
+    action: str
+
+
+class DropEpisode(NamedTuple):
+    """Forget episode ``ep`` (it ended). Answer: None."""
+
+    ep: int
+
+
+EnvCommand = StartEpisode | StepEpisode | DropEpisode
+EnvAnswer = tuple[bool, Any]
+"""``(True, value)`` or ``(False, error message)``: one failing episode never stops the others."""
+
+
+class EnvHost:
+    """Runs :data:`EnvCommand` s for many episodes (inside a worker process or in-process)."""
 
     def __init__(self, factory: EnvFactory, env_mode: str = "auto"):
         self.factory = factory
@@ -148,29 +176,29 @@ class EnvHost:
                 self._own[ep] = self.factory()
         return self._own[ep]
 
-    def handle(self, commands: Sequence[tuple]) -> list[tuple[bool, Any]]:
-        out = []
+    def handle(self, commands: Sequence[EnvCommand]) -> list[EnvAnswer]:
+        out: list[EnvAnswer] = []
         for cmd in commands:
             try:
                 out.append((True, self._run(cmd)))
             except Exception as e:  # reported to the engine as this episode's env_error
-                logger.debug("env command %s failed", cmd[:2], exc_info=True)
+                logger.debug("env command %s failed", cmd, exc_info=True)
                 out.append((False, f"{type(e).__name__}: {e}"))
         return out
 
-    def _run(self, cmd: tuple) -> Any:
-        kind, ep = cmd[0], cmd[1]
-        if kind != "drop":
+    def _run(self, cmd: EnvCommand) -> Any:
+        ep = cmd.ep
+        if not isinstance(cmd, DropEpisode):
             current, self._current = self._current, None  # unknown state if the command fails midway
-        if kind == "start":
-            task_id, actions = cmd[2], list(cmd[3])
+        if isinstance(cmd, StartEpisode):
             env = self._env_for(ep)
+            task_id, actions = cmd.task_id, env.expert_actions(cmd.task_id) if cmd.expert else list(cmd.actions)
             first, outcomes = env.reset_to_prefix(task_id, actions)
             self._episodes[ep] = (task_id, actions)
             self._current = ep
-            return first, list(outcomes), env.game_file(task_id), env.max_steps
-        if kind == "step":
-            action = cmd[2]
+            return first, list(outcomes), env.game_file(task_id), env.max_steps, list(actions)
+        if isinstance(cmd, StepEpisode):
+            action = cmd.action
             task_id, actions = self._episodes[ep]
             env = self._env_for(ep)
             if self.env_mode == "multiplex" and current != ep:
@@ -181,7 +209,7 @@ class EnvHost:
             actions.append(action)
             self._current = ep
             return outcome
-        if kind == "drop":
+        if isinstance(cmd, DropEpisode):
             self._episodes.pop(ep, None)
             if self._current == ep:
                 self._current = None
@@ -189,7 +217,7 @@ class EnvHost:
             if env is not None:
                 self._free.append(env)
             return None
-        raise ValueError(f"unknown env command {kind!r}")
+        raise TypeError(f"unknown env command {cmd!r}")
 
     def close(self) -> None:
         seen: set[int] = set()
@@ -219,12 +247,12 @@ def _worker_main(conn: Any, factory: EnvFactory, env_mode: str) -> None:
 class _LocalWorker:
     def __init__(self, factory: EnvFactory, env_mode: str):
         self.host = EnvHost(factory, env_mode)
-        self._pending: deque[list[tuple]] = deque()
+        self._pending: deque[list[EnvCommand]] = deque()
 
-    def submit(self, commands: list[tuple]) -> None:
+    def submit(self, commands: list[EnvCommand]) -> None:
         self._pending.append(commands)
 
-    def collect(self, timeout: float | None = None) -> list[tuple[bool, Any]]:
+    def collect(self, timeout: float | None = None) -> list[EnvAnswer]:
         return self.host.handle(self._pending.popleft() if self._pending else [])
 
     def close(self) -> None:
@@ -242,10 +270,10 @@ class _ProcessWorker:
         self.proc.start()
         child.close()
 
-    def submit(self, commands: list[tuple]) -> None:
+    def submit(self, commands: list[EnvCommand]) -> None:
         self.conn.send(commands)
 
-    def collect(self, timeout: float | None = None) -> list[tuple[bool, Any]]:
+    def collect(self, timeout: float | None = None) -> list[EnvAnswer]:
         if timeout is not None and not self.conn.poll(timeout):
             raise TimeoutError(f"no answer from the environment worker within {timeout:.0f} s")
         return self.conn.recv()
@@ -346,7 +374,7 @@ class RolloutEngine:
         bar = tqdm(total=len(queue), desc=self.progress_desc, disable=not self.show_progress, dynamic_ncols=True)
         active: list[_Episode] = []
         n_success = 0
-        drops: list[list[tuple]] = [[] for _ in self._workers]
+        drops: list[list[EnvCommand]] = [[] for _ in self._workers]
         try:
             while queue or active:
                 admitted = []
@@ -389,12 +417,12 @@ class RolloutEngine:
             self._task_worker[task_id] = w
         return w
 
-    def _release(self, e: _Episode, drops: list[list[tuple]]) -> None:
+    def _release(self, e: _Episode, drops: list[list[EnvCommand]]) -> None:
         if e.worker >= 0:
-            drops[e.worker].append(("drop", e.uid))
+            drops[e.worker].append(DropEpisode(e.uid))
             self._load[e.worker] -= 1
 
-    def _submit(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[tuple[list[tuple], int]]:
+    def _submit(self, per_worker: list[list[EnvCommand]], drops: list[list[EnvCommand]]) -> list[tuple[list[EnvCommand], int]]:
         """Send each worker its commands (pending drops first) without waiting for the answers."""
         t0 = time.perf_counter()
         sent = []
@@ -408,10 +436,10 @@ class RolloutEngine:
         self.stats.env_s += time.perf_counter() - t0
         return sent
 
-    def _collect(self, sent: list[tuple[list[tuple], int]]) -> list[list[tuple[bool, Any]]]:
+    def _collect(self, sent: list[tuple[list[EnvCommand], int]]) -> list[list[EnvAnswer]]:
         """The answers to :meth:`_submit`'s commands, per worker (drops left out)."""
         t0 = time.perf_counter()
-        answers: list[list[tuple[bool, Any]]] = []
+        answers: list[list[EnvAnswer]] = []
         for i, w in enumerate(self._workers):
             cmds, n_drop = sent[i]
             if not cmds:
@@ -427,22 +455,22 @@ class RolloutEngine:
         self.stats.env_s += time.perf_counter() - t0
         return answers
 
-    def _dispatch(self, per_worker: list[list[tuple]], drops: list[list[tuple]]) -> list[list[tuple[bool, Any]]]:
+    def _dispatch(self, per_worker: list[list[EnvCommand]], drops: list[list[EnvCommand]]) -> list[list[EnvAnswer]]:
         """Send each worker its commands, then collect: the workers run in parallel."""
         return self._collect(self._submit(per_worker, drops))
 
-    def _submit_starts(self, eps: list[_Episode], drops: list[list[tuple]]) -> Any:
+    def _submit_starts(self, eps: list[_Episode], drops: list[list[EnvCommand]]) -> Any:
         """Send the commands that reset admitted episodes to their prefix (+ forced turn); None if none."""
         if not eps:
             return None
-        per_worker: list[list[tuple]] = [[] for _ in self._workers]
+        per_worker: list[list[EnvCommand]] = [[] for _ in self._workers]
         index: list[list[_Episode]] = [[] for _ in self._workers]
         for e in eps:
             e.worker = self._route(e.job.task_id)
             self._load[e.worker] += 1
             turns = list(e.job.prefix) + ([e.job.forced_output] if e.job.forced_output is not None else [])
             actions = [a for a in (parse_action_as(t, self.action_parser) for t in turns) if a is not None]
-            per_worker[e.worker].append(("start", e.uid, e.job.task_id, actions))
+            per_worker[e.worker].append(StartEpisode(e.uid, e.job.task_id, tuple(actions), e.job.expert))
             index[e.worker].append(e)
         return self._submit(per_worker, drops), index
 
@@ -468,27 +496,32 @@ class RolloutEngine:
                                    n_prompt_messages=len(job.prompt), finished=True, terminate_reason=EndReason.ENV_ERROR,
                                    extra={**extra, "error": value})
             return
-        first, outcomes, game_file, env_max = value
+        first, outcomes, game_file, env_max, actions = value
         max_steps = job.max_steps or env_max
         state = new_episode(job.task_id, game_file, job.prompt, first)
         state.extra.update(extra)
-        turns = list(job.prefix) + ([job.forced_output] if job.forced_output is not None else [])
+        if job.expert:
+            turns = [expert_turn(a) for a in actions]
+        else:
+            turns = list(job.prefix) + ([job.forced_output] if job.forced_output is not None else [])
         it = iter(outcomes)
         for text in turns:
             outcome = next(it) if parse_action_as(text, self.action_parser) is not None else None
             record_step(state, text, outcome, max_steps)
             if state.finished:
                 break
+        if job.expert and not state.finished:
+            state.finished, state.terminate_reason = True, EndReason.EXPERT_EXHAUSTED
         e.state = state
         e.job = replace(job, max_steps=max_steps) if job.max_steps != max_steps else job
 
     def _step(self, active: list[_Episode], outputs: list[str | None], errors: dict[int, str],
-              drops: list[list[tuple]]) -> list[_Episode]:
+              drops: list[list[EnvCommand]]) -> list[_Episode]:
         """Record the generated turn of every active episode and step their environments in parallel."""
         if not active:
             return []
         finished: list[_Episode] = []
-        per_worker: list[list[tuple]] = [[] for _ in self._workers]
+        per_worker: list[list[EnvCommand]] = [[] for _ in self._workers]
         index: list[list[tuple[_Episode, str]]] = [[] for _ in self._workers]
         for e, out in zip(active, outputs):
             st = e.state
@@ -504,7 +537,7 @@ class RolloutEngine:
                 if st.finished:
                     finished.append(e)
                 continue
-            per_worker[e.worker].append(("step", e.uid, action))
+            per_worker[e.worker].append(StepEpisode(e.uid, action))
             index[e.worker].append((e, out))
         answers = self._dispatch(per_worker, drops)
         for w, items in enumerate(index):
@@ -552,7 +585,7 @@ class RolloutEngine:
 
     def _call(self, batch: list[list[Message]], rows: list[SamplingParams]) -> tuple[list[str | None], dict[int, str]]:
         """``policy.generate`` with per-row params (or one call per distinct params)."""
-        if getattr(self.policy, "supports_row_params", False):
+        if self.policy.supports_row_params:
             calls: list[tuple[list[int], Any]] = [(list(range(len(batch))), rows)]
         else:
             groups: dict[SamplingParams, list[int]] = {}
@@ -584,7 +617,7 @@ def load_finished(path: Path) -> EpisodeState | None:
 
 def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Sequence[Message],
                    output_path_for: Callable[[str], Path], params: SamplingParams | None = None,
-                   override: bool = False, max_steps: int | None = None) -> dict[str, EpisodeState]:
+                   override: bool = False, max_steps: int | None = None, expert: bool = False) -> dict[str, EpisodeState]:
     """Evaluate one episode per task; each finished episode is written to ``output_path_for(task)`` at once.
 
     Tasks whose output file already holds a finished episode are not run again unless
@@ -602,7 +635,8 @@ def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Seque
             todo.append(task)
     if done:
         logger.info("%d of %d tasks already evaluated; running %d", len(done), len(done) + len(todo), len(todo))
-    jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps) for t in todo]
+    jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps, expert=expert)
+            for t in todo]
     for n, result in enumerate(engine.run_iter(jobs), 1):
         write_json_atomic(output_path_for(result.job_id), result.to_output())
         done[result.job_id] = result.episode

@@ -19,6 +19,11 @@ INVALID_FORMAT_OBSERVATION = (
 )
 
 
+def expert_turn(action: str) -> str:
+    """The assistant turn the scripted expert writes for ``action``."""
+    return f"Thought: I follow the expert plan.\nAction: {action}"
+
+
 def format_observation(outcome: StepOutcome) -> str:
     """The user turn the agent sees after an action."""
     return f"Observation: {outcome.observation}"

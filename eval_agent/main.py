@@ -5,29 +5,24 @@ Writes one JSON per task (STeCa's per-task output: ``meta`` + ``conversations``)
 run again unless ``--override``, so a killed evaluation resumes where it stopped. The last line
 printed is ``Success rate: X.XXXX`` over all tasks of the split.
 
-Agents: ``expert`` plays the environment's own expert actions; ``hf``/``vllm``/``openai`` (or a
-JSON config file) run a model (``--model_name``: a local directory or a served model name) through
-the batched rollout engine.
+Agents: ``expert`` plays the environment's own expert plan; ``hf``/``vllm``/``openai`` (or a JSON
+config file) run a model (``--model_name``: a local directory or a served model name). Both run
+through the batched rollout engine.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
-import multiprocessing
 import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
-
-from eval_agent.engine import load_finished
 from eval_agent.envs import ENVIRONMENTS, make_env
 from eval_agent.envs.task_env import TaskEnv
-from eval_agent.episode import new_episode, record_step
 from eval_agent.storage import write_json_atomic
-from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message
+from eval_agent.types import MAX_STEPS, EpisodeState, Message
 
 logger = logging.getLogger("eval_agent.main")
 
@@ -37,72 +32,21 @@ def task_file_name(task_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", task_id) + ".json"
 
 
-def expert_turn(action: str) -> str:
-    """The assistant turn the expert agent writes for ``action``."""
-    return f"Thought: I follow the expert plan.\nAction: {action}"
+def run_expert(env_factory: Callable[[], TaskEnv], task_ids: Sequence[str], prompt: Sequence[Message],
+               out_dir: Path, override: bool, num_workers: int = 0) -> dict[str, EpisodeState]:
+    """Play every task with the scripted expert through the rollout engine (plans computed by the
+    ``num_workers`` environment processes), writing one JSON per task as it finishes.
 
+    Two episodes per worker are in flight: an expert episode needs no generation, so a larger batch
+    gains nothing, and a worker's answer (a plan can take seconds) stays well inside the engine's
+    worker timeout."""
+    from eval_agent.agents.expert_policy import ExpertPolicy
+    from eval_agent.engine import RolloutEngine, run_evaluation
 
-def play_expert(env: TaskEnv, task_id: str, prompt: Sequence[Message]) -> EpisodeState:
-    """One episode of ``task_id`` played with the environment's expert actions; errors end it as env_error."""
-    try:
-        actions = env.expert_actions(task_id)
-        first, outcomes = env.reset_to_prefix(task_id, actions)  # restores cached states where it can
-        state = new_episode(task_id, env.game_file(task_id), prompt, first)
-        for a, outcome in zip(actions, outcomes):
-            if state.finished:
-                break
-            record_step(state, expert_turn(a), outcome, env.max_steps)
-        if not state.finished:
-            state.finished, state.terminate_reason = True, EndReason.EXPERT_EXHAUSTED
-    except Exception as e:  # one broken task never stops the run
-        logger.exception("task %s failed", task_id)
-        state = EpisodeState(task_id=task_id, game_file=task_id, finished=True, terminate_reason=EndReason.ENV_ERROR,
-                             extra={"error": f"{type(e).__name__}: {e}"})
-    return state
-
-
-_WORKER_ENV: list[TaskEnv] = []  # the env of an expert worker process (one per process)
-
-
-def _expert_worker_init(env_factory: Callable[[], TaskEnv]) -> None:
-    _WORKER_ENV.append(env_factory())
-
-
-def _expert_worker_play(job: tuple[str, Sequence[Message]]) -> tuple[str, dict]:
-    task_id, prompt = job
-    return task_id, play_expert(_WORKER_ENV[0], task_id, prompt).to_output()
-
-
-def run_expert(env: TaskEnv, env_factory: Callable[[], TaskEnv], task_ids: Sequence[str],
-               prompt: Sequence[Message], out_dir: Path, override: bool, num_workers: int = 0) -> dict[str, EpisodeState]:
-    """Play every task with the expert, writing one JSON per task as it finishes.
-
-    ``num_workers > 1`` plays tasks in that many processes, each with its own environment.
-    """
-    results: dict[str, EpisodeState] = {}
-    todo = []
-    for t in task_ids:
-        done = None if override else load_finished(out_dir / task_file_name(t))
-        if done is not None:
-            results[t] = done
-        else:
-            todo.append(t)
-    bar = tqdm(total=len(todo), desc="expert episodes", dynamic_ncols=True)
-    if num_workers > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_workers, len(todo)), _expert_worker_init, (env_factory,)) as pool:
-            for t, out in pool.imap_unordered(_expert_worker_play, [(t, list(prompt)) for t in todo]):
-                write_json_atomic(out_dir / task_file_name(t), out)
-                results[t] = EpisodeState.from_output(out)
-                bar.update()
-    else:
-        for t in todo:
-            state = play_expert(env, t, prompt)
-            write_json_atomic(out_dir / task_file_name(t), state.to_output())
-            results[t] = state
-            bar.update()
-    bar.close()
-    return {t: results[t] for t in task_ids}
+    with RolloutEngine(ExpertPolicy(), env_factory, num_workers=num_workers, max_active=2 * max(1, num_workers),
+                       progress_desc="expert episodes") as engine:
+        return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t), override=override,
+                              expert=True)
 
 
 def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids: Sequence[str],
@@ -193,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="default: the agent config's (greedy)")
     p.add_argument("--max_new_tokens", type=int, default=None)
     p.add_argument("--num_workers", type=int, default=1,
-                   help="environment worker processes (0: in-process; the expert plays tasks in parallel when > 1)")
+                   help="environment worker processes (0: in-process); the expert's plans are computed in them")
     p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_invalid", action="store_true",
@@ -225,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         from eval_agent.prompts import prompt_for
 
         prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num, args.data_dir, args.prompt_layout)
-        results = run_expert(env, env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
+        results = run_expert(env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
     else:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)

@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
-# Shared by sampling/{alfworld,virtualhome}/*.sh: run one sampling stage in PART_NUM parallel
-# processes (--part_num/--part_idx), each writing its own resumable JSONL, then join the parts.
-# A rerun resumes every part where it stopped (no record is lost or written twice).
+# The one implementation behind sampling/{alfworld,virtualhome}/*.sh (each script sets its own variables,
+# sources this file and calls `sampling_stage ENV STAGE`). A stage runs in PART_NUM parallel processes
+# (--part_num/--part_idx), each writing its own resumable JSONL, then the parts are joined. A rerun
+# resumes every part where it stopped (no record is lost or written twice). Every variable left empty
+# takes the stage configuration's value: python -m steca.stage_config --env ENV --stage sampling
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/stage_common.sh
+
+# sampling_stage ENV STAGE: STAGE is expert_steps | expert_mc | explore_steps | explore_mc
+sampling_stage() {
+  stage_defaults "$1" sampling
+  case "$2" in
+    expert_steps) run_parts expert_steps "$EXPERT_STEPS" --sft "$SFT_FILE" ;;
+    explore_steps) run_parts explore_steps "$EXPLORE_STEPS" --sft "$SFT_FILE" --temperature "$EXPLORE_TEMPERATURE" \
+      $(model_args) ;;
+    expert_mc) run_parts mc "$EXPERT_MC" --steps "$EXPERT_STEPS" --sft "$SFT_FILE" --num_rollouts "$NUM_ROLLOUTS" \
+      --temperature "$MC_TEMPERATURE" $(model_args) ;;
+    explore_mc) run_parts mc "$EXPLORE_MC" --steps "$EXPLORE_STEPS" --sft "$SFT_FILE" --num_rollouts "$NUM_ROLLOUTS" \
+      --temperature "$MC_TEMPERATURE" $(model_args) ;;
+    *) echo "unknown sampling stage $2" >&2; return 2 ;;
+  esac
+}
 
 # run_parts STAGE OUTPUT [extra arguments for sampling/run_sampling.py ...]
 # (a non-empty TASK_FILE adds --task_file: a task file overriding the split's, VirtualHome)
@@ -55,8 +74,8 @@ _stop_parts() {
 # (instruction from SFT_FILE, ICL_NUM in-context examples, as eval/*.sh; released: 1).
 model_args() {
   local args=(--backend "$BACKEND" --model_path "$MODEL_PATH" --max_new_tokens "$MAX_NEW_TOKENS"
-              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED" --icl_num "${ICL_NUM:-1}")
+              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED" --max_steps "$MAX_STEPS"
+              --icl_num "$ICL_NUM")
   if [[ -n "${API_BASE:-}" ]]; then args+=(--api_base "$API_BASE"); fi
-  if [[ -n "${MAX_STEPS:-}" ]]; then args+=(--max_steps "$MAX_STEPS"); fi
   echo "${args[@]}"
 }

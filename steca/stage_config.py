@@ -110,6 +110,7 @@ class SamplingStage:
     num_rollouts: int
     explore_temperature: float
     mc_temperature: float
+    icl_num: int
     seed: int
 
 
@@ -148,8 +149,9 @@ class TrainStage:
     use_lora: bool
     seed: int
     save_steps: int
-    max_prompt_length: int
-    max_target_length: int
+    max_length: int
+    max_prompt_length: str
+    max_target_length: str
     num_gpus: int
     accelerate_config: str
 
@@ -245,6 +247,8 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         seed=o("SEED", 42), save_steps=o("SAVE_STEPS", 200), num_gpus=o("NUM_GPUS", 4),
         accelerate_config=o("ACCELERATE_CONFIG", "sft/configs/fsdp.yaml"))
 
+    # sampling uses the evaluation prompt (released); a bootstrapped model never saw an in-context example
+    icl_num = o("ICL_NUM", 1 if gpu else 0)
     out_dir = o("OUT_DIR", _join(output_root, "sampling", env))
     sampling = SamplingStage(
         env_data=data.env_data, split=o("SPLIT", "train"), task_file=o("TASK_FILE", ""), sft_file=data.sft_file,
@@ -259,7 +263,7 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         max_steps=o("MAX_STEPS", MAX_STEPS if gpu else 10),
         num_rollouts=o("NUM_ROLLOUTS", NUM_ROLLOUTS if gpu else 2),
         explore_temperature=o("EXPLORE_TEMPERATURE", EXPLORE_TEMPERATURE),
-        mc_temperature=o("MC_TEMPERATURE", MC_TEMPERATURE), seed=o("SEED", 0))
+        mc_temperature=o("MC_TEMPERATURE", MC_TEMPERATURE), icl_num=icl_num, seed=o("SEED", 0))
 
     cdir = o("OUT_DIR", _join(output_root, "data_collection"))
     collection = CollectionStage(
@@ -282,7 +286,11 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         lr=o("LR", 3e-6 if gpu else 1e-4), epochs=o("EPOCHS", 1), per_device_batch=o("PER_DEVICE_BATCH", 1 if gpu else 2),
         grad_accum=o("GRAD_ACCUM", 3 if gpu else 1), bf16=o("BF16", gpu), dtype=o("DTYPE", "float32" if gpu else "auto"),
         use_lora=o("USE_LORA", False), seed=o("SEED", 42), save_steps=o("SAVE_STEPS", 200),
-        max_prompt_length=o("MAX_PROMPT_LENGTH", 512), max_target_length=o("MAX_TARGET_LENGTH", 3072),
+        # released: prompt + chosen kept whole, the concatenation cut on the right at MAX_LENGTH (a prompt
+        # alone longer is reported and skipped); MAX_PROMPT_LENGTH / MAX_TARGET_LENGTH (empty: off) are
+        # the non-released option that keeps the prompt's last N and the continuation's first M tokens
+        max_length=o("MAX_LENGTH", 4096 if gpu else 2048),
+        max_prompt_length=o("MAX_PROMPT_LENGTH", ""), max_target_length=o("MAX_TARGET_LENGTH", ""),
         num_gpus=o("NUM_GPUS", 5), accelerate_config=o("ACCELERATE_CONFIG", "sft/configs/fsdp.yaml"))
 
     eval_model = o("MODEL_PATH", _join(output_root, "steca", env))
@@ -293,8 +301,7 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         agent_config=o("AGENT_CONFIG", "vllm" if gpu else "hf"), model_path=eval_model, data_dir=o("DATA_DIR", data.env_data),
         sft_file=data.sft_file, output_dir=o("OUTPUT_DIR", _join(output_root, "eval", env, model_name)),
         num_workers=o("NUM_WORKERS", 2 if gpu else 0), max_active=o("MAX_ACTIVE", 64),
-        # a bootstrapped model never saw an in-context example in training
-        icl_num=o("ICL_NUM", 1 if gpu else 0), max_steps=o("MAX_STEPS", MAX_STEPS if gpu else 20),
+        icl_num=icl_num, max_steps=o("MAX_STEPS", MAX_STEPS if gpu else 20),
         max_new_tokens=o("MAX_NEW_TOKENS", MAX_NEW_TOKENS if gpu else 64))
     return StageConfig(env, profile, data_root, output_root, data, sft, sampling, collection, train, evaluation)
 

@@ -1,26 +1,10 @@
 #!/usr/bin/env bash
-# Monte Carlo step rewards of the expert steps: NUM_ROLLOUTS rollouts at TEMPERATURE from each state.
-# Variables can be overridden from the environment (paths relative to the repository root), e.g.
-#   MODEL_PATH=outputs/sft/alfworld PART_NUM=4 bash sampling/alfworld/expert_mc_explore.sh
-set -euo pipefail
-ENV_NAME=alfworld
-ENV_DATA=${ENV_DATA:-data/alfworld}
-SPLIT=${SPLIT:-train}
-SFT_FILE=${SFT_FILE:-data/alfworld_sft.json}
-OUT_DIR=${OUT_DIR:-outputs/sampling/alfworld}
-MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}   # the SFT base agent (hf/vllm dir, or served name for openai)
-BACKEND=${BACKEND:-hf}                     # hf | vllm | openai
-API_BASE=${API_BASE:-}                     # openai: one or more servers, comma-separated
-PART_NUM=${PART_NUM:-1}                    # parallel processes (shards)
-NUM_WORKERS=${NUM_WORKERS:-0}              # environment worker processes per part
-MAX_ACTIVE=${MAX_ACTIVE:-256}              # rollouts in flight per part
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-512}
-MAX_STEPS=${MAX_STEPS:-}                   # empty: the environment's 40
-NUM_ROLLOUTS=${NUM_ROLLOUTS:-5}
-TEMPERATURE=${TEMPERATURE:-1.0}
-SEED=${SEED:-0}
-ICL_NUM=${ICL_NUM:-1}                      # in-context examples in the sampling prompt (as at evaluation)
-
-cd "$(dirname "$0")/../.."
-source sampling/common.sh
-run_parts mc "$OUT_DIR/expert_steps_mc.jsonl" --steps "$OUT_DIR/expert_steps.jsonl" --sft "$SFT_FILE" --num_rollouts "$NUM_ROLLOUTS" --temperature "$TEMPERATURE" $(model_args)
+# Monte Carlo step rewards of the expert steps: NUM_ROLLOUTS rollouts at MC_TEMPERATURE from each
+# state. Reads EXPERT_STEPS and MODEL_PATH (the SFT agent), writes EXPERT_MC.
+# Every sampling variable can be set from the environment (paths relative to the repository root);
+# `python -m steca.stage_config --env alfworld --stage sampling` lists them with their values, e.g.
+#   DATA_ROOT=data OUTPUT_ROOT=outputs PROFILE=gpu PART_NUM=4 bash sampling/alfworld/expert_mc_explore.sh
+NUM_ROLLOUTS=${NUM_ROLLOUTS:-}        # N rollouts per state (empty: cpu 2, gpu 5 as released)
+MC_TEMPERATURE=${MC_TEMPERATURE:-}    # (empty: 1.0)
+source "$(dirname "$0")/../common.sh"
+sampling_stage alfworld expert_mc

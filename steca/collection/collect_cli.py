@@ -279,8 +279,10 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     thresholds = ENCODER_THRESHOLDS[encoder.name]
     if weights.name == "alfworld":  # D_e's distance threshold is in the encoder's units (VirtualHome: identical only)
         weights = replace(weights, explored_max_distance=thresholds.explored_max_distance)
+    inputs = {"sft": args.sft, "expert_steps": getattr(args, "expert_steps", None), "explore_steps": args.explore_steps}
     settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name,
-                "explored_max_distance": weights.explored_max_distance}
+                "explored_max_distance": weights.explored_max_distance, "inputs": inputs}
+    logger.info("%s set for %s from %s", stage, output, {k: v for k, v in inputs.items() if v})
     invalid: list[str] = []
     if stage == "explored":
         sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid, "agent_final_reward",

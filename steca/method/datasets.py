@@ -91,6 +91,10 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
 
     ``rejected`` is the exploration after ``â_t`` without its final observation; a pair whose
     rejected side has no action is dropped (both as released; ``continuation`` keeps either).
+
+    Paper: arXiv 2502.14276, Sec. 3, calibrated trajectory construction: prefix ``a*_<t``, the
+    deviated ``â_t`` and its observation, a reflective turn ending in ``a*_t``, then the expert
+    suffix; weight ``1 + scale * d`` (:class:`~steca.method.rewards.WeightScheme`).
     """
     res = BuildResult()
     dev = find_deviations(expert_steps, explored_steps, cfg, encoder)
@@ -150,7 +154,10 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
 
 def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecord], encoder: ActionEncoder,
                    weights: WeightScheme, continuation: ContinuationOptions = RELEASED_CONTINUATION) -> BuildResult:
-    """D_e: successful explorations from ``t = 0``, kept when ``d < weights.explored_max_distance``."""
+    """D_e: successful explorations from ``t = 0``, kept when ``d < weights.explored_max_distance``.
+
+    Paper: arXiv 2502.14276, Sec. 3, reinforced training (successful trajectories, weight ``1 - scale * d``).
+    """
     res = BuildResult()
     for rec in sorted(explored_steps, key=lambda r: (r.id, r.iteration)):
         if rec.iteration != 0:
@@ -189,6 +196,9 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                  include_whole: bool = True, min_step: int = 2,
                  continuation: ContinuationOptions = RELEASED_CONTINUATION) -> BuildResult:
     """D_s: expert suffixes where the expert step beat the explored step by more than ``margin``.
+
+    Paper: arXiv 2502.14276, Sec. 3 (expert sub-trajectories among the successful trajectories);
+    the margin rule is the released code's.
 
     Step rule (``t >= min_step``; the released code skips iterations 0 and 1, so 2): ``r_expert(t) - r_explore(t) > margin`` and
     ``R_expert - R_explore > margin``, where ``R`` is ``agent_final_reward`` (an expert step

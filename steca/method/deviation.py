@@ -83,6 +83,9 @@ def step_conditions(t: int, explore_reward: float, expert_prev_reward: float, ex
                     cfg: DeviationConfig) -> list[str]:
     """Names of the conditions step ``t`` fails (empty list: the step is deviated).
 
+    Paper: arXiv 2502.14276, Sec. 3, deviation detection: step ``t`` is deviated when
+    ``r_explore(t) - r_expert(t-1) <= delta``; the other conditions are the released code's filters.
+
     Conditions: ``t >= min_step``; ``r_explore(t) - r_expert(t-1) <= delta``; exploration outcome
     ``< 1`` (failed); ``â_t != a*_t`` (stripped strings); ``cos(emb(â_t), emb(a*_t)) < max_similarity``.
     """

@@ -47,6 +47,7 @@ def dtw_distance(x: np.ndarray, y: np.ndarray) -> float:
 
     ``d = DTW(x, y) / sqrt(n^2 + m^2)`` with pair cost ``1 - cos(x_i, y_j)``
     (:func:`dtw_total_cost`), ``n = len(x)``, ``m = len(y)``.
+    Paper: arXiv 2502.14276, Sec. 3, trajectory deviation distance (DTW over the action embeddings).
     """
     return dtw_total_cost(cosine_cost_matrix(np.asarray(x, np.float64), np.asarray(y, np.float64))) / math.sqrt(
         len(x) ** 2 + len(y) ** 2)

@@ -24,6 +24,8 @@ from eval_agent.envs import make_env
 from eval_agent.storage import check_not_input
 from steca.records import load_sft, load_steps, nonempty
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo, problems_path
+from eval_agent.types import MAX_STEPS
+from steca.stage_config import EXPLORE_TEMPERATURE, MAX_NEW_TOKENS, MC_TEMPERATURE, NUM_ROLLOUTS
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent_config", default=None, help="backend config name or JSON path (default: --backend)")
     p.add_argument("--model_path", help="model dir (hf/vllm) or served model name (openai)")
     p.add_argument("--api_base", default=None, help="OpenAI-compatible base URL(s), comma-separated")
-    p.add_argument("--num_rollouts", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=None, help="default: 0 (explore_steps), 1.0 (mc)")
+    p.add_argument("--num_rollouts", type=int, default=NUM_ROLLOUTS)
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"default: {EXPLORE_TEMPERATURE} (explore_steps), {MC_TEMPERATURE} (mc)")
     p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--max_steps", type=int, default=None, help="default: the environment's (40)")
+    p.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max_steps", type=int, default=None, help=f"default: the environment's ({MAX_STEPS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_workers", type=int, default=0, help="environment worker processes (0: in-process)")
     p.add_argument("--max_active", type=int, default=256, help="rollouts in flight (generation batch)")
@@ -119,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         if not args.model_path:
             raise SystemExit(f"{args.stage} needs --model_path")
-        temperature = args.temperature if args.temperature is not None else (0.0 if args.stage == "explore_steps" else 1.0)
+        default_temperature = EXPLORE_TEMPERATURE if args.stage == "explore_steps" else MC_TEMPERATURE
+        temperature = args.temperature if args.temperature is not None else default_temperature
         params = SamplingParams(temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                 stop=evaluation_stop(args.agent_config or args.backend))
         from eval_agent.prompts import prompt_for
@@ -141,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         finally:
             engine.close()
             policy.close()
-    summary = {"stage": args.stage, "output": args.output, **asdict(report)}
+    summary = {"stage": args.stage, "input": args.steps if args.stage == "mc" else args.sft, "model": args.model_path,
+               "output": args.output, **asdict(report)}
     logger.info("%s", json.dumps(summary))
     return summary
 

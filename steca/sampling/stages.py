@@ -35,6 +35,7 @@ from steca.method.rewards import step_reward
 from steca.method.trajectories import prompt_length, split_expert
 from eval_agent.storage import JsonlSink, finished_keys
 from steca.records import SFTRecord, StepRecord
+from steca.stage_config import EXPLORE_TEMPERATURE, MAX_NEW_TOKENS, MC_TEMPERATURE, NUM_ROLLOUTS
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def job_id(task_id: str, t: int) -> str:
 
 
 def explore_steps(sft: Sequence[SFTRecord], engine: RolloutEngine, output: str | Path,
-                  params: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=512),
+                  params: SamplingParams = SamplingParams(temperature=EXPLORE_TEMPERATURE, max_new_tokens=MAX_NEW_TOKENS),
                   shard: Shard = Shard(), max_steps: int | None = None,
                   prompt: Sequence[Message] | None = None) -> StageReport:
     """For every expert prefix ``t``: the base agent's own action ``â_t`` and its exploration to the end.
@@ -216,8 +217,8 @@ def mc_job(record: StepRecord, n: int, params: SamplingParams, max_steps: int | 
                       meta={"sid": record.id, "t": record.iteration})
 
 
-def monte_carlo(records: Sequence[StepRecord], engine: RolloutEngine, output: str | Path, num_rollouts: int = 5,
-                params: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=512),
+def monte_carlo(records: Sequence[StepRecord], engine: RolloutEngine, output: str | Path, num_rollouts: int = NUM_ROLLOUTS,
+                params: SamplingParams = SamplingParams(temperature=MC_TEMPERATURE, max_new_tokens=MAX_NEW_TOKENS),
                 shard: Shard = Shard(), max_steps: int | None = None, save_rollouts: bool = False,
                 prompt: Sequence[Message] | None = None, failed_generation: str = "failure") -> StageReport:
     """Score each step record: ``mc_step_reward = mean outcome of num_rollouts rollouts`` from its state

@@ -232,7 +232,8 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
     dataset = build_pair_dataset(data_args.data_path, tokenizer, rl_args.max_prompt_length,
                                  rl_args.max_target_length, need_rejected, data_args.strict_data,
                                  data_args.skip_invalid, rl_args.max_length)
-    logger.info("reinforced training on %d pairs (beta=%g, reward weighting %s)", len(dataset), rl_args.beta,
+    logger.info("reinforced training of %s on %d pairs of %s (beta=%g, reward weighting %s)",
+                model_args.model_name_or_path, len(dataset), data_args.data_path, rl_args.beta,
                 "off" if rl_args.no_reward_weighting else "on")
     model = load_model(model_args)
     ref_model = None

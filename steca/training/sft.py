@@ -138,8 +138,8 @@ def train_sft(model_args: ModelArguments, data_args: DataArguments, config, call
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset = build_sft_dataset(data_args.data_path, tokenizer, config.max_length, data_args.strict_data,
                                 data_args.skip_invalid)
-    logger.info("SFT on %d conversations, %d tokens, %d trained", len(dataset),
-                sum(len(x) for x in dataset["input_ids"]), sum(sum(1 for t in x if t != -100) for x in dataset["labels"]))
+    logger.info("SFT of %s on %d conversations of %s, %d tokens, %d trained", model_args.model_name_or_path,
+                len(dataset), data_args.data_path, sum(len(x) for x in dataset["input_ids"]), sum(sum(1 for t in x if t != -100) for x in dataset["labels"]))
     model = load_model(model_args)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(model_args), callbacks=callbacks)
