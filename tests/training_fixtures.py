@@ -33,3 +33,15 @@ def weights_digest(model_dir: Path, tmp: Path) -> str:
 
     path = write_rank_digest(AutoModelForCausalLM.from_pretrained(model_dir), tmp)
     return json.loads(path.read_text())["sha256"]
+
+
+def write_small_pairs(alfworld_sft_sample: Path, path: Path) -> Path:
+    """Eight STeCa pairs from the shared trajectories: trajectory i's prompt and first turns as chosen,
+    trajectory i+8's turns as rejected, rewards 1.0 .. 1.7."""
+    data = json.loads(alfworld_sft_sample.read_text())
+    with path.open("w") as f:
+        for i in range(8):
+            c, other = data[i]["conversations"], data[i + 8]["conversations"]
+            f.write(json.dumps({"id": data[i]["id"], "prompt": c[:3], "chosen": c[3:11], "rejected": other[3:9],
+                                "reward": 1.0 + 0.1 * i}) + "\n")
+    return path
