@@ -32,6 +32,9 @@ MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-512}
 MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-3072}
 if [ "$PROFILE" = "gpu" ]; then
   # released setting: lr 3e-6, 1 epoch, global batch 15, constant with 10% warmup, bf16, FSDP
+  # VARIANT=dpo|eto|ipr get the same setting (with BETA 0.1) so that the rows compare at equal budgets. These
+  # are not the ETO and IPR papers' own lr/beta/epochs, which this project has not verified: set LR, BETA and
+  # EPOCHS from the papers to reproduce their rows.
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   # GPUs in total (all nodes); default: the GPUs of this node (the released runs used 5 for reinforced
   # training, 5 x 1 x 3 = batch 15, and 4 for SFT: set NUM_GPUS and GRAD_ACCUM to match them)

@@ -48,11 +48,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval_agent.agents.base import SamplingParams  # noqa: E402
+from eval_agent.agents.policy import SamplingParams  # noqa: E402
 from eval_agent.agents.hf import HFPolicy  # noqa: E402
 from eval_agent.engine import RolloutEngine, RolloutJob  # noqa: E402
 from eval_agent.envs.alfworld_env import AlfWorldEnv  # noqa: E402
-from eval_agent.envs.base import parse_action  # noqa: E402
+from eval_agent.types import parse_action  # noqa: E402
 from eval_agent.episode import new_episode, record_step  # noqa: E402
 from eval_agent.types import Message  # noqa: E402
 from steca.method.trajectories import split_expert  # noqa: E402

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from eval_agent.envs.alfworld_env import AlfWorldEnv, clean_observation
-from eval_agent.envs.alfworld_games import resolve_game_file
-from eval_agent.envs.base import parse_action
+from eval_agent.envs.alfworld_game_files import resolve_game_file
+from eval_agent.types import parse_action
 from steca.data.datacheck import episode_turns
 from steca.records import load_sft
 

@@ -81,7 +81,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from eval_agent.agents.base import SamplingParams
+    from eval_agent.agents.policy import SamplingParams
     from eval_agent.agents.hf import HFPolicy
     from eval_agent.engine import RolloutEngine, RolloutJob, mix_seed
     from eval_agent.envs.alfworld_env import AlfWorldEnv

@@ -27,7 +27,7 @@ def main() -> None:
     from trl import SFTConfig
 
     from steca.training.bootstrap import bootstrap_model, sft_texts
-    from steca.training.common import DataArguments, ModelArguments
+    from steca.training.trainer_setup import DataArguments, ModelArguments
     from steca.training.reinforced import ReinforcedArguments, train_reinforced
     from steca.training.sft import train_sft
 
@@ -55,7 +55,7 @@ def main() -> None:
         common = dict(per_device_train_batch_size=args.batch_size, num_train_epochs=1, learning_rate=1e-3,
                       report_to="none", save_strategy="no", logging_steps=1000, bf16=False,
                       gradient_checkpointing=False, use_cpu=True, disable_tqdm=True)
-        from steca.training.common import load_tokenizer
+        from steca.training.trainer_setup import load_tokenizer
         from steca.training.reinforced import build_pair_dataset
         from steca.training.sft import build_sft_dataset
 

@@ -19,7 +19,7 @@ rollouts from the state after an expert prefix plus one action). The engine runs
 * an episode leaves the batch the moment it ends (success, ``max_steps``, environment done, an
   environment error or a generation error) and is handed to the caller at once
   (:meth:`RolloutEngine.run_iter` yields it; :meth:`RolloutEngine.run` also calls a sink, e.g.
-  :class:`JsonlWriter`, which flushes each record), so a crash loses only episodes in flight;
+  :class:`eval_agent.storage.JsonlSink`, which flushes each record), so a crash loses only episodes in flight;
 * determinism: rollout ``k`` of a job has the seed ``mix(job seed, k)`` and its turn ``t`` samples
   with ``mix(rollout seed, t)``. Backends that take per-row parameters (all of ours) sample each row
   with its own seed, so an episode's trajectory does not depend on which episodes share its batch,
@@ -34,7 +34,6 @@ instance per in-flight episode (``env_mode="pool"``, instances are reused).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -44,11 +43,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
-from eval_agent.envs.base import TaskEnv, parse_action
+from eval_agent.envs.task_env import TaskEnv
 from eval_agent.episode import new_episode, record_step
-from eval_agent.types import EpisodeState, Message
+from eval_agent.storage import load_finished_json, write_json_atomic
+from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message, parse_action
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ class RolloutEngine:
                  "forced": job.forced_output is not None, **job.meta}
         if not ok:
             e.state = EpisodeState(task_id=job.task_id, game_file="", messages=list(job.prompt),
-                                   n_prompt_messages=len(job.prompt), finished=True, terminate_reason="env_error",
+                                   n_prompt_messages=len(job.prompt), finished=True, terminate_reason=EndReason.ENV_ERROR,
                                    extra={**extra, "error": value})
             return
         first, outcomes, game_file, env_max = value
@@ -492,13 +492,13 @@ class RolloutEngine:
             st = e.state
             assert st is not None
             if out is None:
-                st.finished, st.terminate_reason = True, "generation_error"
+                st.finished, st.terminate_reason = True, EndReason.GENERATION_ERROR
                 st.extra["error"] = errors.get(e.uid, "generation failed")
                 finished.append(e)
                 continue
             action = parse_action(out)
             if action is None:
-                record_step(st, out, None, e.job.max_steps or 40)
+                record_step(st, out, None, e.job.max_steps or MAX_STEPS)
                 if st.finished:
                     finished.append(e)
                 continue
@@ -511,11 +511,11 @@ class RolloutEngine:
                 assert st is not None
                 if ok:
                     self.stats.env_steps += 1
-                    record_step(st, out, value, e.job.max_steps or 40)
+                    record_step(st, out, value, e.job.max_steps or MAX_STEPS)
                 else:
                     st.messages.append(Message("assistant", out))
                     st.steps += 1
-                    st.finished, st.terminate_reason = True, "env_error"
+                    st.finished, st.terminate_reason = True, EndReason.ENV_ERROR
                     st.extra["error"] = value
                 if st.finished:
                     finished.append(e)
@@ -574,44 +574,10 @@ class RolloutEngine:
         return outputs, errors
 
 
-# ---------------------------------------------------------------------------------------- sinks
-class JsonlWriter:
-    """Appends each result's ``to_output()`` (plus ``extra``) to a JSONL file, flushed per record.
-
-    ``eval_agent`` does not import the method package; stages that want ``steca.records.JsonlSink``
-    (which also repairs torn tails) can pass that instead.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("a", encoding="utf-8")
-
-    def __call__(self, result: RolloutResult) -> None:
-        self._f.write(json.dumps(result.to_output(), ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # ---------------------------------------------------------------------------------------- evaluation
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def load_finished(path: Path) -> EpisodeState | None:
+    """The finished episode stored at ``path`` (STeCa's per-task output), or None: the task runs again."""
+    return load_finished_json(path, EpisodeState.from_output, lambda state: state.finished)
 
 
 def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Sequence[Message],
@@ -627,17 +593,11 @@ def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Seque
     done: dict[str, EpisodeState] = {}
     todo: list[str] = []
     for task in dict.fromkeys(task_ids):  # unique, order kept
-        path = output_path_for(task)
-        if not override and path.exists():
-            try:
-                state = EpisodeState.from_output(json.loads(path.read_text(encoding="utf-8")))
-            except (ValueError, KeyError, TypeError) as e:
-                logger.warning("%s: unreadable (%s); running task %s again", path, e, task)
-            else:
-                if state.finished:
-                    done[task] = state
-                    continue
-        todo.append(task)
+        state = None if override else load_finished(output_path_for(task))
+        if state is not None:
+            done[task] = state
+        else:
+            todo.append(task)
     if done:
         logger.info("%d of %d tasks already evaluated; running %d", len(done), len(done) + len(todo), len(todo))
     jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps) for t in todo]

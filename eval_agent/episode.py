@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from eval_agent.envs.base import TaskEnv, parse_action
-from eval_agent.types import EpisodeState, Message, StepOutcome
+from eval_agent.envs.task_env import TaskEnv
+from eval_agent.types import EndReason, EpisodeState, Message, StepOutcome, parse_action
 
 INVALID_FORMAT_OBSERVATION = (
     "Observation: Invalid format. Your output must contain a line 'Action: <action>' with one of the "
@@ -40,13 +40,13 @@ def record_step(state: EpisodeState, model_output: str, outcome: StepOutcome | N
         state.messages.append(Message("user", format_observation(outcome)))
         if outcome.won:
             state.success, state.reward = True, 1.0
-            state.finished, state.terminate_reason = True, "success"
+            state.finished, state.terminate_reason = True, EndReason.SUCCESS
             return state
         if outcome.done:
-            state.finished, state.terminate_reason = True, "env_done"
+            state.finished, state.terminate_reason = True, EndReason.ENV_DONE
             return state
     if state.steps >= max_steps:
-        state.finished, state.terminate_reason = True, "max_steps"
+        state.finished, state.terminate_reason = True, EndReason.MAX_STEPS
     return state
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import multiprocessing
-import os
 import re
 import sys
 from pathlib import Path
@@ -24,10 +22,12 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from eval_agent.engine import load_finished
 from eval_agent.envs import ENVIRONMENTS, make_env
-from eval_agent.envs.base import TaskEnv
+from eval_agent.envs.task_env import TaskEnv
 from eval_agent.episode import new_episode, record_step
-from eval_agent.types import EpisodeState, Message
+from eval_agent.storage import write_json_atomic
+from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message
 
 logger = logging.getLogger("eval_agent.main")
 
@@ -35,25 +35,6 @@ logger = logging.getLogger("eval_agent.main")
 def task_file_name(task_id: str) -> str:
     """A file name for a task id (ids may contain ``/``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "__", task_id) + ".json"
-
-
-def _write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def load_finished(path: Path) -> EpisodeState | None:
-    """The finished episode stored at ``path``, or None (missing, unreadable or unfinished)."""
-    if not path.exists():
-        return None
-    try:
-        state = EpisodeState.from_output(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as e:
-        logger.warning("%s: unreadable (%s); the task runs again", path, e)
-        return None
-    return state if state.finished else None
 
 
 def expert_turn(action: str) -> str:
@@ -72,10 +53,10 @@ def play_expert(env: TaskEnv, task_id: str, prompt: Sequence[Message]) -> Episod
                 break
             record_step(state, expert_turn(a), outcome, env.max_steps)
         if not state.finished:
-            state.finished, state.terminate_reason = True, "expert_exhausted"
+            state.finished, state.terminate_reason = True, EndReason.EXPERT_EXHAUSTED
     except Exception as e:  # one broken task never stops the run
         logger.exception("task %s failed", task_id)
-        state = EpisodeState(task_id=task_id, game_file=task_id, finished=True, terminate_reason="env_error",
+        state = EpisodeState(task_id=task_id, game_file=task_id, finished=True, terminate_reason=EndReason.ENV_ERROR,
                              extra={"error": f"{type(e).__name__}: {e}"})
     return state
 
@@ -111,13 +92,13 @@ def run_expert(env: TaskEnv, env_factory: Callable[[], TaskEnv], task_ids: Seque
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(num_workers, len(todo)), _expert_worker_init, (env_factory,)) as pool:
             for t, out in pool.imap_unordered(_expert_worker_play, [(t, list(prompt)) for t in todo]):
-                _write_json_atomic(out_dir / task_file_name(t), out)
+                write_json_atomic(out_dir / task_file_name(t), out)
                 results[t] = EpisodeState.from_output(out)
                 bar.update()
     else:
         for t in todo:
             state = play_expert(env, t, prompt)
-            _write_json_atomic(out_dir / task_file_name(t), state.to_output())
+            write_json_atomic(out_dir / task_file_name(t), state.to_output())
             results[t] = state
             bar.update()
     bar.close()
@@ -127,7 +108,7 @@ def run_expert(env: TaskEnv, env_factory: Callable[[], TaskEnv], task_ids: Seque
 def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids: Sequence[str],
               out_dir: Path) -> dict[str, EpisodeState]:
     """Evaluate a model backend through the batched rollout engine."""
-    from eval_agent.agents.cli import policy_from_args
+    from eval_agent.agents.backend_args import policy_from_args
     from eval_agent.engine import RolloutEngine, run_evaluation
     from eval_agent.prompts import prompt_for
 
@@ -204,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", default=None, help="folder for per-task JSON files and summary.json")
     p.add_argument("--override", action="store_true", help="rerun tasks that already have a finished output")
     p.add_argument("--max_tasks", type=int, default=None, help="only the first N tasks of the split")
-    p.add_argument("--max_steps", type=int, default=40)
+    p.add_argument("--max_steps", type=int, default=MAX_STEPS)
     p.add_argument("--temperature", type=float, default=None, help="default: the agent config's (greedy)")
     p.add_argument("--max_new_tokens", type=int, default=None)
     p.add_argument("--num_workers", type=int, default=1,
@@ -212,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_level", default="WARNING")
-    from eval_agent.agents.cli import add_backend_arguments
+    from eval_agent.agents.backend_args import add_backend_arguments
 
     add_backend_arguments(p)
     return p
@@ -222,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     env_factory = functools.partial(make_env, args.exp_config, args.split, data_dir=args.data_dir,
-                                    test_path=args.test_path, max_steps=args.max_steps)
+                                    task_file=args.test_path, max_steps=args.max_steps)
     env = env_factory()
     task_ids = env.task_ids()[: args.max_tasks] if args.max_tasks else env.task_ids()
     if not task_ids:
@@ -238,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)
     summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name)
-    _write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(out_dir / "summary.json", summary)
     env.close()
     print(f"Output folder: {out_dir}")
     table = type_table(summary["success_by_type"])

@@ -1,8 +1,36 @@
-"""Small typed records shared by environments, agents and the rollout engine."""
+"""Small typed records shared by environments, agents and the rollout engine, and the episode limits."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+MAX_STEPS = 40
+"""Actions an episode may take (STeCa's evaluation and sampling limit); the one place this default lives."""
+
+
+class EndReason(StrEnum):
+    """Why an episode ended: ``EpisodeState.terminate_reason``, written as its plain string value.
+
+    * ``success``: the engine reported ``won``.
+    * ``max_steps``: the episode used its :data:`MAX_STEPS` (or the job's own limit) actions.
+    * ``env_done``: the engine ended the game without a win.
+    * ``env_error``: the environment raised (reset, prefix replay or step).
+    * ``generation_error``: the policy failed for this row.
+    * ``expert_exhausted``: the scripted expert ran out of actions before the episode ended.
+    """
+
+    SUCCESS = "success"
+    MAX_STEPS = "max_steps"
+    ENV_DONE = "env_done"
+    ENV_ERROR = "env_error"
+    GENERATION_ERROR = "generation_error"
+    EXPERT_EXHAUSTED = "expert_exhausted"
+
+
+FAILED_RUN = (EndReason.ENV_ERROR, EndReason.GENERATION_ERROR)
+"""End reasons that mean the episode did not run to a real end (a stage retries or reports it)."""
 
 
 @dataclass(frozen=True)
@@ -16,6 +44,21 @@ class Message:
         if style == "sharegpt":
             return {"from": {"user": "human", "assistant": "gpt"}.get(self.role, self.role), "value": self.content}
         return {"role": self.role, "content": self.content}
+
+
+_ACTION_RE = re.compile(r"Action:\s*(.*)")
+
+
+def parse_action(text: str) -> str | None:
+    """The action of a ``Thought: ...\\nAction: ...`` turn: the first line after the last ``Action:``.
+
+    Returns None when the text has no ``Action:`` or the action is empty.
+    """
+    matches = _ACTION_RE.findall(text)
+    if not matches:
+        return None
+    action = matches[-1].strip().split("\n")[0].strip()
+    return action or None
 
 
 @dataclass(frozen=True)
@@ -36,8 +79,8 @@ class StepOutcome:
 class EpisodeState:
     """The state of one episode: chat history, counters and outcome.
 
-    ``terminate_reason`` is one of ``success``, ``max_steps``, ``env_error``, ``generation_error``
-    or None while the episode runs. Serialises to STeCa's per-task output (meta + conversations).
+    ``terminate_reason`` is an :class:`EndReason` (stored as its string), or None while the episode
+    runs. Serialises to STeCa's per-task output (meta + conversations).
     """
 
     task_id: str
@@ -47,7 +90,7 @@ class EpisodeState:
     reward: float = 0.0
     success: bool = False
     finished: bool = False
-    terminate_reason: str | None = None
+    terminate_reason: EndReason | str | None = None
     n_prompt_messages: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

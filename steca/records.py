@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
+from eval_agent.storage import to_json_obj, write_json_atomic, write_jsonl_atomic
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
@@ -421,83 +422,9 @@ def nonempty(result: LoadResult[T], path: str | os.PathLike, what: str = "record
     return result.records
 
 
-def _to_obj(rec: Any) -> dict[str, Any]:
-    return rec.to_dict() if hasattr(rec, "to_dict") else rec
-
-
 def write_records(path: str | os.PathLike, records: Iterable[Any], fmt: str | None = None) -> Path:
     """Write records atomically as ``json`` (array, indent 1) or ``jsonl``; the suffix decides by default."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fmt = fmt or ("jsonl" if p.suffix == ".jsonl" else "json")
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        if fmt == "jsonl":
-            for r in records:
-                f.write(json.dumps(_to_obj(r), ensure_ascii=False) + "\n")
-        else:
-            json.dump([_to_obj(r) for r in records], f, ensure_ascii=False, indent=1)
-    os.replace(tmp, p)
-    return p
-
-
-class JsonlSink:
-    """Append-only JSONL writer that flushes every record, so a crash loses at most the line in flight.
-
-    On open it repairs a torn last line (from a killed process) by truncating it.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_jsonl_tail(self.path)
-        self._f = self.path.open("a", encoding="utf-8")
-
-    def write(self, record: Any) -> None:
-        self._f.write(json.dumps(_to_obj(record), ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "JsonlSink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def repair_jsonl_tail(path: Path) -> None:
-    """Drop an incomplete final line (no trailing newline or not valid JSON) left by a killed writer."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    cut = len(data)
-    if not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-    else:
-        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
-        try:
-            json.loads(data[last_start:])
-        except json.JSONDecodeError:
-            cut = last_start
-    if cut != len(data):
-        logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - cut)
-        with path.open("r+b") as f:
-            f.truncate(cut)
-
-
-def read_jsonl_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete JSON objects of a JSONL file (missing file: empty list); torn lines are skipped."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    fmt = fmt or ("jsonl" if Path(path).suffix == ".jsonl" else "json")
+    if fmt == "jsonl":
+        return write_jsonl_atomic(path, records)
+    return write_json_atomic(path, [to_json_obj(r) for r in records])

@@ -12,9 +12,9 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from eval_agent.agents.base import Policy
-from eval_agent.agents.common import params_per_row
-from eval_agent.envs.base import parse_action
+from eval_agent.agents.policy import Policy
+from eval_agent.agents.backend_utils import params_per_row
+from eval_agent.types import parse_action
 from eval_agent.types import Message
 from steca.records import SFTRecord
 from steca.method.trajectories import split_expert

@@ -8,8 +8,8 @@ import pytest
 
 from eval_agent.envs import make_env
 from eval_agent.envs.alfworld_env import AlfWorldEnv, clean_observation
-from eval_agent.envs.alfworld_games import GameNotFoundError, collect_games
-from eval_agent.envs.base import parse_action
+from eval_agent.envs.alfworld_game_files import GameNotFoundError, collect_games
+from eval_agent.types import parse_action
 from eval_agent.episode import INVALID_FORMAT_OBSERVATION, start_episode, step_episode
 from eval_agent.types import Message
 from steca.data.datacheck import episode_turns
@@ -102,7 +102,7 @@ def test_raw_engine_and_env_api_agree(alfworld_data: Path, sample) -> None:
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-    from eval_agent.envs.alfworld_games import resolve_game_file
+    from eval_agent.envs.alfworld_game_files import resolve_game_file
 
     env = AlfWorldEnv(alfworld_data, "train")
     chosen = [r for r in sample if r.id in {"alfworld_0", "alfworld_6", "alfworld_9", "alfworld_12", "alfworld_30"}]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from steca.generators import alfworld_games as gen
 from steca.generators.alfworld_catalog import TASK_TYPES
-from steca.generators.alfworld_expert import expert_plan
+from steca.generators.alfworld_plan_search import expert_plan
 from steca.generators.alfworld_games import (GameJob, Replay, check_replay, generate, make_split_plan,
                                              sample_world)
 from steca.records import load_sft

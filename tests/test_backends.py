@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval_agent.agents import load_agent_config, make_policy, sampling_from_config
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.types import Message
 

@@ -15,7 +15,7 @@ import torch
 from training_fixtures import nano_model, rank_digests, weights_digest
 
 from steca.records import load_sft, write_records
-from steca.training.common import RANK_DIGEST_ENV, load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, load_tokenizer
 from steca.training.ipr import IPRArguments, LevelCollator, _ipr_trainer_class, build_ipr_dataset
 from tests.method_fixtures import explored_step, expert_sft, expert_step
 from tests.test_training import _grads, _hand_logp, _tiny_llama

@@ -11,7 +11,7 @@ import pytest
 from steca.demo.__main__ import main as demo_main
 from steca.demo.prep import take_subset, training_steps
 from steca.demo.report import elapsed_wall
-from steca.demo.stages import StageTiming, is_done, marker_path, read_timings, run_stage
+from steca.demo.stage_markers import StageTiming, is_done, marker_path, read_timings, run_stage
 from steca.records import PairRecord, SFTRecord, load_sft, write_records
 from eval_agent.types import Message
 

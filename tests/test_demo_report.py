@@ -14,7 +14,7 @@ from steca.demo.comparison import (all_comparisons, best_baseline, cell_stats, c
 from steca.demo.report import plotted_columns, step_reward_curve, write_report, write_seed_report
 from steca.demo.results import COLUMNS, MISSING, SplitResult, environment_of, load_results, method_rows
 from steca.demo.significance import PairedCounts
-from steca.demo.stages import run_stage
+from steca.demo.stage_markers import run_stage
 from steca.records import StepRecord, write_records
 from eval_agent.types import Message
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.envs.alfworld_games import collect_games
+from eval_agent.envs.alfworld_game_files import collect_games
 from steca.data.download import main as download_main
 from steca.data.download import unpack_alfworld, verify_alfworld
 

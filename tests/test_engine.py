@@ -15,9 +15,10 @@ from typing import Sequence
 
 import pytest
 
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError
-from eval_agent.engine import JsonlWriter, RolloutEngine, RolloutJob, run_evaluation
+from eval_agent.engine import RolloutEngine, RolloutJob, run_evaluation
+from eval_agent.storage import JsonlSink
 from eval_agent.prompts import build_prompt, instruction_from_sft
 from eval_agent.types import Message
 
@@ -149,7 +150,7 @@ def test_tiny_model_plays_dev_games_same_in_process_and_in_workers(tiny_policy, 
     jobs.append(RolloutJob("broken", "no/such/task", prompt, max_steps=2))
     out = tmp_path / "rollouts.jsonl"
     with RolloutEngine(tiny_policy, lambda: dev_env, num_workers=0, max_active=8, show_progress=False) as engine:
-        with JsonlWriter(out) as sink:
+        with JsonlSink(out) as sink:
             local = engine.run(jobs, sink=sink)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == len(local) == 6

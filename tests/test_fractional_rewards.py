@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from coin_policy import WASTED_ACTION, CoinExpertPolicy
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.engine import RolloutEngine
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from steca.method.datasets import RULE_EXPERT_WHOLE, build_calibrated, build_expert, build_explored, rule_expert_beats
 from steca.method.deviation import RELEASED_RULE
 from steca.method.encoders import HashingEncoder
@@ -28,7 +28,7 @@ from steca.method.reflection import OfflineReflector
 from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS
 from steca.method.trajectories import split_expert
 from steca.records import StepRecord, load_sft, load_steps
-from steca.sampling.envs import make_env
+from eval_agent.envs import make_env
 from steca.sampling.stages import expert_steps, explore_steps, monte_carlo
 
 P_WIN, N_ROLLOUTS, MAX_STEPS = 0.7, 5, 7
@@ -55,7 +55,7 @@ def _run_chain(root: Path, sft, factory) -> dict[str, dict[int, StepRecord]]:
 @pytest.fixture(scope="module")
 def alfworld_chain(tmp_path_factory, alfworld_data, alfworld_sft_sample):
     sft = load_sft(alfworld_sft_sample, strict=True).records[:1]  # alfworld_0: 5 expert steps
-    factory = partial(make_env, "alfworld", str(alfworld_data), "train", MAX_STEPS)
+    factory = partial(make_env, "alfworld", "train", str(alfworld_data), max_steps=MAX_STEPS)
     return sft[0], _run_chain(tmp_path_factory.mktemp("frac_alf"), sft, factory)
 
 
@@ -69,7 +69,7 @@ def virtualhome_chain(tmp_path_factory, virtualhome_data):
                                       + "\n")  # switch on the television: 4 expert steps
     expert_sft_from_tasks(root / "tasks.jsonl", virtualhome_data, root / "sft.json")
     sft = load_sft(root / "sft.json", strict=True).records
-    factory = partial(make_env, "virtualhome", str(virtualhome_data), "train", MAX_STEPS,
+    factory = partial(make_env, "virtualhome", "train", str(virtualhome_data), max_steps=MAX_STEPS,
                       task_file=str(root / "tasks.jsonl"))
     return sft[0], _run_chain(root, sft, factory)
 

@@ -15,7 +15,7 @@ import torch
 
 from training_fixtures import nano_model, rank_digests, weights_digest, write_small_pairs
 
-from steca.training.common import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_model, load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_model, load_tokenizer
 from steca.training.reference_logps import (FILE_NAME, attach_reference_logps, compute_reference_logps,
                                             read_reference_logps)
 from steca.training.reinforced import build_pair_dataset

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.types import Message
 
 from engine_fixtures import build_tiny_chat_model

@@ -6,9 +6,9 @@ from typing import Sequence
 
 import pytest
 
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.types import Message
-from steca.method.collect import main as collect_main
+from steca.collection.collect_cli import main as collect_main
 from steca.method.datasets import (RULE_EXPERT_WHOLE, build_calibrated, build_expert, build_explored,
                                    rule_expert_beats)
 from steca.method.deviation import RELEASED_RULE
@@ -180,7 +180,7 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
 
 def test_histograms_of_equal_or_nearly_equal_values(tmp_path):
     """A run whose distances are all (nearly) the same still gets its PNGs (numpy refuses 20 bins there)."""
-    from steca.method.collect import plot_histograms
+    from steca.collection.collect_cli import plot_histograms
 
     paths = plot_histograms(tmp_path / "d_c.json", {"expert": [0.5, 0.5]},
                             {"calibrated": [0.1, 0.1 + 1e-17], "explored": []})

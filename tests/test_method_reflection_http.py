@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from steca.method.datasets import build_calibrated
 from steca.method.deviation import RELEASED_RULE
 from steca.method.encoders import HashingEncoder

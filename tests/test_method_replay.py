@@ -8,13 +8,13 @@ import pytest
 from eval_agent.types import Message
 from steca.method.trajectories import split_expert
 from steca.records import PairRecord, load_sft
-from steca.sampling.envs import make_env
+from eval_agent.envs import make_env
 from steca.sampling.replay import check_calibrated_pairs, replay_calibration
 
 
 @pytest.fixture(scope="module")
 def env(alfworld_data):
-    e = make_env("alfworld", str(alfworld_data), "train")
+    e = make_env("alfworld", "train", str(alfworld_data))
     yield e
     e.close()
 

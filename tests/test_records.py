@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from eval_agent.types import EpisodeState, Message
-from steca.records import (JsonlSink, PairRecord, RecordError, SFTRecord, StepRecord, load_pairs, load_sft,
-                           load_steps, read_jsonl_objects, write_records)
+from eval_agent.storage import JsonlSink, read_jsonl_objects
+from steca.records import (PairRecord, RecordError, SFTRecord, StepRecord, load_pairs, load_sft, load_steps,
+                           write_records)
 
 
 def _step(i: int) -> StepRecord:

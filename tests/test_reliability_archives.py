@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.envs.alfworld_games import collect_games
+from eval_agent.envs.alfworld_game_files import collect_games
 from steca.data.download import (ARCHIVES, UnsafeArchiveError, _safe_extract, archive_problem, fetch,
                                  unpack_alfworld, unpack_plain, verify_alfworld)
 

@@ -19,7 +19,7 @@ import pytest
 from engine_fixtures import build_tiny_chat_model
 from method_fixtures import expert_rewards, expert_sft, explored_fixture
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.errors import FatalPolicyError
 from eval_agent.types import Message
 from steca.records import write_records

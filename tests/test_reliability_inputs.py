@@ -17,9 +17,9 @@ import pytest
 from method_fixtures import expert_rewards, expert_sft, explored_fixture
 from training_fixtures import nano_model
 
-from steca.method.collect import main as collect_main
+from steca.collection.collect_cli import main as collect_main
 from steca.records import (InvalidNumberError, RecordError, load_pairs, load_sft, load_steps, write_records)
-from steca.sampling.cli import main as sampling_main
+from steca.sampling.sampling_cli import main as sampling_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_training_refuses_to_save_nonfinite_weights(tmp_path: Path, tmp_path_fac
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from steca.training.common import NonFiniteWeightsError, save_final
+    from steca.training.trainer_setup import NonFiniteWeightsError, save_final
 
     src = nano_model(tmp_path_factory, alfworld_sft_sample)
     model = AutoModelForCausalLM.from_pretrained(src)

@@ -14,7 +14,7 @@ from training_fixtures import nano_model
 
 from steca.records import MAX_RECORD_CHARS, RecordError, load_sft
 from steca.training.chat import encode_chat
-from steca.training.common import DataArguments, ModelArguments, checkpoint_problem, load_tokenizer, resolve_resume
+from steca.training.trainer_setup import DataArguments, ModelArguments, checkpoint_problem, load_tokenizer, resolve_resume
 from steca.training.sft import encode_truncated, train_sft
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.engine import RolloutEngine
 
-from steca.method.collect import main as collect_main
+from steca.collection.collect_cli import main as collect_main
 from steca.records import load_pairs, load_sft, load_steps, write_records
-from steca.sampling.cli import main as sampling_main
-from steca.sampling.envs import make_env
+from steca.sampling.sampling_cli import main as sampling_main
+from eval_agent.envs import make_env
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def chain(tmp_path_factory, alfworld_data, alfworld_sft_sample):
     sampling_main(["expert_steps", *env, "--sft", str(root / "sft.json"), "--output", str(root / "expert.jsonl"),
                    "--log_level", "WARNING"])
     policy = HFPolicy(str(model))
-    engine = RolloutEngine(policy, partial(make_env, "alfworld", str(alfworld_data), "train"), max_active=16,
+    engine = RolloutEngine(policy, partial(make_env, "alfworld", "train", str(alfworld_data)), max_active=16,
                            show_progress=False)
     try:
         explore_steps(sft[:1], engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=8), max_steps=7)
@@ -115,7 +115,7 @@ def test_rerun_is_a_no_op_and_shards_partition(chain, alfworld_data, alfworld_sf
                    "--log_level", "WARNING"])
     assert out.read_text() == before
     sft = load_sft(alfworld_sft_sample, strict=True).records[:2]
-    env = make_env("alfworld", str(alfworld_data), "train")
+    env = make_env("alfworld", "train", str(alfworld_data))
     try:
         keys = []
         for i in range(2):

@@ -15,7 +15,7 @@ from training_fixtures import nano_model, rank_digests, weights_digest, write_sm
 
 from steca.records import load_sft
 from steca.training.chat import encode_chat
-from steca.training.common import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_tokenizer
+from steca.training.trainer_setup import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_tokenizer
 from steca.training.losses import sequence_logprobs
 from steca.training.sft import train_sft
 
@@ -147,7 +147,7 @@ def test_beta_changes_the_reinforced_result(nano_dir, pairs_small, tmp_path):
 def _generate(model_dir: Path, messages) -> str:
     """Greedy reply through the ``hf`` backend, or through transformers directly if it is absent."""
     try:
-        from eval_agent.agents.base import SamplingParams
+        from eval_agent.agents.policy import SamplingParams
         from eval_agent.agents.hf import HFPolicy
     except ImportError:
         from transformers import AutoModelForCausalLM

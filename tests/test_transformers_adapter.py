@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.types import Message
 
 from engine_fixtures import build_tiny_chat_model

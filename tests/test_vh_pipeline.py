@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.engine import RolloutEngine
 from eval_agent.envs.virtualhome import VirtualHomeEnv
 from steca.generators.virtualhome_tasks import expert_sft_from_tasks
-from steca.method.collect import main as collect_main
+from steca.collection.collect_cli import main as collect_main
 from steca.method.trajectories import prompt_length
 from steca.records import load_pairs, load_sft, load_steps
-from steca.sampling.cli import main as sampling_main
-from steca.sampling.envs import make_env
+from steca.sampling.sampling_cli import main as sampling_main
+from eval_agent.envs import make_env
 from steca.sampling.stages import explore_steps, monte_carlo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def chain(tmp_path_factory, virtualhome_data):
     env = ["--env", "virtualhome", "--env_data", str(virtualhome_data), "--task_file", str(tasks)]
     sampling_main(["expert_steps", *env, "--sft", str(root / "sft.json"), "--output", str(root / "expert.jsonl"),
                    "--log_level", "WARNING"])
-    factory = partial(make_env, "virtualhome", str(virtualhome_data), "train", task_file=str(tasks))
+    factory = partial(make_env, "virtualhome", "train", str(virtualhome_data), task_file=str(tasks))
     policy = HFPolicy(str(model))
     engine = RolloutEngine(policy, factory, max_active=16, show_progress=False)
     try:

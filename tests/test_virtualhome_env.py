@@ -13,7 +13,7 @@ import pytest
 from eval_agent.envs.virtualhome import NOTHING_HAPPENS, VirtualHomeEnv, load_tasks
 from eval_agent.envs.virtualhome.actions import parse_text_action, program_line_to_text
 from eval_agent.envs.virtualhome.graph import clean_scene, parse_observation
-from eval_agent.envs.virtualhome.tasks import parse_program_line
+from eval_agent.envs.virtualhome.task_files import parse_program_line
 
 REPO = Path(__file__).resolve().parents[1]
 

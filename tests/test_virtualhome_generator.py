@@ -83,7 +83,7 @@ def test_short_instruction_cli_changes_only_the_first_turn(generated: Path, tmp_
 
 @pytest.mark.slow
 def test_tiny_hf_model_plays_generated_tasks(generated: Path, tmp_path: Path):
-    from eval_agent.agents.base import SamplingParams
+    from eval_agent.agents.policy import SamplingParams
     from eval_agent.agents.hf import HFPolicy
     from eval_agent.engine import RolloutEngine, RolloutJob
     from eval_agent.types import Message

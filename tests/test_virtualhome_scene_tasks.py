@@ -11,7 +11,7 @@ import pytest
 
 from eval_agent.envs.virtualhome import VirtualHomeEnv
 from eval_agent.envs.virtualhome.graph import seated_neighbours
-from eval_agent.envs.virtualhome.tasks import task_from_dict
+from eval_agent.envs.virtualhome.task_files import task_from_dict
 from steca.generators.virtualhome_scene_tasks import (FAMILIES, REFERENCE_DIR, SCENES, TASK_FILE,
                                                       generate_scene_tasks)
 from steca.generators.virtualhome_tasks import main as generator_main

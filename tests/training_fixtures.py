@@ -29,7 +29,7 @@ def weights_digest(model_dir: Path, tmp: Path) -> str:
     """The same digest of a saved model directory's weights."""
     from transformers import AutoModelForCausalLM
 
-    from steca.training.common import write_rank_digest
+    from steca.training.trainer_setup import write_rank_digest
 
     path = write_rank_digest(AutoModelForCausalLM.from_pretrained(model_dir), tmp)
     return json.loads(path.read_text())["sha256"]

@@ -1,9 +1,9 @@
-"""Policy backends behind one interface (:class:`~eval_agent.agents.base.Policy`).
+"""Policy backends behind one interface (:class:`~eval_agent.agents.policy.Policy`).
 
 ``hf`` (local transformers model, CPU/GPU), ``vllm`` (offline vLLM engine, GPUs only) and
 ``openai`` (any OpenAI-compatible endpoint). Each backend has a JSON config in
 ``eval_agent/configs/<name>.json``: constructor options plus a ``generation`` block with the
-default :class:`~eval_agent.agents.base.SamplingParams`. Build one with :func:`make_policy`.
+default :class:`~eval_agent.agents.policy.SamplingParams`. Build one with :func:`make_policy`.
 Backends import their heavy dependencies lazily, so ``import eval_agent.agents`` is cheap.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BACKENDS = ("hf", "vllm", "openai")

@@ -77,8 +77,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eval_agent.agents.base import Policy, SamplingParams
-from eval_agent.agents.common import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
+from eval_agent.agents.policy import Policy, SamplingParams
+from eval_agent.agents.backend_utils import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.agents.shared_prefix import ATTENTION_NAME, shared_prefix_attention
 from eval_agent.agents.transformers_adapter import attention_implementation, cache_kwargs, internals

@@ -31,8 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from eval_agent.agents.base import Policy, SamplingParams
-from eval_agent.agents.common import RowParams, params_per_row, to_chat, truncate_at_stop
+from eval_agent.agents.policy import Policy, SamplingParams
+from eval_agent.agents.backend_utils import RowParams, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.types import Message
 

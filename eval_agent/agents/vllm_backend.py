@@ -9,7 +9,7 @@ history of an episode from one turn to the next) reuse its KV blocks instead of 
 Prompts are rendered with the tokenizer's chat template exactly as the ``hf`` backend renders
 them, so both backends see the same tokens. Sampling follows the ``SamplingParams`` of each row
 (``temperature == 0`` is greedy); row ``i`` of a call with seed ``s`` uses seed ``s + i``
-(see :func:`eval_agent.agents.common.params_per_row`).
+(see :func:`eval_agent.agents.backend_utils.params_per_row`).
 
 Example::
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from eval_agent.agents.base import Policy
-from eval_agent.agents.common import RowParams, params_per_row, to_chat, truncate_at_stop
+from eval_agent.agents.policy import Policy
+from eval_agent.agents.backend_utils import RowParams, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.types import Message
 

@@ -22,17 +22,18 @@ import json
 import logging
 import re
 import sys
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from eval_agent.envs.alfworld_expert import Goal, next_action
+from eval_agent.bounded_cache import BoundedCache
+from eval_agent.envs.alfworld_oracle import AlfredGoal, next_action
 from eval_agent.envs.alfworld_memo import EngineMemo
-from eval_agent.envs.alfworld_games import (GameInfo, collect_games, default_data_root, resolve_game_file)
-from eval_agent.envs.base import TaskEnv
-from eval_agent.types import StepOutcome
+from eval_agent.envs.alfworld_game_files import (GameInfo, collect_games, default_data_root, resolve_game_file)
+from eval_agent.envs.task_env import TaskEnv
+from eval_agent.types import MAX_STEPS, StepOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class AlfWorldEnv(TaskEnv):
 
     name = "alfworld"
 
-    def __init__(self, data_dir: str | Path | None = None, split: str = "dev", max_steps: int = 40,
+    def __init__(self, data_dir: str | Path | None = None, split: str = "dev", max_steps: int = MAX_STEPS,
                  max_games: int = 128, max_snapshots: int = 4096, memoize: bool = True):
         root = Path(data_dir) if data_dir is not None else default_data_root()
         if root is None:
@@ -151,7 +152,7 @@ class AlfWorldEnv(TaskEnv):
         self.games: list[GameInfo] = collect_games(root, split)
         self._by_id = {g.task_id: g for g in self.games}
         self._env: Any = None
-        self._loaded: "OrderedDict[Path, _LoadedGame]" = OrderedDict()
+        self._loaded: BoundedCache[Path, _LoadedGame] = BoundedCache(max_games, on_evict=self._forget_game)
         self._current: _LoadedGame | None = None
         self._pending: tuple[_LoadedGame, _Snapshot] | None = None  # a restore not yet applied to the engine
         self._ops: tuple[tuple[int, int], ...] = ()
@@ -159,7 +160,7 @@ class AlfWorldEnv(TaskEnv):
         self._expert_cache: dict[Path, list[str]] = {}
         self._memo = EngineMemo() if memoize else None
         # engine states reached by reset_to_prefix, keyed by (game, actions); LRU over all games
-        self._snapshots: "OrderedDict[tuple[Path, tuple[str, ...]], _Snapshot]" = OrderedDict()
+        self._snapshots: BoundedCache[tuple[Path, tuple[str, ...]], _Snapshot] = BoundedCache(max_snapshots)
 
     # ------------------------------------------------------------------ task lookup
     def task_ids(self) -> list[str]:
@@ -188,7 +189,6 @@ class AlfWorldEnv(TaskEnv):
     def _load(self, path: Path) -> _LoadedGame:
         game = self._loaded.get(path)
         if game is not None:
-            self._loaded.move_to_end(path)
             return game
         env = self._engine()
         with keep_argv(), self._memoized():
@@ -198,12 +198,13 @@ class AlfWorldEnv(TaskEnv):
         game = _LoadedGame(path, u._game_data, u._logic, u._pddl_state, u._entity_infos,
                            clean_observation(state.feedback))
         game.initial = self._snapshot(u, (), ())
-        self._loaded[path] = game
-        if len(self._loaded) > self.max_games:
-            old, _ = self._loaded.popitem(last=False)
-            for key in [k for k in self._snapshots if k[0] == old]:
-                del self._snapshots[key]
+        self._loaded.put(path, game)
         return game
+
+    def _forget_game(self, path: Path, _game: _LoadedGame) -> None:
+        """Drop the snapshots of a game pushed out of the loaded-games cache."""
+        for key in [k for k in self._snapshots if k[0] == path]:
+            self._snapshots.pop(key)
 
     @staticmethod
     def _snapshot(u: Any, ops: tuple[tuple[int, int], ...], outcomes: tuple[StepOutcome, ...]) -> _Snapshot:
@@ -287,8 +288,7 @@ class AlfWorldEnv(TaskEnv):
         while k > 0 and (path, key[:k]) not in self._snapshots:
             k -= 1
         if k:
-            snap = self._snapshots[(path, key[:k])]
-            self._snapshots.move_to_end((path, key[:k]))
+            snap = self._snapshots.get((path, key[:k]))
         else:
             snap = game.initial
         self._restore(game, snap)
@@ -296,9 +296,7 @@ class AlfWorldEnv(TaskEnv):
         outcomes = list(snap.outcomes)
         for i in range(k, len(key)):
             outcomes.append(self.execute(key[i]))
-            self._snapshots[(path, key[: i + 1])] = self._snapshot(self._env.unwrapped, self._ops, tuple(outcomes))
-            if len(self._snapshots) > self.max_snapshots:
-                self._snapshots.popitem(last=False)
+            self._snapshots.put((path, key[: i + 1]), self._snapshot(self._env.unwrapped, self._ops, tuple(outcomes)))
         return game.first_observation, outcomes
 
     def admissible_commands(self) -> list[str]:
@@ -319,7 +317,7 @@ class AlfWorldEnv(TaskEnv):
     def expert_actions(self, task_id: str) -> list[str]:
         """A winning action list for ``task_id`` (leaves the env reset to the task's initial state).
 
-        The oracle expert of :mod:`eval_agent.envs.alfworld_expert` acts on the true state; where
+        The oracle expert of :mod:`eval_agent.envs.alfworld_oracle` acts on the true state; where
         none of its rules applies, fast-downward's planner (the engine's ``policy_commands``)
         finishes from that state. Plans are cached per game.
         """
@@ -330,7 +328,7 @@ class AlfWorldEnv(TaskEnv):
         return list(self._expert_cache[path])
 
     def _solve(self, task_id: str, path: Path) -> list[str]:
-        goal = Goal.from_traj_data(path)
+        goal = AlfredGoal.from_traj_data(path)
         self.reset(task_id)
         actions: list[str] = []
         for _ in range(4 * self.max_steps):

@@ -21,7 +21,8 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from eval_agent.envs import make_env
-from eval_agent.envs.base import TaskEnv, parse_action
+from eval_agent.envs.task_env import TaskEnv
+from eval_agent.types import parse_action
 from steca.records import SFTRecord, load_sft, write_records
 
 logger = logging.getLogger(__name__)

@@ -191,7 +191,7 @@ def unpack_plain(archive: Path, output_dir: Path, name: str) -> Path:
 def verify_alfworld(root: Path, verify_games: int = 3) -> VerifyReport:
     """Count playable games per split and load ``verify_games`` of each (``-1``: all) in the engine."""
     from eval_agent.envs.alfworld_env import AlfWorldEnv
-    from eval_agent.envs.alfworld_games import collect_games
+    from eval_agent.envs.alfworld_game_files import collect_games
 
     report = VerifyReport()
     base = root / "json_2.1.1"

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from steca.demo.prep import take_subset, training_steps
 from steca.demo.report import write_report, write_seed_report
-from steca.demo.stages import is_done, run_stage
+from steca.demo.stage_markers import is_done, run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from steca.demo.comparison import cell_stats, comparison_sections, format_table
 from steca.demo.results import (COLUMNS, ENVIRONMENTS, MISSING, Column, Environment, RunResults, environment_of, load_results,
                                 method_rows)
-from steca.demo.stages import StageTiming, read_timings
+from steca.demo.stage_markers import StageTiming, read_timings
 from steca.records import load_steps
 
 logger = logging.getLogger(__name__)

@@ -45,10 +45,11 @@ from eval_agent.envs.alfworld_memo import EngineMemo
 from eval_agent.types import Message
 from steca.generators.alfworld_catalog import (APPLIANCE, GOAL_EXCLUDED, GOAL_TEMPLATES, LAMP, NEEDS, OBJECTS,
                                                ROOMS, SIZES, TASK_TYPES, RoomType)
-from steca.generators.alfworld_expert import ExpertError, ExpertStep, expert_plan
+from steca.generators.alfworld_plan_search import ExpertError, ExpertStep, expert_plan
 from steca.generators.alfworld_world import (Layout, Obj, Task, World, mangled_id, pddl_problem,
                                              receptacle_ids)
-from steca.records import JsonlSink, SFTRecord, read_jsonl_objects, write_records
+from eval_agent.storage import JsonlSink, read_jsonl_objects
+from steca.records import SFTRecord, write_records
 
 logger = logging.getLogger(__name__)
 

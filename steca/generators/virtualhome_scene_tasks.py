@@ -48,7 +48,7 @@ from eval_agent.envs.virtualhome.actions import program_line_to_text
 from eval_agent.envs.virtualhome.graph import (ROOM_CATEGORY, Resources, default_node_states, load_resources,
                                                load_scene)
 from eval_agent.envs.virtualhome.sim import Simulator, load_simulator
-from eval_agent.envs.virtualhome.tasks import Edge, ProgramLine
+from eval_agent.envs.virtualhome.task_files import Edge, ProgramLine
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 from eval_agent.envs.virtualhome.actions import program_line_to_text
 from eval_agent.envs.virtualhome.sim import Simulator, load_simulator
-from eval_agent.envs.virtualhome.tasks import Goal, ProgramLine
+from eval_agent.envs.virtualhome.task_files import Goal, ProgramLine
 from eval_agent.prompts import builtin_instruction
 
 logger = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ def generate(out_dir: str | Path, n_homes: int = 6, n_unseen_homes: int = 2, tas
         kept, sft = [], []
         for t in items:
             rec = t["record"]
-            conv = _play_expert(env, rec, prompt)
+            conv = expert_sft_conversation(env, rec["id"], prompt)
             if conv is None:
                 logger.warning("%s: expert program does not reach the goal in the env; dropped", rec["id"])
                 continue
@@ -498,12 +498,7 @@ def _final_nodes(sim: Simulator, init: dict[str, Any], program: Sequence[Program
     return {n.id: n.to_dict() for n in state.get_nodes()}
 
 
-def _play_expert(env: Any, rec: dict[str, Any], instruction: str) -> list[dict[str, str]] | None:
-    """Play the record's actions in ``env``; the SFT conversation when it wins, else None."""
-    return play_expert(env, rec["id"], instruction)
-
-
-def play_expert(env: Any, task_id: str, instruction: str) -> list[dict[str, str]] | None:
+def expert_sft_conversation(env: Any, task_id: str, instruction: str) -> list[dict[str, str]] | None:
     """Play task ``task_id``'s ground-truth program in ``env`` (a ``VirtualHomeEnv``).
 
     Returns the SFT conversation ``[instruction, "OK", first observation, (Thought/Action,
@@ -544,7 +539,7 @@ def expert_sft_from_tasks(task_file: str | Path, data_dir: str | Path, output: s
         if limit is not None and len(sft) >= limit:
             break
         try:
-            conv = play_expert(env, tid, prompt)
+            conv = expert_sft_conversation(env, tid, prompt)
         except Exception as e:  # noqa: BLE001 - one broken task must not stop the run
             logger.warning("%s, task %s: expert replay raised %s: %s", task_file, tid, type(e).__name__, e)
             conv = None

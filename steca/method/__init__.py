@@ -6,6 +6,6 @@
 * :mod:`~steca.method.encoders` / :mod:`~steca.method.dtw`: action embeddings and the DTW deviation distance.
 * :mod:`~steca.method.reflection`: the reflection prompt, LLM reflectors with a disk cache, the offline stand-in.
 * :mod:`~steca.method.trajectories`: cutting conversations into prompt, steps and continuations.
-* :mod:`~steca.method.datasets`: builders of D_c, D_e and D_s; :mod:`~steca.method.collect`: the
-  file-level stage (``data_collection/*.py``) with summaries and histograms.
+* :mod:`~steca.method.datasets`: builders of D_c, D_e and D_s (the file-level stage that calls
+  them, ``data_collection/*.py``, is :mod:`steca.collection.collect_cli`).
 """

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from steca.method.encoders import ActionEncoder
 from steca.records import StepRecord
 

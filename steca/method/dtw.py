@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from eval_agent.types import Message
 from steca.method.encoders import ActionEncoder
 

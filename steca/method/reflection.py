@@ -6,7 +6,7 @@ for the agent's next thought in the style of the history. The calibrated turn is
 ``Thought: <reflection>\\nAction: <expert action>`` (the expert action always wins, whatever
 action the model wrote).
 
-Reflectors: :class:`PolicyReflector` wraps any :class:`eval_agent.agents.base.Policy` (an OpenAI-
+Reflectors: :class:`PolicyReflector` wraps any :class:`eval_agent.agents.policy.Policy` (an OpenAI-
 compatible server, a local HF model, the base agent itself) with an on-disk response cache;
 :class:`OfflineReflector` is a deterministic template, a stand-in for runs without any LLM, and
 labels its output as such.
@@ -23,10 +23,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError
 from eval_agent.types import Message
-from steca.records import JsonlSink, read_jsonl_objects
+from eval_agent.storage import JsonlSink, read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 

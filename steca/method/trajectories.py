@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from eval_agent.envs.base import parse_action
+from eval_agent.types import parse_action
 from eval_agent.types import Message
 from steca.records import SFTRecord, StepRecord
 

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from eval_agent.agents import load_agent_config, make_policy
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import RowErrors
 from eval_agent.types import Message
 

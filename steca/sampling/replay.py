@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from eval_agent.envs.base import TaskEnv
+from eval_agent.envs.task_env import TaskEnv
 from steca.method.trajectories import split_expert
 from steca.records import PairRecord, SFTRecord
 

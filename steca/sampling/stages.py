@@ -27,13 +27,14 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.engine import RolloutEngine, RolloutJob
-from eval_agent.envs.base import TaskEnv
-from eval_agent.types import Message
+from eval_agent.envs.task_env import TaskEnv
+from eval_agent.types import FAILED_RUN, Message
 from steca.method.rewards import step_reward
 from steca.method.trajectories import prompt_length, split_expert
-from steca.records import JsonlSink, SFTRecord, StepRecord, read_jsonl_objects
+from eval_agent.storage import JsonlSink, finished_keys
+from steca.records import SFTRecord, StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,8 @@ class StageReport:
 
 def done_keys(path: str | Path) -> set[tuple[str, int]]:
     """``(id, iteration)`` of the complete records already in a JSONL output (torn lines ignored)."""
-    out = set()
-    for obj in read_jsonl_objects(path):
-        if isinstance(obj, dict) and "id" in obj and isinstance(obj.get("iteration"), int):
-            out.add((str(obj["id"]), obj["iteration"]))
-    return out
+    return finished_keys(path, lambda o: (str(o["id"]), o["iteration"])
+                         if isinstance(o, dict) and "id" in o and isinstance(o.get("iteration"), int) else None)
 
 
 def problems_path(output: str | Path) -> Path:
@@ -168,7 +166,7 @@ def explore_steps(sft: Sequence[SFTRecord], engine: RolloutEngine, output: str |
             ep = res.episode
             rid, t = ep.extra["sid"], ep.extra["t"]
             n = ep.n_prompt_messages + 1 + 2 * t
-            if len(ep.messages) <= n or ep.terminate_reason in ("generation_error", "env_error"):
+            if len(ep.messages) <= n or ep.terminate_reason in FAILED_RUN:
                 problems.write({"id": rid, "iteration": t, "stage": "explore",
                                 "terminate_reason": ep.terminate_reason, "error": ep.extra.get("error")})
                 report.problems += 1
@@ -240,7 +238,7 @@ def monte_carlo(records: Sequence[StepRecord], engine: RolloutEngine, output: st
                 continue
             rolls = sorted(results.pop(res.job_id), key=lambda x: x.rollout)
             r = todo[res.job_id]
-            ok = [x for x in rolls if x.episode.terminate_reason not in ("generation_error", "env_error")]
+            ok = [x for x in rolls if x.episode.terminate_reason not in FAILED_RUN]
             if not ok:
                 problems.write({"id": r.id, "iteration": r.iteration, "stage": "mc",
                                 "error": rolls[0].episode.extra.get("error", "every rollout failed")})

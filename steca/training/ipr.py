@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from steca.records import load_pairs
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs

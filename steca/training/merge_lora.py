@@ -1,6 +1,6 @@
 """Merge a saved LoRA adapter into its base model and save a plain model directory.
 
-``steca.training.common.save_final`` calls it at the end of every LoRA training run (the main
+``steca.training.trainer_setup.save_final`` calls it at the end of every LoRA training run (the main
 process, once every process has saved the adapter), so the sharded FSDP / ZeRO-3 training weights are
 never merged in place. By hand, after a run with ``--merge_lora false``:
 
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from steca.training.common import torch_dtype
+from steca.training.trainer_setup import torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def merge_lora(adapter_dir: str | Path, output_dir: str | Path, base_model: str 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from steca.training.common import load_tokenizer
+    from steca.training.trainer_setup import load_tokenizer
 
     adapter_dir = Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"

@@ -139,7 +139,7 @@ def attach_reference_logps(dataset, data_path: str | os.PathLike, ref_path: str 
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    from steca.training.common import ModelArguments, load_model, load_tokenizer
+    from steca.training.trainer_setup import ModelArguments, load_model, load_tokenizer
     from steca.training.reinforced import build_pair_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -27,7 +27,7 @@ import torch
 
 from steca.records import PairRecord, RecordError, load_pairs, log_summary
 from steca.training.chat import IGNORE_INDEX, encode_prompt_continuation
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 from steca.training.losses import sequence_logprobs, steca_loss

@@ -24,7 +24,7 @@ from typing import Sequence
 from eval_agent.types import Message
 from steca.records import RecordError, SFTRecord, load_sft, log_summary
 from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
-from steca.training.common import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
+from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 

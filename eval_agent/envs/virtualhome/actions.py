@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from eval_agent.envs.virtualhome.tasks import ProgramLine
+from eval_agent.envs.virtualhome.task_files import ProgramLine
 
 # (text template, script action). Order matters: the first matching template wins.
 TEMPLATES: tuple[tuple[str, str], ...] = (

@@ -2,7 +2,7 @@
 
 One instance plays the tasks of one jsonl file. Per step: the text action is parsed
 (:mod:`.actions`), its object names are resolved to node ids, the script line runs in the
-(fixed, see :mod:`.sim`) simulator, and the goal (:class:`~.tasks.Goal`) is checked.
+(fixed, see :mod:`.sim`) simulator, and the goal (:class:`~.task_files.Goal`) is checked.
 
 Object resolution, in order: the task's ``object_id_dict``; the last object the agent used, if of
 that class; objects of that class close to the agent; any node of that class (or of an equivalent
@@ -24,18 +24,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval_agent.envs.base import TaskEnv
+from eval_agent.bounded_cache import BoundedCache
+from eval_agent.envs.task_env import TaskEnv
 from eval_agent.envs.virtualhome.actions import TextAction, parse_text_action, program_line_to_text
 from eval_agent.envs.virtualhome.graph import (ROOM_CATEGORY, Resources, build_initial_graph, load_real_init_graph,
                                                load_resources, load_scene, unreachable_reason)
 from eval_agent.envs.virtualhome.sim import ALL_FIXES, Simulator, load_simulator
-from eval_agent.envs.virtualhome.tasks import Goal, TaskFileError, VHTask, load_tasks
-from eval_agent.types import StepOutcome
+from eval_agent.envs.virtualhome.task_files import Goal, TaskFileError, VHTask, load_tasks
+from eval_agent.types import MAX_STEPS, StepOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ class VirtualHomeEnv(TaskEnv):
     """
 
     name = "virtualhome"
-    max_steps = 40
+    max_steps = MAX_STEPS
 
     def __init__(self, test_path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                 seed: int = 0, max_steps: int = 40, split: str | None = None,
+                 seed: int = 0, max_steps: int = MAX_STEPS, split: str | None = None,
                  init_graph_dir: str | os.PathLike | None = None, cache_size: int = 32,
                  prefix_cache_size: int = 256, fixes: Sequence[str] = tuple(sorted(ALL_FIXES))):
         if data_dir is None and test_path is not None and Path(test_path).is_dir():
@@ -114,10 +114,8 @@ class VirtualHomeEnv(TaskEnv):
             init_graph_dir = self.data_dir / "init_graphs"
         self.init_graph_dir = Path(init_graph_dir) if init_graph_dir else None
         self.sim: Simulator = load_simulator(fixes)
-        self._cache: OrderedDict[str, _Prepared] = OrderedDict()
-        self._cache_size = cache_size
-        self._prefix_cache: OrderedDict[tuple[str, tuple[str, ...]], _Episode] = OrderedDict()
-        self._prefix_cache_size = prefix_cache_size
+        self._cache: BoundedCache[str, _Prepared] = BoundedCache(cache_size)
+        self._prefix_cache: BoundedCache[tuple[str, tuple[str, ...]], _Episode] = BoundedCache(prefix_cache_size)
         self._ep: _Episode | None = None
         E = self.sim.environment
         self._rel = {r.name: r for r in E.Relation}
@@ -179,7 +177,6 @@ class VirtualHomeEnv(TaskEnv):
         for k in range(len(acts), 0, -1):
             snap = self._prefix_cache.get((task_id, acts[:k]))
             if snap is not None:
-                self._prefix_cache.move_to_end((task_id, acts[:k]))
                 start = k
                 break
         if snap is None:
@@ -189,9 +186,7 @@ class VirtualHomeEnv(TaskEnv):
         for a in acts[start:]:
             self.execute(a)
         if acts and start < len(acts):
-            self._prefix_cache[(task_id, acts)] = self._copy_episode(self._ep)
-            while len(self._prefix_cache) > self._prefix_cache_size:
-                self._prefix_cache.popitem(last=False)
+            self._prefix_cache.put((task_id, acts), self._copy_episode(self._ep))
         assert self._ep is not None
         return self._ep.first_observation, list(self._ep.outcomes)
 
@@ -201,7 +196,6 @@ class VirtualHomeEnv(TaskEnv):
         task_id = task.task_id  # one cache entry per task, whether named by id or by path
         prep = self._cache.get(task_id)
         if prep is not None:
-            self._cache.move_to_end(task_id)
             return prep
         graph_dict = None
         if self.init_graph_dir is not None:
@@ -213,9 +207,7 @@ class VirtualHomeEnv(TaskEnv):
         chars = sorted(n["id"] for n in graph_dict["nodes"] if n["class_name"] == "character")
         reason = unreachable_reason(task, {n["id"] for n in graph_dict["nodes"]})
         prep = _Prepared(task, graph, chars[0], reason)
-        self._cache[task_id] = prep
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(task_id, prep)
         return prep
 
     def _copy_episode(self, ep: _Episode) -> _Episode:

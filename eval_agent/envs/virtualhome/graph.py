@@ -62,7 +62,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eval_agent.envs.virtualhome.tasks import Edge, ProgramLine, VHTask
+from eval_agent.envs.virtualhome.task_files import Edge, ProgramLine, VHTask
 
 logger = logging.getLogger(__name__)
 

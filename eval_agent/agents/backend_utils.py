@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
 from eval_agent.types import Message
 
 RowParams = SamplingParams | Sequence[SamplingParams]

@@ -23,7 +23,7 @@ TRANSFORMS = {
 
 
 @dataclass(frozen=True)
-class Goal:
+class AlfredGoal:
     """What a game asks for, from its ``traj_data.json``."""
 
     task_type: str
@@ -33,7 +33,7 @@ class Goal:
     n_objects: int
 
     @classmethod
-    def from_traj_data(cls, game_path: Path) -> "Goal":
+    def from_traj_data(cls, game_path: Path) -> "AlfredGoal":
         with (game_path.parent / "traj_data.json").open(encoding="utf-8") as f:
             traj = json.load(f)
         params = traj["pddl_params"]
@@ -64,7 +64,7 @@ class _Facts:
         return sorted(a[0] for a in self.pairs(pred) if a[1] == f"{cls}type")
 
 
-def next_action(facts: Any, entity_infos: dict, goal: Goal, admissible: list[str]) -> str | None:
+def next_action(facts: Any, entity_infos: dict, goal: AlfredGoal, admissible: list[str]) -> str | None:
     """The expert's next command in the current state, or None if no rule applies."""
     fx = _Facts(facts, entity_infos)
     loc_of = {r: l for r, l in fx.pairs("receptacleatlocation")}

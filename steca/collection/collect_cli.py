@@ -8,13 +8,13 @@ built, e.g. a reflection that finally failed) and PNG histograms of step rewards
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from eval_agent.storage import write_json_atomic
 from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
 from steca.method.deviation import RULE_PRESETS, DeviationConfig
 from steca.method.encoders import make_encoder
@@ -79,7 +79,7 @@ def write_run(output: Path, set_name: str, result: BuildResult, step_rewards: di
                "per_rule": dict(rules), "turned_away": dict(result.rejected),
                "counts": dict(result.counts), "problems": len(result.problems),
                "problems_file": str(problems_path), "invalid_input_records": invalid, "settings": settings}
-    side_path(output, "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_json_atomic(side_path(output, "_summary.json"), summary)
     logger.info("%s: %d %s pairs (%s); %d problems", output, len(result.pairs), set_name, dict(rules),
                 len(result.problems))
     return summary
@@ -116,7 +116,7 @@ def merge_training_files(inputs: Sequence[str | Path], output: str | Path, skip_
                "per_set": dict(Counter(str(p.extra.get("set", "unknown")) for p in pairs)),
                "per_rule": dict(Counter(f"{p.extra.get('set', 'unknown')}: {p.extra.get('rule')}" for p in pairs)),
                "duplicates_skipped": duplicates, "invalid_records": errors}
-    side_path(out, "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_json_atomic(side_path(out, "_summary.json"), summary)
     logger.info("merged %d pairs into %s (%s)", len(pairs), out, summary["per_set"])
     return summary
 
@@ -155,23 +155,19 @@ def load_inputs(sft_path: str, steps_paths: Sequence[str], invalid: list[str], r
 
 
 def make_reflector(args: argparse.Namespace) -> Reflector:
-    """The reflector the command line asks for (``offline`` needs nothing)."""
+    """The reflector the command line asks for: ``offline`` (needs nothing), ``openai`` (GPT-4o or any
+    served model), ``hf`` (a local model dir) or ``base`` (the base agent's model dir through ``hf``)."""
     if args.reflector == "offline":
         logger.warning("reflections come from the OFFLINE STAND-IN template, not from an LLM")
         return OfflineReflector()
-    from eval_agent.agents.base import SamplingParams
-    policy = make_policy(args.reflector, args.reflection_model, args.api_base)
+    from eval_agent.agents.policy import SamplingParams
+    from steca.sampling.policies import build_policy
+
+    # ``base``: the base agent's own model dir through ``hf`` (the paper's self-reflection variant)
+    policy = build_policy("hf" if args.reflector == "base" else args.reflector, args.reflection_model, args.api_base)
     cache = ReflectionCache(args.reflection_cache) if args.reflection_cache else None
     params = SamplingParams(temperature=args.reflection_temperature, max_new_tokens=args.reflection_max_tokens)
     return PolicyReflector(policy, f"{args.reflector}:{args.reflection_model}", params, cache, args.reflection_batch)
-
-
-def make_policy(kind: str, model: str, api_base: str | None):
-    """The reflection backend: ``openai`` (GPT-4o or any served model), ``hf`` (a local model dir) or
-    ``base`` (the base agent's own model dir through ``hf``: the paper's self-reflection variant)."""
-    from steca.sampling.policies import build_policy
-
-    return build_policy("hf" if kind == "base" else kind, model, api_base)
 
 
 def deviation_config(args: argparse.Namespace) -> DeviationConfig:
@@ -284,10 +280,10 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     settings.update(rule=cfg.rule_name(), reflector=reflector.source,
                     reflection_stand_in=isinstance(reflector, OfflineReflector))
     if args.replay_check:
-        from steca.sampling.envs import make_env
+        from eval_agent.envs import make_env
         from steca.sampling.replay import check_calibrated_pairs
 
-        env = make_env(env_name, args.env_data, args.env_split, task_file=args.env_task_file)
+        env = make_env(env_name, args.env_split, args.env_data, task_file=args.env_task_file)
         try:
             result.pairs, replay = check_calibrated_pairs(env, result.pairs, sft, args.drop_non_executable)
         finally:

@@ -20,9 +20,9 @@ from dataclasses import asdict
 from functools import partial
 from typing import Sequence
 
-from eval_agent.agents.base import SamplingParams
+from eval_agent.agents.policy import SamplingParams
+from eval_agent.envs import make_env
 from steca.records import load_sft, load_steps, nonempty
-from steca.sampling.envs import make_env
 from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     shard = Shard(args.part_num, args.part_idx)
     logger.info("part %d of %d, CUDA_VISIBLE_DEVICES=%s", args.part_idx, args.part_num,
                 os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
-    factory = partial(make_env, args.env, args.env_data, args.split, task_file=args.task_file)
+    factory = partial(make_env, args.env, args.split, args.env_data, task_file=args.task_file)
     # inputs are read (and refused) before any model is loaded
     if args.stage in ("expert_steps", "explore_steps"):
         if not args.sft:

@@ -1,4 +1,4 @@
-"""The narrow interface every environment implements, and the action parser STeCa uses.
+"""The narrow interface every environment implements.
 
 An environment plays one task at a time. It speaks in *engine actions* (``go to desk 1``); the
 episode driver (:mod:`eval_agent.episode`) turns a model's raw text into an action, keeps the chat
@@ -6,25 +6,10 @@ history and counts steps, so every environment behaves the same way towards the 
 """
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from typing import Sequence
 
-from eval_agent.types import StepOutcome
-
-_ACTION_RE = re.compile(r"Action:\s*(.*)")
-
-
-def parse_action(text: str) -> str | None:
-    """The action of a ``Thought: ...\\nAction: ...`` turn: the first line after the last ``Action:``.
-
-    Returns None when the text has no ``Action:`` or the action is empty.
-    """
-    matches = _ACTION_RE.findall(text)
-    if not matches:
-        return None
-    action = matches[-1].strip().split("\n")[0].strip()
-    return action or None
+from eval_agent.types import MAX_STEPS, StepOutcome
 
 
 class TaskEnv(ABC):
@@ -35,7 +20,7 @@ class TaskEnv(ABC):
     """
 
     name: str = "base"
-    max_steps: int = 40
+    max_steps: int = MAX_STEPS
 
     @abstractmethod
     def task_ids(self) -> list[str]:

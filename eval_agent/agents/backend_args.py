@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from eval_agent.agents import BACKENDS, load_agent_config, make_policy, sampling_from_config
-from eval_agent.agents.base import Policy, SamplingParams
+from eval_agent.agents.policy import Policy, SamplingParams
 
 
 def add_backend_arguments(ap: argparse.ArgumentParser) -> None:

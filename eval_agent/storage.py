@@ -1,0 +1,169 @@
+"""The one place where the pipeline writes its outputs and decides what is already finished.
+
+Every stage, in both packages, writes through these functions:
+
+* :func:`atomic_text_file` / :func:`write_json_atomic`: a whole file written through a temporary
+  file and ``os.replace``, so a kill never leaves half a file;
+* :class:`JsonlSink`: an append-only JSONL output, flushed and synced per record, whose torn last
+  line (from a killed writer) is cut off when it is opened again;
+* the resume rule: a unit of work is finished when its record is *complete* in the output, i.e.
+  a newline-terminated JSONL line (:func:`read_jsonl_objects`, :func:`finished_keys`) or a whole
+  JSON file that says so (:func:`load_finished_json`);
+* :func:`check_not_input`: a stage refuses an output path that is also one of its inputs.
+
+Hardening of resuming (locks, stricter checks) belongs here, so every stage gets it at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any, Callable, Hashable, Iterable, Iterator, TypeVar
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+def to_json_obj(record: Any) -> Any:
+    """What a record is written as: its ``to_dict()``, else its ``to_output()``, else itself."""
+    if hasattr(record, "to_dict"):
+        return record.to_dict()
+    if hasattr(record, "to_output"):
+        return record.to_output()
+    return record
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """A text file that replaces ``path`` only when the ``with`` block ends without an error."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, p)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (UTF-8, ``indent`` 1) to ``path`` atomically; returns the path."""
+    with atomic_text_file(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
+    """Write ``records`` as JSONL (one object per line) to ``path`` atomically; returns the path."""
+    with atomic_text_file(path) as f:
+        for r in records:
+            f.write(json.dumps(to_json_obj(r), ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+class JsonlSink:
+    """Append-only JSONL output that flushes and syncs every record: a crash loses at most the line
+    in flight. Opening it cuts a torn last line left by a killed writer. ``sink(record)`` is the
+    same as ``sink.write(record)``, so a sink can be handed to the rollout engine as a callback."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl_tail(self.path)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        self._f.write(json.dumps(to_json_obj(record), ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    __call__ = write
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def repair_jsonl_tail(path: str | os.PathLike) -> None:
+    """Drop an incomplete final line (no trailing newline, or not valid JSON) left by a killed writer."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    cut = len(data)
+    if not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+    else:
+        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        try:
+            json.loads(data[last_start:])
+        except json.JSONDecodeError:
+            cut = last_start
+    if cut != len(data):
+        logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - cut)
+        with path.open("r+b") as f:
+            f.truncate(cut)
+
+
+def read_jsonl_objects(path: str | os.PathLike) -> list[Any]:
+    """The complete records of a JSONL output: newline-terminated lines that parse as JSON.
+
+    A missing file is empty; a torn or unparsable line is skipped (it is not finished work).
+    """
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").split("\n")[:-1]:  # the part after the last newline is torn
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def finished_keys(path: str | os.PathLike, key: Callable[[Any], K | None]) -> set[K]:
+    """The keys of the finished records of a JSONL output; ``key`` returns None for a record it
+    does not recognise (that record does not count as finished)."""
+    out: set[K] = set()
+    for obj in read_jsonl_objects(path):
+        k = key(obj)
+        if k is not None:
+            out.add(k)
+    return out
+
+
+def load_finished_json(path: str | os.PathLike, parse: Callable[[Any], T], is_finished: Callable[[T], bool]) -> T | None:
+    """The record stored at ``path`` when the file is whole and ``is_finished`` says so, else None
+    (a missing, unreadable or unfinished file means the work runs again)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        record = parse(json.loads(p.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning("%s: unreadable (%s); its work runs again", p, e)
+        return None
+    return record if is_finished(record) else None
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise ValueError when ``output`` is the same file as one of ``inputs`` (None entries ignored)."""
+    out = Path(output).resolve()
+    for i in inputs:
+        if i is not None and Path(i).resolve() == out:
+            raise ValueError(f"output {output} is also an input of this stage; choose another output path")
