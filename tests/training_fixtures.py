@@ -36,12 +36,12 @@ def weights_digest(model_dir: Path, tmp: Path) -> str:
 
 
 def write_small_pairs(alfworld_sft_sample: Path, path: Path) -> Path:
-    """Eight STeCa pairs from the shared trajectories: trajectory i's prompt and first turns as chosen,
-    trajectory i+8's turns as rejected, rewards 1.0 .. 1.7."""
-    data = json.loads(alfworld_sft_sample.read_text())
-    with path.open("w") as f:
-        for i in range(8):
-            c, other = data[i]["conversations"], data[i + 8]["conversations"]
-            f.write(json.dumps({"id": data[i]["id"], "prompt": c[:3], "chosen": c[3:11], "rejected": other[3:9],
-                                "reward": 1.0 + 0.1 * i}) + "\n")
-    return path
+    """Eight STeCa pairs from the shared trajectories (trajectory i's turns chosen, i+8's rejected, rewards
+    1.0 .. 1.7): the pairs of ``scripts/gpu_smoke_checks.py pairs``, defined there once."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke_checks.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke_checks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_pairs(alfworld_sft_sample, path)
