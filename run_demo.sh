@@ -39,8 +39,16 @@ INSTRUCTION=${INSTRUCTION:-short}         # first user turn: short (reply format
 MODEL_SIZE=${MODEL_SIZE:-mini}            # nano | mini | tiny | small (bootstrap model trained from scratch)
 SFT_EPOCHS=${SFT_EPOCHS:-8}
 SFT_LR=${SFT_LR:-3e-3}
-SFT_BATCH=${SFT_BATCH:-2}                 # per process (x JOBS processes)
-JOBS=${JOBS:-2}                           # processes side by side (SFT data parallel, training, evaluation)
+SFT_BATCH=${SFT_BATCH:-2}                 # per process (x SFT_NPROC processes)
+SFT_NPROC=${SFT_NPROC:-2}                 # data-parallel SFT processes: part of the setting (the global batch is
+                                          # SFT_BATCH x SFT_NPROC), so the same on every machine, whatever JOBS is
+JOBS=${JOBS:-2}                           # independent stages side by side (sampling chains, trainings, evaluations);
+                                          # changes the wall time only, never a number
+THREADS=${THREADS:-1}                     # threads per process (OMP/MKL/torch); tiny models run fastest on one
+CPU_KERNELS=${CPU_KERNELS:-avx2}          # torch/MKL/oneDNN code path: avx2 (the same numbers on every x86-64 CPU
+                                          # with AVX2) | native (the CPU's best, e.g. AVX-512: numbers depend on the CPU)
+REPORT_TO=${REPORT_TO:-none}              # training logs: none | tensorboard | wandb (transformers' report_to; the
+                                          # package must be installed; logs go to each model folder's runs/)
 MAX_LENGTH=${MAX_LENGTH:-1024}            # tokens per training conversation
 # sampling (sampling/alfworld/*.sh)
 MC_TASKS=${MC_TASKS:-24}                  # expert trajectories whose steps get Monte Carlo rewards
@@ -71,7 +79,7 @@ VH_INSTRUCTION=${VH_INSTRUCTION:-short}   # first user turn: short (reply format
 VH_MODEL_SIZE=${VH_MODEL_SIZE:-mini}      # bootstrap model trained from scratch on the VirtualHome tasks
 VH_SFT_EPOCHS=${VH_SFT_EPOCHS:-20}
 VH_SFT_LR=${VH_SFT_LR:-5e-3}
-VH_SFT_BATCH=${VH_SFT_BATCH:-2}           # per process (x JOBS processes)
+VH_SFT_BATCH=${VH_SFT_BATCH:-2}           # per process (x SFT_NPROC processes)
 VH_MAX_LENGTH=${VH_MAX_LENGTH:-512}       # tokens per training conversation (the longest record has ~450)
 VH_MC_TASKS=${VH_MC_TASKS:-32}           # expert trajectories whose steps get Monte Carlo rewards
 VH_NUM_ROLLOUTS=${VH_NUM_ROLLOUTS:-2}     # N rollouts per scored step (paper: 5)
@@ -106,7 +114,9 @@ mkdir -p "$OUT_DIR"
 BENCH=$OUT_DIR/bench
 DATA=$OUT_DIR/data
 MODELS=$OUT_DIR/models
-stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" -- "${@:2}"; }
+# a stage's own output (progress bars, library warnings) goes to OUT_DIR/logs/stages/NAME.log; the console shows
+# each stage's start and end, with the count of finished stages, and the end of the log when one fails
+stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
 # its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed
 side_pids=(); side_names=()
@@ -169,11 +179,11 @@ train_both() {
   echo "${pre}steca_train and ${pre}baseline_train: $steps optimizer steps each"
   side "${pre}steca_train" stage "${pre}steca_train" env MODEL_PATH="$models/sft" TRAIN_DATA="$data/steca_pairs.json" \
     OUTPUT_DIR="$models/steca" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" SEED="$SEED" SAVE_STEPS=100000 \
-    bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
+    bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to "$REPORT_TO"
   side "${pre}baseline_train" stage "${pre}baseline_train" env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
     OUTPUT_DIR="$models/sft_more" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" MAX_LENGTH="$max_length" \
     SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
-    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to "$REPORT_TO"
   joined
 }
 # Greedy evaluation of OUT_DIR's model METHOD on both splits, side by side: eval_alfworld METHOD, eval_vh METHOD
@@ -227,10 +237,10 @@ baseline_rows() {
     if [[ "$variant" == rft ]]; then
       side "${pre}${name}_train" stage "${pre}${name}_train" env "${common[@]}" SFT_DATA="$data/$file" \
         OUTPUT_DIR="$models/$name" MAX_LENGTH="$max_length" bash sft/my_sft.sh --max_steps "$steps" \
-        --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to none
+        --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to "$REPORT_TO"
     else
       side "${pre}${name}_train" stage "${pre}${name}_train" env "${common[@]}" TRAIN_DATA="$data/$file" \
-        VARIANT="$variant" OUTPUT_DIR="$models/$name" bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to none
+        VARIANT="$variant" OUTPUT_DIR="$models/$name" bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to "$REPORT_TO"
     fi
   done
   joined
@@ -241,8 +251,16 @@ baseline_rows() {
   joined
 }
 export PROFILE=cpu
-# tiny models train and generate fastest with one thread per process; JOBS processes share the cores
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# The same numbers on every machine: THREADS threads in every process (whatever the environment said), and
+# one kernel family for every x86-64 CPU (torch's ATen dispatch, MKL's code path, oneDNN's ISA); see the
+# README's CPU mini benchmark section for what this pins and what it cannot.
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+export PYTHONHASHSEED=0   # set iteration order (e.g. the tags of a saved model card) the same in every process
+case "$CPU_KERNELS" in
+  avx2) export ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+  native) ;;
+  *) echo "CPU_KERNELS must be avx2 or native, not '$CPU_KERNELS'" >&2; exit 2 ;;
+esac
 
 if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
@@ -256,10 +274,10 @@ stage bootstrap python -m steca.training.bootstrap --sft_file "$BENCH/sft_train.
   --output_dir "$MODELS/bootstrap" --size "$MODEL_SIZE" --seed "$SEED"
 stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OUTPUT_DIR="$MODELS/sft" \
   EPOCHS="$SFT_EPOCHS" LR="$SFT_LR" PER_DEVICE_BATCH="$SFT_BATCH" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" \
-  NPROC="$JOBS" SAVE_STEPS=100 bash sft/my_sft.sh --report_to none   # checkpoints: an interrupted SFT resumes
+  NPROC="$SFT_NPROC" SAVE_STEPS=100 bash sft/my_sft.sh --report_to "$REPORT_TO"   # checkpoints: an interrupted SFT resumes
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
-sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling"
+sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
 sample_both "" sampling/alfworld "${sampling_env[@]}"
@@ -292,10 +310,10 @@ virtualhome_block() {
     --output_dir "$models/bootstrap" --size "$VH_MODEL_SIZE" --seed "$SEED"
   stage vh_sft env MODEL_PATH="$models/bootstrap" SFT_DATA="$bench/vh_sft_train.json" OUTPUT_DIR="$models/sft" \
     EPOCHS="$VH_SFT_EPOCHS" LR="$VH_SFT_LR" PER_DEVICE_BATCH="$VH_SFT_BATCH" MAX_LENGTH="$VH_MAX_LENGTH" SEED="$SEED" \
-    NPROC="$JOBS" SAVE_STEPS=50 bash sft/my_sft.sh --report_to none
+    NPROC="$SFT_NPROC" SAVE_STEPS=50 bash sft/my_sft.sh --report_to "$REPORT_TO"
 
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
-  local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling"
+  local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"
                          MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
                          MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
   sample_both vh_ sampling/virtualhome "${vh_sampling_env[@]}"

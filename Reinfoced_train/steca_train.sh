@@ -28,8 +28,11 @@ BETA=${BETA:-$(case "$VARIANT" in dpo|eto|ipr) echo 0.1;; *) echo 0.0;; esac)}
 USE_LORA=${USE_LORA:-false}
 SEED=${SEED:-42}
 SAVE_STEPS=${SAVE_STEPS:-200}
-MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-512}
-MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-3072}
+# Released: prompt + chosen kept whole, the concatenation cut on the right at MAX_LENGTH; a record whose
+# prompt alone is longer is reported and skipped. MAX_PROMPT_LENGTH / MAX_TARGET_LENGTH (empty: off) are an
+# option that is NOT the released behaviour: the prompt keeps its last N tokens, the continuation its first M.
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-}
+MAX_TARGET_LENGTH=${MAX_TARGET_LENGTH:-}
 if [ "$PROFILE" = "gpu" ]; then
   # released setting: lr 3e-6, 1 epoch, global batch 15, constant with 10% warmup, bf16, FSDP
   # VARIANT=dpo|eto|ipr get the same setting (with BETA 0.1) so that the rows compare at equal budgets. These
@@ -52,6 +55,7 @@ if [ "$PROFILE" = "gpu" ]; then
   PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-1}
   GRAD_ACCUM=${GRAD_ACCUM:-3}
   BF16=${BF16:-true}
+  MAX_LENGTH=${MAX_LENGTH:-4096}            # released
 else
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
   NPROC=${NPROC:-1}                         # >1: torchrun with the gloo backend
@@ -62,6 +66,7 @@ else
   PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-2}
   GRAD_ACCUM=${GRAD_ACCUM:-1}
   BF16=${BF16:-false}
+  MAX_LENGTH=${MAX_LENGTH:-2048}            # the bootstrap models' SFT length on CPU
 fi
 EPOCHS=${EPOCHS:-1}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/${VARIANT}/alfworld}   # = eval's MODEL_PATH for VARIANT=steca
@@ -74,8 +79,9 @@ ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_dir 
       --learning_rate "$LR" --num_train_epochs "$EPOCHS" --per_device_train_batch_size "$PER_DEVICE_BATCH"
       --gradient_accumulation_steps "$GRAD_ACCUM" --lr_scheduler_type constant_with_warmup --warmup_steps 0.1
       --bf16 "$BF16" --seed "$SEED" --save_steps "$SAVE_STEPS" --use_lora "$USE_LORA" --dtype "$DTYPE"
-      --gradient_checkpointing "$GRADIENT_CHECKPOINTING" --beta "$BETA"
-      --max_prompt_length "$MAX_PROMPT_LENGTH" --max_target_length "$MAX_TARGET_LENGTH")
+      --gradient_checkpointing "$GRADIENT_CHECKPOINTING" --beta "$BETA" --max_length "$MAX_LENGTH")
+[ -n "$MAX_PROMPT_LENGTH" ] && ARGS+=(--max_prompt_length "$MAX_PROMPT_LENGTH")
+[ -n "$MAX_TARGET_LENGTH" ] && ARGS+=(--max_target_length "$MAX_TARGET_LENGTH")
 case "$VARIANT" in
   steca) ENTRY=Reinfoced_train/steca_train.py ;;
   no_weighting) ENTRY=Reinfoced_train/steca_train.py; ARGS+=(--no_reward_weighting true) ;;
@@ -89,9 +95,11 @@ esac
 # steca/training/reference_logps.py). IPR keeps its in-training reference.
 REF_LOGPS=$OUTPUT_DIR/reference_logps.jsonl
 if [ "$VARIANT" != ipr ] && awk "BEGIN{exit !($BETA > 0)}" && [ ! -f "$REF_LOGPS" ]; then
-  python -m steca.training.reference_logps --model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" \
-    --output_file "$REF_LOGPS" --max_prompt_length "$MAX_PROMPT_LENGTH" --max_target_length "$MAX_TARGET_LENGTH" \
-    --dtype "$DTYPE"
+  REF_ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_file "$REF_LOGPS"
+            --max_length "$MAX_LENGTH" --dtype "$DTYPE")
+  [ -n "$MAX_PROMPT_LENGTH" ] && REF_ARGS+=(--max_prompt_length "$MAX_PROMPT_LENGTH")
+  [ -n "$MAX_TARGET_LENGTH" ] && REF_ARGS+=(--max_target_length "$MAX_TARGET_LENGTH")
+  python -m steca.training.reference_logps "${REF_ARGS[@]}"
 fi
 
 if [ "$PROFILE" = "gpu" ]; then

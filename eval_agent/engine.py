@@ -47,8 +47,8 @@ from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.envs.task_env import TaskEnv
 from eval_agent.episode import new_episode, record_step
-from eval_agent.storage import load_finished_json, write_json_atomic
-from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message, parse_action
+from eval_agent.storage import kill_point, load_finished_json, write_json_atomic
+from eval_agent.types import MAX_STEPS, EndReason, EpisodeState, Message, parse_action_as
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +295,11 @@ class RolloutEngine:
     def __init__(self, policy: Policy, env_factory: EnvFactory, num_workers: int = 0, max_active: int = 64,
                  default_params: SamplingParams | None = None, seed: int = 0, env_mode: str = "auto",
                  start_method: str = "spawn", show_progress: bool = True, progress_desc: str = "episodes",
-                 worker_timeout_s: float | None = 600.0):
+                 worker_timeout_s: float | None = 600.0, action_parser: str = "released"):
         if max_active < 1:
             raise ValueError("max_active must be at least 1")
+        parse_action_as("", action_parser)  # rejects an unknown parser name now
+        self.action_parser = action_parser
         self.policy = policy
         self.env_factory = env_factory
         self.num_workers = num_workers
@@ -439,7 +441,7 @@ class RolloutEngine:
             e.worker = self._route(e.job.task_id)
             self._load[e.worker] += 1
             turns = list(e.job.prefix) + ([e.job.forced_output] if e.job.forced_output is not None else [])
-            actions = [a for a in (parse_action(t) for t in turns) if a is not None]
+            actions = [a for a in (parse_action_as(t, self.action_parser) for t in turns) if a is not None]
             per_worker[e.worker].append(("start", e.uid, e.job.task_id, actions))
             index[e.worker].append(e)
         return self._submit(per_worker, drops), index
@@ -473,7 +475,7 @@ class RolloutEngine:
         turns = list(job.prefix) + ([job.forced_output] if job.forced_output is not None else [])
         it = iter(outcomes)
         for text in turns:
-            outcome = next(it) if parse_action(text) is not None else None
+            outcome = next(it) if parse_action_as(text, self.action_parser) is not None else None
             record_step(state, text, outcome, max_steps)
             if state.finished:
                 break
@@ -496,7 +498,7 @@ class RolloutEngine:
                 st.extra["error"] = errors.get(e.uid, "generation failed")
                 finished.append(e)
                 continue
-            action = parse_action(out)
+            action = parse_action_as(out, self.action_parser)
             if action is None:
                 record_step(st, out, None, e.job.max_steps or MAX_STEPS)
                 if st.finished:
@@ -601,7 +603,8 @@ def run_evaluation(engine: RolloutEngine, task_ids: Sequence[str], prompt: Seque
     if done:
         logger.info("%d of %d tasks already evaluated; running %d", len(done), len(done) + len(todo), len(todo))
     jobs = [RolloutJob(job_id=t, task_id=t, prompt=prompt, params=params, max_steps=max_steps) for t in todo]
-    for result in engine.run_iter(jobs):
+    for n, result in enumerate(engine.run_iter(jobs), 1):
         write_json_atomic(output_path_for(result.job_id), result.to_output())
         done[result.job_id] = result.episode
+        kill_point(n)
     return {t: done[t] for t in dict.fromkeys(task_ids)}

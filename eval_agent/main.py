@@ -113,11 +113,11 @@ def run_model(args: argparse.Namespace, env_factory: functools.partial, task_ids
     from eval_agent.prompts import prompt_for
 
     policy, params = policy_from_args(args)
-    prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+    prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num, args.data_dir, args.prompt_layout)
     if args.exp_config == "alfworld":  # a worker multiplexes its games over one env: keep them all loaded
         env_factory = functools.partial(env_factory, max_games=max(128, args.max_active))
     with RolloutEngine(policy, env_factory, num_workers=args.num_workers, max_active=args.max_active,
-                       seed=args.seed) as engine:
+                       seed=args.seed, action_parser=args.action_parser) as engine:
         return run_evaluation(engine, task_ids, prompt, lambda t: out_dir / task_file_name(t),
                               params=params, override=args.override)
 
@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_path", default=None, help="VirtualHome task file (jsonl)")
     p.add_argument("--sft_file", default=None, help="take the instruction from this SFT file's first turn")
     p.add_argument("--icl_num", type=int, default=1, help="in-context examples in the prompt (0 or 1)")
+    p.add_argument("--action_parser", default="released", choices=["released", "last_line"],
+                   help="released: all text after the first 'Action:'; last_line: the first line after the last one")
+    p.add_argument("--prompt_layout", default="turns", choices=["turns", "inline"],
+                   help="turns (released): the example as chat turns after 'OK'; inline: inside the instruction turn")
     p.add_argument("--output_path", default=None, help="folder for per-task JSON files and summary.json")
     p.add_argument("--override", action="store_true", help="rerun tasks that already have a finished output")
     p.add_argument("--max_tasks", type=int, default=None, help="only the first N tasks of the split")
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment worker processes (0: in-process; the expert plays tasks in parallel when > 1)")
     p.add_argument("--max_active", type=int, default=64, help="episodes in flight at once")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip_invalid", action="store_true",
+                   help="score the playable tasks when the task file has unplayable ones (listed in summary.json)")
     p.add_argument("--log_level", default="WARNING")
     from eval_agent.agents.backend_args import add_backend_arguments
 
@@ -205,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     env_factory = functools.partial(make_env, args.exp_config, args.split, data_dir=args.data_dir,
                                     task_file=args.test_path, max_steps=args.max_steps)
     env = env_factory()
+    invalid = [str(e) for e in getattr(env, "load_errors", None) or []]
+    if invalid and not args.skip_invalid:
+        raise SystemExit(f"{len(invalid)} task(s) of the task file cannot be played, and a success rate without "
+                         f"them would not be over the whole split (first: {invalid[0]}); fix the file or pass "
+                         f"--skip_invalid to score the others")
     task_ids = env.task_ids()[: args.max_tasks] if args.max_tasks else env.task_ids()
     if not task_ids:
         raise SystemExit(f"no tasks in split {args.split!r} of {args.exp_config}")
@@ -213,12 +224,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.agent_config == "expert":
         from eval_agent.prompts import prompt_for
 
-        prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num)
+        prompt = prompt_for(args.exp_config, args.sft_file, args.icl_num, args.data_dir, args.prompt_layout)
         results = run_expert(env, env_factory, task_ids, prompt, out_dir, args.override, args.num_workers)
     else:
         results = run_model(args, env_factory, task_ids, out_dir)
     summary = summarize(results, env)
-    summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name)
+    summary.update(exp_config=args.exp_config, split=args.split, agent=args.agent_config, model=args.model_name,
+                   invalid_tasks_skipped=invalid)
     write_json_atomic(out_dir / "summary.json", summary)
     env.close()
     print(f"Output folder: {out_dir}")

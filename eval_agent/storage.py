@@ -4,8 +4,10 @@ Every stage, in both packages, writes through these functions:
 
 * :func:`atomic_text_file` / :func:`write_json_atomic`: a whole file written through a temporary
   file and ``os.replace``, so a kill never leaves half a file;
-* :class:`JsonlSink`: an append-only JSONL output, flushed and synced per record, whose torn last
-  line (from a killed writer) is cut off when it is opened again;
+* :class:`JsonlSink`: an append-only JSONL output, flushed and synced per record, held by one
+  writer at a time (an exclusive lock on ``<output>.lock``; a second writer gets
+  :class:`OutputLockedError`), whose torn last line (from a killed writer) is cut off when it is
+  opened again, while a complete last record that only lost its newline is kept;
 * the resume rule: a unit of work is finished when its record is *complete* in the output, i.e.
   a newline-terminated JSONL line (:func:`read_jsonl_objects`, :func:`finished_keys`) or a whole
   JSON file that says so (:func:`load_finished_json`);
@@ -16,9 +18,12 @@ Hardening of resuming (locks, stricter checks) belongs here, so every stage gets
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import signal
+import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Hashable, Iterable, Iterator, TypeVar
 
@@ -26,6 +31,18 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
+
+# For tests only: a process where this is set to N kills itself (SIGKILL) right after its N-th record
+# (a JsonlSink line, or an evaluation's per-task file) is on disk: a crash at a known point, not a race.
+KILL_AFTER_RECORDS_ENV = "STECA_TEST_KILL_AFTER_RECORDS"
+
+
+def kill_point(records_written: int) -> None:
+    """SIGKILL this process when ``records_written`` equals ``$STECA_TEST_KILL_AFTER_RECORDS``."""
+    limit = os.environ.get(KILL_AFTER_RECORDS_ENV)
+    if limit is not None and records_written == int(limit):
+        logger.warning("%s=%s: killing this process after record %d", KILL_AFTER_RECORDS_ENV, limit, records_written)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def to_json_obj(record: Any) -> Any:
@@ -69,26 +86,67 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     return Path(path)
 
 
+class OutputLockedError(RuntimeError):
+    """Another process is writing the same output."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output: ``<output>.lock`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + ".lock")
+
+
+def lock_output(path: str | os.PathLike) -> IO[bytes]:
+    """Take the exclusive lock of ``path``'s output (released by closing the returned file, or when the
+    process ends, however it ends); :class:`OutputLockedError` when another process holds it."""
+    lp = lock_path(path)
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    f = lp.open("ab")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OutputLockedError(f"{path} is being written by another process (it holds {lp}); wait for that run "
+                                f"to end or stop it, then run again") from None
+    return f
+
+
 class JsonlSink:
     """Append-only JSONL output that flushes and syncs every record: a crash loses at most the line
-    in flight. Opening it cuts a torn last line left by a killed writer. ``sink(record)`` is the
-    same as ``sink.write(record)``, so a sink can be handed to the rollout engine as a callback."""
+    in flight. One writer at a time: opening takes the output's lock (:func:`lock_output`), then
+    repairs its tail (:func:`repair_jsonl_tail`). Resume from :meth:`finished_keys`, read after
+    the repair. ``sink(record)`` is the same as ``sink.write(record)``, so a sink can be handed to
+    the rollout engine as a callback."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_jsonl_tail(self.path)
-        self._f = self.path.open("a", encoding="utf-8")
+        self._lock = lock_output(self.path)
+        try:
+            repair_jsonl_tail(self.path)
+            self._f = self.path.open("a", encoding="utf-8")
+            self.written = 0
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def finished_keys(self, key: Callable[[Any], K | None]) -> set[K]:
+        """:func:`finished_keys` of this output (its tail already repaired, under the lock)."""
+        self._f.flush()
+        return finished_keys(self.path, key)
 
     def write(self, record: Any) -> None:
         self._f.write(json.dumps(to_json_obj(record), ensure_ascii=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
+        self.written += 1
+        kill_point(self.written)
 
     __call__ = write
 
     def close(self) -> None:
         self._f.close()
+        self._lock.close()
 
     def __enter__(self) -> "JsonlSink":
         return self
@@ -98,7 +156,12 @@ class JsonlSink:
 
 
 def repair_jsonl_tail(path: str | os.PathLike) -> None:
-    """Drop an incomplete final line (no trailing newline, or not valid JSON) left by a killed writer."""
+    """Drop an incomplete final line (not valid JSON) left by a killed writer.
+
+    A last line without its newline that is a whole JSON object is the complete record of a writer
+    killed between the record and its newline (a prefix of a JSON object is never an object): its
+    newline is added, so the record is kept and counts as finished.
+    """
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -106,6 +169,15 @@ def repair_jsonl_tail(path: str | os.PathLike) -> None:
     cut = len(data)
     if not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(data[cut:]), dict)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = False
+        if whole:
+            logger.warning("%s: the last record lacked its newline; keeping it", path)
+            with path.open("ab") as f:
+                f.write(b"\n")
+            return
     else:
         last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
         try:
@@ -159,6 +231,23 @@ def load_finished_json(path: str | os.PathLike, parse: Callable[[Any], T], is_fi
         logger.warning("%s: unreadable (%s); its work runs again", p, e)
         return None
     return record if is_finished(record) else None
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create ``path``'s folder and probe that a file can be written there, before a long run writes it.
+
+    Raises ``OSError`` naming ``path`` when it cannot.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise IsADirectoryError(f"{p} is a directory")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise OSError(f"{p}: cannot write the output here ({e})") from None
+    return p
 
 
 def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:

@@ -61,6 +61,27 @@ def parse_action(text: str) -> str | None:
     return action or None
 
 
+_ACTION_REST_RE = re.compile(r"Action:\s?(.*)", re.DOTALL)
+ACTION_PARSERS = ("released", "last_line")
+
+
+def parse_action_as(text: str, mode: str = "released") -> str | None:
+    """The action a model output sends to the environment.
+
+    ``released`` (the released environments' parser): everything after the FIRST ``Action:`` (one
+    optional space), later lines included, stripped. ``last_line``: :func:`parse_action`. The two
+    differ only on outputs with text after the action line, which the released parser sends to the
+    engine as part of the action (it then usually fails). None when there is no action.
+    """
+    if mode == "last_line":
+        return parse_action(text)
+    if mode != "released":
+        raise ValueError(f"action parser must be one of {ACTION_PARSERS}, got {mode!r}")
+    m = _ACTION_REST_RE.search(text)
+    action = m.group(1).strip() if m else ""
+    return action or None
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     """What the engine said about one executed action.

@@ -44,32 +44,56 @@ run_parts() {
   local stage=$1 output=$2
   shift 2
   mkdir -p "$(dirname "$output")"
-  local pids=() parts=() devices
+  local parts=() devices
   if [[ -n "$GPU_IDS" ]] && (( PART_NUM * GPUS_PER_PART > $(tr ',' '\n' <<< "$GPU_IDS" | wc -l) )); then
     echo "warning: $PART_NUM parts x $GPUS_PER_PART GPU(s) > GPUs in GPU_IDS=$GPU_IDS: parts share GPUs" >&2
   fi
+  _PART_PIDS=()
+  # Ctrl-C or a kill of this script stops every part (background processes of a script ignore
+  # SIGINT), waits for them, and leaves resumable outputs; each part runs in its own process group,
+  # so its environment workers stop with it
+  trap '_stop_parts INT 130' INT
+  trap '_stop_parts TERM 143' TERM
+  local launcher=()
+  if command -v setsid >/dev/null; then launcher=(setsid); fi  # a process group per part (util-linux)
   for ((i = 0; i < PART_NUM; i++)); do
     local part="${output%.jsonl}.part${i}of${PART_NUM}.jsonl"
     parts+=("$part")
     devices=$(part_devices "$i")
-    ${devices:+env CUDA_VISIBLE_DEVICES="$devices"} python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
+    ${devices:+env CUDA_VISIBLE_DEVICES="$devices"} ${launcher[@]+"${launcher[@]}"} python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
       --output "$part" --part_num "$PART_NUM" --part_idx "$i" ${TASK_FILE:+--task_file "$TASK_FILE"} "$@" &
-    pids+=($!)
+    _PART_PIDS+=($!)
   done
-  local failed=0
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  local failed=0 pid
+  for pid in "${_PART_PIDS[@]}"; do wait "$pid" || failed=1; done
+  trap - INT TERM
+  _PART_PIDS=()
   if [[ $failed -ne 0 ]]; then
     echo "a part of $stage failed; rerun this script to resume" >&2
     exit 1
   fi
-  cat "${parts[@]}" > "$output"
-  echo "$stage: $(wc -l < "$output") records in $output"
+  python -m steca.sampling.join_parts --output "$output" "${parts[@]}"
 }
 
-# model arguments shared by the stages that generate
+# _stop_parts SIGNAL STATUS: forward SIGTERM to every running part's process group, wait until the
+# groups are empty, exit with STATUS
+_stop_parts() {
+  trap - INT TERM
+  local pid
+  echo "sampling: got SIG$1; stopping ${#_PART_PIDS[@]} part(s); rerun this script to resume" >&2
+  for pid in "${_PART_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${_PART_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+    while kill -0 -- "-$pid" 2>/dev/null; do sleep 0.2; done
+  done
+  exit "$2"
+}
+
+# model arguments shared by the stages that generate. They sample with the evaluation prompt
+# (instruction from SFT_FILE, ICL_NUM in-context examples, as eval/*.sh; released: 1).
 model_args() {
   local args=(--backend "$BACKEND" --model_path "$MODEL_PATH" --max_new_tokens "$MAX_NEW_TOKENS"
-              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED")
+              --num_workers "$NUM_WORKERS" --max_active "$MAX_ACTIVE" --seed "$SEED" --icl_num "${ICL_NUM:-1}")
   if [[ -n "${API_BASE:-}" ]]; then args+=(--api_base "$API_BASE"); fi
   if [[ -n "${MAX_STEPS:-}" ]]; then args+=(--max_steps "$MAX_STEPS"); fi
   if [[ "$BACKEND" == vllm ]]; then args+=(--tensor_parallel_size "$TP"); fi

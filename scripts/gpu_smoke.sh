@@ -39,19 +39,17 @@ if [ "$MODE" = fetch ]; then
   # pinned versions from requirements-lock.json; torch, its CUDA libraries and vLLM are the node's / too large
   mkdir -p "$WHEELS"
   "$PY" scripts/gpu_smoke_checks.py wheels > "$WHEELS/requirements-smoke.txt" || exit 1
-  PLATFORMS=()
+  PLATFORMS=(--platform manylinux2014_x86_64)
   for v in 17 27 28; do PLATFORMS+=(--platform "manylinux_2_${v}_x86_64"); done
-  # wheels only, except deepspeed and fast-downward (source releases: built here into wheels)
-  grep -v -e '^deepspeed==' -e '^fast-downward-textworld==' "$WHEELS/requirements-smoke.txt" > "$WHEELS/binary.txt"
-  "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
-    --platform manylinux2014_x86_64 "${PLATFORMS[@]}" -d "$WHEELS" -r "$WHEELS/binary.txt" || exit 1
-  for src in $(grep -e '^deepspeed==' -e '^fast-downward-textworld==' "$WHEELS/requirements-smoke.txt"); do
-    if command -v python3.12 >/dev/null; then
-      python3.12 -m pip wheel --no-deps -w "$WHEELS" "$src" || exit 1
-    else
-      echo "python3.12 is needed to build $src into a wheel" >&2; exit 1
-    fi
-  done
+  # a wheel for CPython 3.12 where the index has one; otherwise the source release built into a wheel
+  # by python3.12 (deepspeed, jericho and fast-downward-textworld ship as source only)
+  while read -r req; do
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --abi cp312 --abi abi3 --abi none "${PLATFORMS[@]}" --platform any -d "$WHEELS" "$req" 2>/dev/null && continue
+    if ! command -v python3.12 >/dev/null; then echo "python3.12 is needed to build $req into a wheel" >&2; exit 1; fi
+    echo "building $req for Python 3.12"
+    python3.12 -m pip wheel --quiet --no-deps -w "$WHEELS" "$req" || exit 1
+  done < "$WHEELS/requirements-smoke.txt"
   size=$(du -sm "$WHEELS" | cut -f1)
   echo "wheels for Python 3.12 x86-64 in $WHEELS: ${size} MiB"
   if [ "$size" -gt 64 ]; then echo "over the 64 MiB budget" >&2; exit 1; fi

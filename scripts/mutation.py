@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 MUTMUT_VERSION = "3.8.1"
 MUTATED = ["steca/method/", "steca/training/losses.py", "steca/training/chat.py", "eval_agent/episode.py"]
 FAST_TESTS = ["tests/test_method_math.py", "tests/test_method_separating.py", "tests/test_method_datasets.py",
-              "tests/test_masks_losses_episode.py"]
+              "tests/test_baselines.py", "tests/test_masks_losses_episode.py"]
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 KILLED = {"killed", "timeout"}
 
@@ -85,6 +85,13 @@ def statuses(exe: Path, work: Path) -> dict[str, str]:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the mutants/ tree must be what the tests import
+    # mutmut forks a child per mutant: torch's thread pools do not survive a fork (the child hangs and
+    # would count as a timeout, i.e. a kill), so every library runs on one thread
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # the scratch copy has no ../shared/data beside it: point the real-data tests at the checkout's
+    shared = REPO.parent / "shared" / "data"
+    if "STECA_SHARED_DATA" not in env and shared.is_dir():
+        env["STECA_SHARED_DATA"] = str(shared)
     return env
 
 
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tests", nargs="+", default=FAST_TESTS)
     p.add_argument("--goal", type=float, default=90.0, help="exit 1 when the score (%%) is below this")
     p.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
+    p.add_argument("--report_only", action="store_true", help="score the results already in --work, run nothing")
     args = p.parse_args(argv)
 
     exe = ensure_venv(args.venv)
@@ -106,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         copy_checkout(work)
         write_config(work, args.paths, args.tests)
     start = time.time()
-    with (work / "mutmut.log").open("w") as log:
-        run = subprocess.run([str(exe), "run", "--max-children", str(args.jobs)], cwd=work, stdout=log,
-                             stderr=subprocess.STDOUT, env=_env())
+    if args.report_only:
+        run = subprocess.CompletedProcess([], 0)
+    else:
+        with (work / "mutmut.log").open("w") as log:
+            run = subprocess.run([str(exe), "run", "--max-children", str(args.jobs)], cwd=work, stdout=log,
+                                 stderr=subprocess.STDOUT, env=_env())
     wall = time.time() - start
     if run.returncode != 0:
         print(f"mutmut run failed (exit {run.returncode}); see {work / 'mutmut.log'}")

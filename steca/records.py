@@ -5,7 +5,8 @@ Three record families, all in the released STeCa field names:
 * SFT trajectories: ``{id, game_file, conversations}`` where ``conversations`` is a list of
   ``{"from": "human"|"gpt", "value": ...}`` or ``{"role": "user"|"assistant", "content": ...}``.
 * Step records (exploration and Monte Carlo): ``{id, iteration, game_file, agent_step_output,
-  agent_step_reward, agent_step_conversations, agent_conversations, agent_final_reward}``.
+  agent_step_reward, agent_step_conversations, agent_conversations, agent_final_reward}`` plus
+  ``monte_carlo_step_reward`` and ``mc_outcomes`` once scored (see :class:`StepRecord`).
 * Training pairs: ``{id, prompt, chosen, rejected, reward}`` (message lists; extra keys kept).
 
 Files may be a JSON array or JSONL (one object per line), UTF-8 with or without a byte-order
@@ -176,15 +177,38 @@ class SFTRecord:
 
 
 # ---------------------------------------------------------------- step records
+def _outcome(obj: dict[str, Any], key: str) -> float | None:
+    """An outcome-like number: a JSON number, or a JSON boolean read as 1.0 / 0.0 (the released writers
+    store ``state.success`` and the environment's ``won`` as booleans); None when absent."""
+    if key not in obj or obj[key] is None:
+        return None
+    value = obj[key]
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if not isinstance(value, (int, float)):
+        raise _FieldProblem(key, f"expected a number or a boolean, got {type(value).__name__}")
+    return check_number(value, key, 0.0, 1.0)
+
+
 @dataclass
 class StepRecord:
     """A scored step: the state after an expert prefix and one action, in STeCa's field names.
 
     ``agent_step_conversations`` is the chat up to and including the step's assistant turn
     (and its observation); ``agent_conversations`` the whole exploration episode from there
-    (explored steps only); ``agent_step_reward`` the Monte Carlo step reward (mean rollout
-    outcome, filled by the MC stage); ``agent_final_reward`` the exploration's outcome.
-    ``mc_outcomes`` keeps the individual rollout outcomes behind ``agent_step_reward``.
+    (explored steps only); ``agent_final_reward`` the exploration's outcome (the expert's, for
+    expert steps). Two rewards are kept apart, as in the released files:
+
+    * ``agent_step_reward``: the environment's reward right after the step (1 if it won the task),
+      the released sampling writers' meaning of this field;
+    * ``mc_step_reward`` (file field ``monte_carlo_step_reward``, the released data-collection
+      scripts' name): the Monte Carlo step reward, the mean outcome of the rollouts in
+      ``mc_outcomes``. Files written before this split carried it under ``agent_step_reward``
+      next to ``mc_outcomes``; such a record is read with that value as ``mc_step_reward``.
+
+    Outcomes (``agent_final_reward``, both rewards, ``mc_outcomes``) may be JSON booleans (read as
+    1/0). Records in the released writers' shapes (integer ids, extra ``time``, the 12-turn
+    prompt with the in-context example) load unchanged.
     """
 
     id: str
@@ -197,8 +221,9 @@ class StepRecord:
     agent_step_reward: float | None = None
     mc_outcomes: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    mc_step_reward: float | None = None
 
-    KEYS = ("id", "iteration", "game_file", "agent_step_output", "agent_step_reward",
+    KEYS = ("id", "iteration", "game_file", "agent_step_output", "agent_step_reward", "monte_carlo_step_reward",
             "agent_step_conversations", "agent_conversations", "agent_final_reward", "mc_outcomes")
 
     @property
@@ -214,14 +239,20 @@ class StepRecord:
         step_conv = parse_messages(_require(obj, "agent_step_conversations", list), "agent_step_conversations")
         conv_raw = _require(obj, "agent_conversations", list, optional=True)
         conv = parse_messages(conv_raw, "agent_conversations") if conv_raw is not None else None
-        final = _number(obj, "agent_final_reward", 0.0, 1.0, optional=True)
-        step_reward = _number(obj, "agent_step_reward", 0.0, 1.0, optional=True)
+        final = _outcome(obj, "agent_final_reward")
+        step_reward = _outcome(obj, "agent_step_reward")
+        mc_reward = _outcome(obj, "monte_carlo_step_reward")
         mc = _require(obj, "mc_outcomes", list, optional=True)
-        if mc is not None and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in mc):
-            raise _FieldProblem("mc_outcomes", "expected a list of numbers")
-        outcomes = None if mc is None else [check_number(x, f"mc_outcomes[{i}]", 0.0, 1.0) for i, x in enumerate(mc)]
+        outcomes = None
+        if mc is not None:
+            if not all(isinstance(x, (int, float)) for x in mc):
+                raise _FieldProblem("mc_outcomes", "expected a list of numbers or booleans")
+            outcomes = [check_number(float(x), f"mc_outcomes[{i}]", 0.0, 1.0) for i, x in enumerate(mc)]
+            if mc_reward is None and "monte_carlo_step_reward" not in obj:  # written before the split
+                mc_reward, step_reward = step_reward, None
         extra = {k: v for k, v in obj.items() if k not in cls.KEYS}
-        return cls(str(rid), iteration, game_file, out, step_conv, conv, final, step_reward, outcomes, extra)
+        return cls(str(rid), iteration, game_file, out, step_conv, conv, final, step_reward, outcomes, extra,
+                   mc_reward)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -231,6 +262,8 @@ class StepRecord:
             "agent_conversations": None if self.agent_conversations is None else dump_messages(self.agent_conversations),
             "agent_final_reward": self.agent_final_reward,
         }
+        if self.mc_step_reward is not None:
+            d["monte_carlo_step_reward"] = self.mc_step_reward
         if self.mc_outcomes is not None:
             d["mc_outcomes"] = self.mc_outcomes
         d.update(self.extra)

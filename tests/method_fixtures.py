@@ -40,7 +40,8 @@ def expert_prefix(t: int) -> list[Message]:
 
 def expert_step(t: int, reward: float, task_id: str = "t1") -> StepRecord:
     conv = expert_prefix(t) + [turn(EXPERT_ACTIONS[t], f"expert thought for {EXPERT_ACTIONS[t]}"), obs(EXPERT_OBS[t])]
-    return StepRecord(task_id, t, f"games/{task_id}/game.tw-pddl", conv[-2].content, conv, None, 1.0, reward)
+    return StepRecord(task_id, t, f"games/{task_id}/game.tw-pddl", conv[-2].content, conv, None, 1.0, None,
+                      mc_step_reward=reward)
 
 
 def explored_step(t: int, action: str, reward: float, final: float, task_id: str = "t1",
@@ -49,7 +50,8 @@ def explored_step(t: int, action: str, reward: float, final: float, task_id: str
     full = list(step_conv)
     for a in continuation if continuation is not None else ["look", "inventory"]:
         full += [turn(a, "exploring"), obs("Nothing happens.")]
-    return StepRecord(task_id, t, f"games/{task_id}/game.tw-pddl", step_conv[-2].content, step_conv, full, final, reward)
+    return StepRecord(task_id, t, f"games/{task_id}/game.tw-pddl", step_conv[-2].content, step_conv, full, final, None,
+                      mc_step_reward=reward)
 
 
 def expert_rewards() -> list[StepRecord]:

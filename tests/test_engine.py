@@ -289,12 +289,13 @@ def test_interrupted_evaluation_resumes_without_redoing_tasks(train_env_factory,
 
 
 def test_cli_evaluation_killed_midway_resumes(tiny_model_path_policy_factory, alfworld_data, tmp_path):
-    """``python -m eval_agent.main --agent_config hf``: SIGKILL after the first task, rerun, all tasks once."""
+    """``python -m eval_agent.main --agent_config hf``: killed right after the first task's file, rerun, all tasks once."""
     import os
     import signal
     import subprocess
     import sys
-    import time
+
+    from eval_agent.storage import KILL_AFTER_RECORDS_ENV
 
     model_dir = tiny_model_path_policy_factory.model_dir
     out = tmp_path / "eval"
@@ -303,13 +304,9 @@ def test_cli_evaluation_killed_midway_resumes(tiny_model_path_policy_factory, al
            "--output_path", str(out), "--max_tasks", "2", "--max_steps", "2", "--max_new_tokens", "4",
            "--num_workers", "0", "--max_active", "1", "--device", "cpu"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list(out.glob("*.json")):
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # the run SIGKILLs itself right after its first task's file is written: a fixed crash point, not a race
+    killed = subprocess.run(cmd, capture_output=True, text=True, env={**env, KILL_AFTER_RECORDS_ENV: "1"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
     assert len(first) == 1 and "summary.json" not in first
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

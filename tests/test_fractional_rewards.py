@@ -75,7 +75,7 @@ def virtualhome_chain(tmp_path_factory, virtualhome_data):
 
 
 def _table(chain: dict[int, StepRecord]) -> list[tuple]:
-    return [(t, parse_action(r.agent_step_output), r.agent_final_reward, r.agent_step_reward, r.mc_outcomes)
+    return [(t, parse_action(r.agent_step_output), r.agent_final_reward, r.mc_step_reward, r.mc_outcomes)
             for t, r in sorted(chain.items())]
 
 
@@ -165,6 +165,6 @@ def test_virtualhome_sets_from_fractional_rewards(virtualhome_chain):
     ds = build_expert(sft, ex, xp, HashingEncoder(), VIRTUALHOME_WEIGHTS)
     assert [(p.extra["iteration"], p.extra["rule"], p.extra.get("r_expert"), p.extra.get("r_explore"))
             for p in ds.pairs] == [(0, RULE_EXPERT_WHOLE, None, None), (3, rule_expert_beats(0.01), 1.0, 0.0)]
-    assert ds.rejected == {"expert_step_not_better": 2}
+    assert ds.rejected == {"expert_step_not_better": 1, "step_too_early": 1}  # t = 1 skipped, as released
     for p in cali.pairs + ds.pairs:
         assert p.reward == pytest.approx(1 + p.extra["distance"])  # VirtualHome's 1 + d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Sequence
 
 import pytest
@@ -13,11 +14,12 @@ from steca.method.datasets import (RULE_EXPERT_WHOLE, build_calibrated, build_ex
                                    rule_expert_beats)
 from steca.method.deviation import RELEASED_RULE
 from steca.method.dtw import trajectory_distance
-from steca.method.encoders import HashingEncoder
+from steca.method.encoders import ENCODER_THRESHOLDS, HashingEncoder
 from steca.method.reflection import (OfflineReflector, PolicyReflector, ReflectionCache, ReflectionRequest,
                                      parse_reflection, reflection_prompt)
 from steca.method.rewards import ALFWORLD_WEIGHTS, WeightScheme
 from steca.records import load_pairs, write_records
+from image_checks import colored_fraction
 from tests.method_fixtures import (EXPERT_ACTIONS, EXPERT_OBS, explored_fixture, explored_step, expert_prefix,
                                    expert_rewards, expert_sft, turn)
 
@@ -129,12 +131,14 @@ def test_expert_subtrajectory_rules():
     failed_t0 = explored_step(0, "go to shelf 1", 0.0, 0.0)
     explored = [failed_t0] + [explored_fixture()[t] for t in (2, 3, 4)]
     explored.append(explored_step(1, "go to shelf 1", 0.795, 0.0))  # r_expert(1)=0.8: margin 0.005 < 0.01
-    res = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS)
+    res = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS, min_step=1)
     rules = {p.id: p.extra["rule"] for p in res.pairs}
     # t=2: 0.8-0.4; t=3: 1.0-0.6; t=4: 1.0-0.2 (all > 0.01, outcome 1 vs 0); t=1 too close
     assert rules == {"t1_expert_0": RULE_EXPERT_WHOLE, "t1_expert_2": rule_expert_beats(0.01),
                      "t1_expert_3": rule_expert_beats(0.01), "t1_expert_4": rule_expert_beats(0.01)}
     assert res.rejected["expert_step_not_better"] == 1
+    released = build_expert(sft, expert_rewards(), explored, HashingEncoder(), ALFWORLD_WEIGHTS)  # t = 1 skipped
+    assert {p.id for p in released.pairs} == set(rules) and released.rejected["step_too_early"] == 1
     p = next(p for p in res.pairs if p.id == "t1_expert_2")
     assert p.prompt == expert_prefix(2)
     assert p.chosen[0].content.endswith(f"Action: {EXPERT_ACTIONS[2]}")
@@ -152,8 +156,8 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
         for r in explored_fixture().values():
             f.write(json.dumps(r.to_dict()) + "\n")
         f.write(json.dumps(bad) + "\n")  # one bad record must not lose the others
-    common = ["--sft", str(tmp_path / "sft.json"), "--explore_steps", str(tmp_path / "explore_steps.jsonl"),
-              "--log_level", "WARNING"]
+    common = ["--encoder", "hashing", "--sft", str(tmp_path / "sft.json"),
+              "--explore_steps", str(tmp_path / "explore_steps.jsonl"), "--log_level", "WARNING"]
     out = tmp_path / "run"
     s_c = collect_main("calibrated", "alfworld", common + ["--expert_steps", str(tmp_path / "expert_steps.jsonl"),
                                                            "--output", str(out / "cali.json")])
@@ -161,20 +165,23 @@ def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
                                                        "--output", str(out / "expert.json")])
     s_e = collect_main("explored", "alfworld", common + ["--output", str(out / "explored.json")])
     assert s_c["pairs"] == 2 and s_c["settings"]["reflection_stand_in"] is True
-    # D_s: t=1..4 each beat by the expert (t=0 exploration succeeded: no whole-expert pair)
-    assert s_s["pairs"] == 4 and s_e["pairs"] == 0
+    # D_s: t=2..4 each beat by the expert (t=1 too: skipped, as released; t=0 exploration succeeded: no
+    # whole-expert pair)
+    assert s_s["pairs"] == 3 and s_e["pairs"] == 0 and s_s["settings"]["min_step"] == 2
     assert len(s_c["invalid_input_records"]) == 1 and "record 5 (id='t9'), field 'iteration'" in s_c["invalid_input_records"][0]
     merged = collect_main("merge", "alfworld", [str(out / "cali.json"), str(out / "expert.json"),
                                                 str(out / "explored.json"), "--output", str(out / "train.json")])
-    assert merged["pairs"] == 6 and merged["per_set"] == {"calibrated": 2, "expert": 4}
+    assert merged["pairs"] == 5 and merged["per_set"] == {"calibrated": 2, "expert": 3}
     loaded = load_pairs(out / "train.json", strict=True).records
     assert all(set(p.to_dict()) >= {"id", "prompt", "chosen", "rejected", "reward", "set", "rule"} for p in loaded)
     for name in ("cali", "expert", "explored", "train"):
         assert (out / f"{name}_summary.json").exists()
-        assert (out / f"{name}_distances.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "cali_step_rewards.png").stat().st_size > 0
+        assert colored_fraction(out / f"{name}_distances.png") > 0.005  # bars drawn
+    assert colored_fraction(out / "cali_step_rewards.png") > 0.005
     summary = json.loads((out / "cali_summary.json").read_text())
-    assert summary["per_rule"] == {RELEASED_RULE.rule_name(): 2}
+    # the released rule with the hashing encoder's own "clearly different" threshold
+    hashing_rule = replace(RELEASED_RULE, max_similarity=ENCODER_THRESHOLDS["hashing"].max_similarity)
+    assert summary["per_rule"] == {hashing_rule.rule_name(): 2} and summary["settings"]["encoder"] == "hashing"
     assert summary["turned_away"]["same_action"] == 1
 
 
@@ -185,4 +192,4 @@ def test_histograms_of_equal_or_nearly_equal_values(tmp_path):
     paths = plot_histograms(tmp_path / "d_c.json", {"expert": [0.5, 0.5]},
                             {"calibrated": [0.1, 0.1 + 1e-17], "explored": []})
     assert [p.name for p in paths] == ["d_c_step_rewards.png", "d_c_distances.png"]
-    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert all(colored_fraction(p) > 0.002 for p in paths)  # one bar each (explored: no values, no bar)

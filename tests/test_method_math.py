@@ -95,7 +95,7 @@ def test_hashing_encoder_deterministic_and_normalised():
     assert e1.cosine("go to desk 1", "go to desk 1") == pytest.approx(1.0)
     assert e1.cosine("go to desk 1", "go to desk 2") > e1.cosine("go to desk 1", "clean mug 1 with sinkbasin 1")
     assert cosine_similarity(np.zeros(3), np.ones(3)) == 0.0
-    assert isinstance(make_encoder(None), HashingEncoder)
+    assert isinstance(make_encoder("hashing"), HashingEncoder)
 
 
 def test_bert_cls_encoder_on_a_tiny_random_bert(tmp_path):
@@ -107,7 +107,7 @@ def test_bert_cls_encoder_on_a_tiny_random_bert(tmp_path):
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=32)
     BertModel(cfg).save_pretrained(tmp_path)
-    enc = make_encoder(str(tmp_path))
+    enc = make_encoder("auto", str(tmp_path))
     assert isinstance(enc, BertClsEncoder) and enc.dim == 16
     vecs = enc.encode(["go to desk 1", "open drawer 2", "go to desk 1"])
     assert vecs.shape == (3, 16)
@@ -184,7 +184,7 @@ def test_no_reward_drop_and_missing_rewards():
     assert res.deviations == []
     assert res.rejected["no_reward_drop"] == 1 and res.rejected["missing_expert_action"] == 1
     unscored = explored_step(2, "go to shelf 1", 0.0, 0.0)
-    unscored.agent_step_reward = None
+    unscored.mc_step_reward = None
     res = find_deviations(expert_rewards(), [unscored], RELEASED_RULE, HashingEncoder())
     assert res.rejected["missing_explore_reward"] == 1
 
@@ -192,3 +192,26 @@ def test_no_reward_drop_and_missing_rewards():
 def test_similarity_filter_needs_an_encoder():
     with pytest.raises(ValueError):
         find_deviations([], [], RELEASED_RULE, None)
+
+
+def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
+    """Each vector is the model's last hidden state at position 0 ([CLS]) of that text alone; mean pooling
+    (or any other position) gives other vectors on this random BERT."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "go", "to", "desk", "open", "drawer", "1", "2", "the"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=32)).eval()
+    model.save_pretrained(tmp_path)
+    texts = ["go to desk 1", "open the drawer 2", "go to the desk 2 go to drawer 1"]  # padded in one batch
+    vecs = make_encoder(str(tmp_path)).encode(texts)
+    with torch.no_grad():
+        for text, vec in zip(texts, vecs):
+            hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
+            np.testing.assert_allclose(vec, hidden[0].numpy(), rtol=1e-4, atol=1e-5)
+            assert not np.allclose(vec, hidden.mean(0).numpy(), atol=1e-3)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from steca.method.datasets import RULE_EXPERT_WHOLE, build_calibrated, build_expert, build_explored, rule_expert_beats
-from steca.method.deviation import PAPER_RULE, RELEASED_RULE, DeviationConfig, find_deviations
+from steca.method.deviation import PAPER_RULE, RELEASED_RULE, DeviationConfig, find_deviations, step_conditions
 from steca.method.encoders import HashingEncoder
 from steca.method.reflection import OfflineReflector
 from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS
@@ -122,7 +122,8 @@ def test_calibrated_pairs_carry_the_rewards_that_selected_them():
 
 # ------------------------------------------------------------------ D_s: expert sub-trajectories
 def test_expert_set_needs_both_the_step_reward_and_the_outcome_to_be_better():
-    res = build_expert(_sft(), _experts(), _explored(), HashingEncoder(), ALFWORLD_WEIGHTS)
+    # min_step=1 so that t = 1 is judged too (the released preset skips it: tests/test_released_compat.py)
+    res = build_expert(_sft(), _experts(), _explored(), HashingEncoder(), ALFWORLD_WEIGHTS, min_step=1)
     got = [(p.id, p.extra["rule"], p.extra.get("r_expert"), p.extra.get("r_explore")) for p in res.pairs]
     beats = rule_expert_beats(0.01)
     assert got == [
@@ -177,3 +178,59 @@ def test_explored_set_keeps_close_successes_from_the_start_only():
     vh = build_explored(_sft(), _explored(), HashingEncoder(), VIRTUALHOME_WEIGHTS)
     assert [q.id for q in vh.pairs] == ["b_explored_0"] and vh.pairs[0].reward == pytest.approx(1.0)
     assert vh.rejected == Counter({"exploration_failed": 1, "distance_too_large": 1})
+
+
+# ------------------------------------------------------------------ labels, counters and edge cases
+def test_rule_names_spell_every_condition():
+    assert RELEASED_RULE.rule_name() == ("r_explore(t)-r_expert(t-1)<=0 & exploration_failed & action_differs & "
+                                         "cos<0.95 & t>=2 & every_deviated_step")
+    assert PAPER_RULE.rule_name() == "r_explore(t)-r_expert(t-1)<=0 & t>=1 & first_deviated_step"
+    assert rule_expert_beats(0.01) == "r_expert(t)-r_explore(t)>0.01 & R_expert-R_explore>0.01"
+
+
+def test_step_conditions_name_each_failed_condition():
+    cfg = RELEASED_RULE
+    assert step_conditions(2, 0.0, 0.4, 0.0, "go to drawer 1", "go to shelf 1", 0.5, cfg) == []
+    assert step_conditions(1, 0.0, 0.4, 0.0, "go to drawer 1", "go to shelf 1", 0.5, cfg) == ["step_too_early"]
+    assert step_conditions(2, 0.5, 0.4, 1.0, "a", "a", 1.0, cfg) == [
+        "no_reward_drop", "exploration_succeeded", "same_action", "similar_action"]
+    assert step_conditions(2, 0.4, 0.4, None, " a", "a ", 0.95, cfg) == [
+        "exploration_succeeded", "same_action", "similar_action"]
+    # an unparsed explored action is never "the same action"; no similarity: the filter does not apply
+    assert step_conditions(2, 0.0, 0.4, 0.0, "a", None, None, cfg) == []
+
+
+def test_tasks_in_natural_order_and_counters_per_record():
+    explored = [explored_step(2, "go to shelf 1", 0.0, 0.0, task) for task in ("t10", "t9", "t2")]
+    experts = [r for task in ("t10", "t9", "t2") for r in _expert(task)]
+    res = find_deviations(experts, explored, RELEASED_RULE, HashingEncoder())
+    assert [d.task_id for d in res.deviations] == ["t2", "t9", "t10"]
+    # records without the rewards they need are counted one by one and do not stop their task
+    no_reward = [explored_step(t, "go to shelf 1", 0.0, 0.0, "a") for t in (2, 3)]
+    for r in no_reward:
+        r.agent_step_reward = None
+    unscored_expert = _expert("b")
+    unscored_expert[1].agent_step_reward = unscored_expert[2].agent_step_reward = None
+    no_action = [explored_step(t, "go to shelf 1", 0.0, 0.0, "c") for t in (2, 4)]  # no expert step 2 or 4
+    res = find_deviations(
+        _expert("a") + unscored_expert + [r for r in _expert("c") if r.iteration in (0, 1, 3)],
+        no_reward + [explored_step(4, "examine shelf 1", 0.0, 0.0, "a")]
+        + [explored_step(t, "go to shelf 1", 0.0, 0.0, "b") for t in (2, 3, 4)] + no_action,
+        RELEASED_RULE, HashingEncoder())
+    assert [(d.task_id, d.t) for d in res.deviations] == [("a", 4), ("b", 4)]
+    assert res.rejected == Counter({"missing_explore_reward": 2, "missing_expert_reward": 2, "missing_expert_action": 2})
+
+
+def test_an_explored_turn_without_action_is_dissimilar():
+    from eval_agent.types import Message
+
+    rec = explored_step(2, "go to shelf 1", 0.0, 0.0, "a")
+    rec.agent_step_conversations[-2] = Message("assistant", "Thought: I do not know.")
+    rec.agent_step_output = "Thought: I do not know."
+    (d,) = find_deviations(_expert("a"), [rec], RELEASED_RULE, HashingEncoder()).deviations
+    assert (d.explored_action, d.similarity) == (None, 0.0)
+    (d,) = find_deviations(_expert("a"), [explored_step(2, "go to shelf 1", 0.0, 0.0, "a")],
+                           replace(RELEASED_RULE, max_similarity=None), None).deviations
+    assert d.similarity is None
+    with pytest.raises(ValueError, match="^the similarity filter needs an action encoder$"):
+        find_deviations([], [], RELEASED_RULE, None)

@@ -17,7 +17,8 @@ def _step(i: int) -> StepRecord:
             Message("assistant", f"Thought: t{i}\nAction: go to desk 1"), Message("user", "Observation: ok")]
     return StepRecord(id=str(i), iteration=i, game_file="json_2.1.1/train/a/b", agent_step_output=conv[3].content,
                       agent_step_conversations=conv, agent_conversations=conv + [Message("assistant", "x")],
-                      agent_final_reward=float(i % 2), agent_step_reward=0.4, mc_outcomes=[0.0, 1.0, 0.0, 1.0, 0.0],
+                      agent_final_reward=float(i % 2), agent_step_reward=0.0, mc_outcomes=[0.0, 1.0, 0.0, 1.0, 0.0],
+                      mc_step_reward=0.4,
                       extra={"source": "explore"})
 
 

@@ -47,6 +47,7 @@ def test_pair_reward_must_be_finite_and_not_negative(tmp_path: Path, bad: float)
 
 
 @pytest.mark.parametrize("field,value", [("agent_step_reward", math.nan), ("agent_step_reward", 1.5),
+                                         ("monte_carlo_step_reward", math.nan),
                                          ("agent_final_reward", math.inf), ("mc_outcomes", [1.0, math.nan])])
 def test_step_rewards_must_be_finite_and_in_unit_range(tmp_path: Path, field: str, value: object) -> None:
     recs = [r.to_dict() for r in expert_rewards()]
@@ -167,10 +168,10 @@ def _collect_inputs(tmp_path: Path, expert: list[dict] | None = None) -> list[st
 def test_data_collection_refuses_nan_step_rewards(tmp_path: Path) -> None:
     """Failure 9: NaN step rewards crashed data collection in the histogram after writing ``[]``."""
     rows = [r.to_dict() for r in expert_rewards()]
-    rows[1]["agent_step_reward"] = math.nan
+    rows[1]["monte_carlo_step_reward"] = math.nan
     args = _collect_inputs(tmp_path, rows)
     out = tmp_path / "run" / "cali.json"
-    with pytest.raises(InvalidNumberError, match="record 1 \\(id='t1'\\), field 'agent_step_reward'"):
+    with pytest.raises(InvalidNumberError, match="record 1 \\(id='t1'\\), field 'monte_carlo_step_reward'"):
         collect_main("calibrated", "alfworld", args + ["--output", str(out)])
     assert not out.exists()
     summary = collect_main("calibrated", "alfworld", args + ["--output", str(out), "--skip_invalid"])
@@ -181,9 +182,9 @@ def test_data_collection_refuses_step_records_without_rewards(tmp_path: Path) ->
     """Failure 9: missing or null rewards gave 0 pairs and exit 0, the reason only in a summary file."""
     rows = [r.to_dict() for r in expert_rewards()]
     for r in rows:
-        r["agent_step_reward"] = None
+        r["monte_carlo_step_reward"] = None
     args = _collect_inputs(tmp_path, rows)
-    with pytest.raises(RecordError, match="field 'agent_step_reward': missing or null: run the Monte Carlo stage"):
+    with pytest.raises(RecordError, match="field 'monte_carlo_step_reward': missing or null: run the Monte Carlo stage"):
         collect_main("expert", "alfworld", args + ["--output", str(tmp_path / "expert_set.json")])
 
 
@@ -192,3 +193,46 @@ def test_merge_of_inputs_without_pairs_is_an_error(tmp_path: Path) -> None:
     write_records(empty, [])
     with pytest.raises(RecordError, match="no training pair in any input"):
         collect_main("merge", "alfworld", [str(empty), "--output", str(tmp_path / "train.json")])
+
+
+# ------------------------------------------------------------------ 11. the lower ones
+def test_data_check_learns_an_unwritable_report_path_before_the_replay(alfworld_sft_sample: Path,
+                                                                       tmp_path: Path) -> None:
+    from steca.data.datacheck import main as datacheck_main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    # the data dir does not exist: a replay started first would fail on it instead
+    with pytest.raises(OSError, match="cannot write the output here"):
+        datacheck_main(["--sft_file", str(alfworld_sft_sample), "--data_dir", str(tmp_path / "missing"),
+                        "--report", str(blocker / "report.jsonl")])
+
+
+@pytest.mark.parametrize("content", [b"", b"[]", "\u00e9t\u00e9".encode("latin-1")])
+def test_data_check_refuses_an_input_that_yields_nothing(alfworld_data: Path, tmp_path: Path, content: bytes) -> None:
+    from steca.data.datacheck import main as datacheck_main
+
+    src = tmp_path / "sft.json"
+    src.write_bytes(content)
+    with pytest.raises(RecordError) as e:
+        datacheck_main(["--sft_file", str(src), "--data_dir", str(alfworld_data), "--num_workers", "1"])
+    assert str(src) in str(e.value)
+
+
+def test_a_task_with_an_unknown_scene_is_not_left_out_of_the_success_rate(virtualhome_data: Path,
+                                                                          tmp_path: Path) -> None:
+    """Failure 11: a VirtualHome task with an unknown scene was dropped and the rate computed over the rest."""
+    from eval_agent.main import main as eval_main
+
+    first = (virtualhome_data / "vh_seen_test.jsonl").read_text().splitlines()[0]
+    unknown = first.replace("TrimmedTestScene", "TrimmedTestScene9", 1).replace('"id": "', '"id": "x', 1)
+    assert unknown != first
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(first + "\n" + unknown + "\n")
+    args = ["--exp_config", "virtualhome", "--split", "dev", "--agent_config", "expert", "--data_dir",
+            str(virtualhome_data), "--test_path", str(tasks), "--num_workers", "0", "--output_path", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="1 task\\(s\\) of the task file cannot be played"):
+        eval_main(args)
+    summary = eval_main(args + ["--skip_invalid"])
+    assert summary["n_tasks"] == 1 and len(summary["invalid_tasks_skipped"]) == 1
+    assert "unknown scene" in summary["invalid_tasks_skipped"][0]

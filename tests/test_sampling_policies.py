@@ -1,11 +1,10 @@
-"""Several OpenAI-compatible servers behind one policy: real local HTTP servers, the real openai backend."""
+"""Several OpenAI-compatible servers behind one policy: the project's own ``serve.py`` over two tiny models
+with different weights (so each answer shows which server gave it), through the real openai backend."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+
+from engine_fixtures import build_tiny_chat_model
 
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.errors import RowErrors
@@ -13,64 +12,55 @@ from eval_agent.types import Message
 
 pytest.importorskip("openai")
 
-
-class EchoServer(ThreadingHTTPServer):
-    """Answers ``<name>: <last user message>``; HTTP 400 when the message is ``bad``."""
-
-    def __init__(self, name: str):
-        super().__init__(("127.0.0.1", 0), EchoHandler)
-        self.name = name
-        self.requests = 0
+PARAMS = SamplingParams(temperature=0.0, max_new_tokens=8)
 
 
-class EchoHandler(BaseHTTPRequestHandler):
-    server: EchoServer
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, alfworld_sft_sample):
+    """Two ``serve.py`` servers (ports chosen by the OS at bind time) and each one's own greedy answers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def log_message(self, *args) -> None:
-        pass
+    from eval_agent.agents.hf import HFPolicy
+    from eval_agent.agents.serve import make_server, serve_in_thread
 
-    def do_POST(self) -> None:  # noqa: N802
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests += 1
-        text = req["messages"][-1]["content"]
-        if text == "bad":
-            status, obj = 400, {"error": {"message": "prompt too long", "type": "invalid_request_error"}}
-        else:
-            status, obj = 200, {"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                                "choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": f"{self.server.name}: {text}"}}]}
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture()
-def servers():
-    srvs = [EchoServer("A"), EchoServer("B")]
+    root = tmp_path_factory.mktemp("two_servers")
+    a = build_tiny_chat_model(root / "a", alfworld_sft_sample)
+    model = AutoModelForCausalLM.from_pretrained(a)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.normal_(0.0, 0.3, generator=g)
+    model.save_pretrained(root / "b")
+    AutoTokenizer.from_pretrained(a).save_pretrained(root / "b")
+    policies = [HFPolicy(str(a), device="cpu"), HFPolicy(str(root / "b"), device="cpu")]
+    batch = [[Message("user", f"You are in room {i}. Your task is to: find the key {i}.")] for i in range(5)]
+    own = [p.generate(batch, PARAMS) for p in policies]
+    srvs = [make_server(p, "tiny") for p in policies]
     for s in srvs:
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    yield srvs
+        serve_in_thread(s)
+    yield srvs, batch, own
     for s in srvs:
-        s.shutdown()
-        s.server_close()
+        s.close()
+    for p in policies:
+        p.close()
 
 
 def test_batch_is_spread_over_servers_and_answers_keep_their_order(servers):
     from steca.sampling.policies import MultiServerPolicy, build_policy
 
-    urls = ",".join(f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers)
-    policy = build_policy("openai", "m", urls)
+    srvs, batch, (own_a, own_b) = servers
+    assert own_a != own_b  # the two models answer differently, so the answers tell the servers apart
+    policy = build_policy("openai", "tiny", ",".join(s.base_url for s in srvs))
     assert isinstance(policy, MultiServerPolicy) and len(policy.policies) == 2
-    batch = [[Message("user", f"q{i}")] for i in range(5)]
     try:
-        out = policy.generate(batch, SamplingParams(temperature=0.0, max_new_tokens=8))
-        assert out == ["A: q0", "B: q1", "A: q2", "B: q3", "A: q4"]
-        assert [s.requests for s in servers] == [3, 2]
+        # row i goes to server i % 2
+        assert policy.generate(batch, PARAMS) == [own_a[0], own_b[1], own_a[2], own_b[3], own_a[4]]
+        # a request the server refuses (a role it does not know: HTTP 400) fails its own row only
         with pytest.raises(RowErrors) as err:
-            policy.generate([[Message("user", "ok")], [Message("user", "bad")]], SamplingParams())
-        assert err.value.outputs == ["A: ok", None] and set(err.value.errors) == {1}
+            policy.generate([batch[0], [Message("tool", "bad")]], PARAMS)
+        assert err.value.outputs == [own_a[0], None] and set(err.value.errors) == {1}
+        assert "400" in err.value.errors[1] or "role" in err.value.errors[1]
     finally:
         policy.close()

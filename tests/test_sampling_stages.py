@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +22,17 @@ import pytest
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.engine import RolloutEngine
+from eval_agent.storage import KILL_AFTER_RECORDS_ENV
 
 from steca.collection.collect_cli import main as collect_main
 from steca.records import load_pairs, load_sft, load_steps, write_records
-from steca.sampling.sampling_cli import main as sampling_main
 from eval_agent.envs import make_env
-from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
+from eval_agent.prompts import prompt_for
+from steca.method.trajectories import prompt_length
+from steca.sampling.sampling_cli import evaluation_stop
+from steca.sampling.sampling_cli import main as sampling_main
+from steca.sampling.stages import Shard, expert_steps, explore_steps, mc_job, monte_carlo
+from image_checks import colored_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 MC_ARGS = ["--num_rollouts", "2", "--max_steps", "7", "--max_new_tokens", "8", "--save_rollouts", "--seed", "0",
@@ -52,14 +56,19 @@ def chain(tmp_path_factory, alfworld_data, alfworld_sft_sample):
     policy = HFPolicy(str(model))
     engine = RolloutEngine(policy, partial(make_env, "alfworld", "train", str(alfworld_data)), max_active=16,
                            show_progress=False)
+    # what the command line samples with: the evaluation prompt and the evaluation config's stop strings
+    prompt = prompt_for("alfworld", root / "sft.json", 1, alfworld_data)
+    stop = evaluation_stop("hf")
     try:
-        explore_steps(sft[:1], engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=8), max_steps=7)
+        explore_steps(sft[:1], engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=8, stop=stop),
+                      max_steps=7, prompt=prompt)
         for kind in ("expert", "explore"):
             monte_carlo(load_steps(root / f"{kind}.jsonl", strict=True).records, engine, root / f"{kind}_mc.jsonl",
-                        num_rollouts=2, params=SamplingParams(1.0, max_new_tokens=8), max_steps=7, save_rollouts=True)
+                        num_rollouts=2, params=SamplingParams(1.0, max_new_tokens=8, stop=stop), max_steps=7,
+                        save_rollouts=True, prompt=prompt)
     finally:
         engine.close()
-    return {"root": root, "env": env, "model_args": model_args, "sft": sft[:1]}
+    return {"root": root, "env": env, "model_args": model_args, "sft": sft[:1], "prompt": prompt, "model": model}
 
 
 def _records(path: Path) -> list[dict]:
@@ -81,15 +90,41 @@ def test_expert_steps_records(chain):
 def test_explored_steps_records(chain):
     recs = load_steps(chain["root"] / "explore.jsonl", strict=True).records
     assert sorted(r.iteration for r in recs) == [0, 1, 2, 3, 4]
+    k = len(chain["prompt"]) + 1  # the evaluation prompt (with its in-context example), then the first observation
     for r in recs:
-        n = 3 + 2 * r.iteration
+        n = k + 2 * r.iteration
+        assert prompt_length(r.agent_step_conversations) == k
         assert r.agent_conversations[:n + 2] == r.agent_step_conversations
         assert r.agent_step_conversations[n].role == "assistant"
         assert r.agent_step_output == r.agent_step_conversations[n].content
         # the prefix turns are the expert's; observations come from the engine
-        assert [m.content for m in r.agent_step_conversations[3:n:2]] == \
-            [m.content for m in chain["sft"][0].conversations[3:n:2]]
+        assert [m.content for m in r.agent_step_conversations[k:n:2]] == \
+            [m.content for m in chain["sft"][0].conversations[3:3 + 2 * r.iteration:2]]
         assert r.agent_final_reward == 0.0 and r.extra["steps"] <= 7
+
+
+def test_exploration_and_mc_prompts_equal_the_evaluation_prompt(chain, alfworld_data, tmp_path):
+    """Turn for turn: the prompt an evaluation run writes, the explored records' and the MC jobs'."""
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "eval_agent.main", "--exp_config", "alfworld", "--split", "train",
+                           "--agent_config", "hf", "--model_name", str(chain["model"]), "--data_dir", str(alfworld_data),
+                           "--sft_file", str(chain["root"] / "sft.json"), "--output_path", str(out), "--max_tasks", "1",
+                           "--max_steps", "1", "--max_new_tokens", "4", "--num_workers", "0", "--device", "cpu"],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    episode = json.loads(next(p for p in out.glob("*.json") if p.name != "summary.json").read_text())
+    eval_turns = [(m["role"], m["content"]) for m in episode["conversations"]]
+    prompt = [(m.role, m.content) for m in chain["prompt"]]
+    assert len(prompt) == 16 and eval_turns[:len(prompt)] == prompt  # instruction, OK, 14 example turns
+    assert "Your task is to:" in eval_turns[len(prompt)][1]  # then the task's own first observation
+    for kind in ("explore", "expert"):
+        for r in load_steps(chain["root"] / f"{kind}.jsonl", strict=True).records:
+            if kind == "explore":
+                assert [(m.role, m.content) for m in r.agent_step_conversations[:len(prompt)]] == prompt
+            job = mc_job(r, 2, SamplingParams(1.0), prompt=chain["prompt"])
+            assert [(m.role, m.content) for m in job.prompt] == prompt
+            assert list(job.prefix) == [s.content for s in chain["sft"][0].conversations[3:3 + 2 * r.iteration:2]]
 
 
 def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
@@ -98,12 +133,13 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert sorted(r.iteration for r in recs) == [0, 1, 2, 3, 4]
         for r in recs:
             assert len(r.mc_outcomes) == 2 and r.extra["mc_errors"] == 0
-            assert r.agent_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
+            # the nano model's rollouts of one state all end alike (fractional rewards: test_fractional_rewards.py)
+            assert set(r.mc_outcomes) == {r.mc_step_reward}
             assert len(r.extra["mc_rollout_turns"]) == 2
     expert = {r.iteration: r for r in load_steps(chain["root"] / "expert_mc.jsonl").records}
-    assert expert[4].agent_step_reward == 1.0  # the last expert step wins: every rollout is a success
+    assert expert[4].mc_step_reward == 1.0 == expert[4].agent_step_reward  # the last expert step wins: every rollout is a success
     assert expert[4].extra["mc_rollout_turns"] == [[], []]
-    assert all(expert[t].agent_step_reward == 0.0 for t in range(4))  # the random model never finishes
+    assert all(expert[t].mc_step_reward == 0.0 == expert[t].agent_step_reward for t in range(4))  # the random model never finishes
     # the two rollouts of a state draw different samples
     assert expert[0].extra["mc_rollout_turns"][0] != expert[0].extra["mc_rollout_turns"][1]
 
@@ -131,26 +167,22 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
     out = tmp_path / "mc.jsonl"
     cmd = [sys.executable, str(REPO / "sampling" / "run_sampling.py"), "mc", *chain["env"], *chain["model_args"],
            "--steps", str(chain["root"] / "expert.jsonl"), "--output", str(out), *MC_ARGS]
-    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd + ["--max_active", "2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = out.read_text().count("\n")
-    assert 1 <= partial < 5
-    subprocess.run(cmd + ["--max_active", "16"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant;
+    # the run kills itself right after its 2nd record (a deterministic crash point, not a timed one)
+    killed = subprocess.run(cmd + ["--max_active", "2"], cwd=REPO, env={**env, KILL_AFTER_RECORDS_ENV: "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert out.read_text().count("\n") == 2
+    subprocess.run(cmd + ["--max_active", "16"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     assert _records(out) == _records(chain["root"] / "expert_mc.jsonl")
 
 
 def test_whole_chain_builds_three_sets_and_a_valid_merged_file(chain, alfworld_data):
     root = chain["root"]
-    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING"]
+    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING",
+              "--encoder", "hashing"]  # the same encoder whether or not MiniLM is installed
     s_c = collect_main("calibrated", "alfworld", common + ["--expert_steps", str(root / "expert_mc.jsonl"),
                                                            "--output", str(root / "sets" / "cali.json"),
                                                            "--replay_check", "true", "--env_data", str(alfworld_data)])
@@ -171,5 +203,6 @@ def test_whole_chain_builds_three_sets_and_a_valid_merged_file(chain, alfworld_d
         assert p.extra["rule"] and p.extra["set"] in ("calibrated", "expert")
         if p.extra["set"] == "calibrated":
             assert isinstance(p.extra["replay_executable"], bool)
-    for name in ("cali_step_rewards.png", "cali_distances.png", "train_distances.png"):
-        assert (root / "sets" / name).exists() or (root / name).exists()
+    for png in (root / "sets" / "cali_step_rewards.png", root / "sets" / "cali_distances.png",
+                root / "train_distances.png"):
+        assert colored_fraction(png) > 0.002  # bars drawn

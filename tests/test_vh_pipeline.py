@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -24,13 +23,16 @@ import pytest
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.engine import RolloutEngine
+from eval_agent.storage import KILL_AFTER_RECORDS_ENV
 from eval_agent.envs.virtualhome import VirtualHomeEnv
 from steca.generators.virtualhome_tasks import expert_sft_from_tasks
 from steca.collection.collect_cli import main as collect_main
 from steca.method.trajectories import prompt_length
 from steca.records import load_pairs, load_sft, load_steps
-from steca.sampling.sampling_cli import main as sampling_main
 from eval_agent.envs import make_env
+from eval_agent.prompts import prompt_for
+from steca.sampling.sampling_cli import evaluation_stop
+from steca.sampling.sampling_cli import main as sampling_main
 from steca.sampling.stages import explore_steps, monte_carlo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,18 +60,21 @@ def chain(tmp_path_factory, virtualhome_data):
     factory = partial(make_env, "virtualhome", "train", str(virtualhome_data), task_file=str(tasks))
     policy = HFPolicy(str(model))
     engine = RolloutEngine(policy, factory, max_active=16, show_progress=False)
+    # what the command line samples with: the evaluation prompt and the evaluation config's stop strings
+    prompt = prompt_for("virtualhome", root / "sft.json", 1, virtualhome_data)
+    stop = evaluation_stop("hf")
     try:
-        explore_steps(sft, engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=MAX_NEW),
-                      max_steps=MAX_STEPS)
+        explore_steps(sft, engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=MAX_NEW, stop=stop),
+                      max_steps=MAX_STEPS, prompt=prompt)
         for kind in ("expert", "explore"):
             monte_carlo(load_steps(root / f"{kind}.jsonl", strict=True).records, engine, root / f"{kind}_mc.jsonl",
-                        num_rollouts=N_ROLLOUTS, params=SamplingParams(1.0, max_new_tokens=MAX_NEW),
-                        max_steps=MAX_STEPS, save_rollouts=True)
+                        num_rollouts=N_ROLLOUTS, params=SamplingParams(1.0, max_new_tokens=MAX_NEW, stop=stop),
+                        max_steps=MAX_STEPS, save_rollouts=True, prompt=prompt)
     finally:
         engine.close()
         policy.close()
     return {"root": root, "tasks": tasks, "env": env, "model": model, "sft": {r.id: r for r in sft},
-            "data": virtualhome_data}
+            "data": virtualhome_data, "prompt": prompt}
 
 
 def _records(path: Path) -> list[dict]:
@@ -113,13 +118,15 @@ def test_expert_step_prefixes_replay_in_the_simulator(chain):
 def test_explored_steps_records(chain):
     recs = load_steps(chain["root"] / "explore.jsonl", strict=True).records
     assert len(recs) == sum(TASKS.values())
+    k = len(chain["prompt"]) + 1  # the evaluation prompt (with its in-context example), then the first observation
     for r in recs:
-        n = 3 + 2 * r.iteration
+        n = k + 2 * r.iteration
+        assert r.agent_step_conversations[:k - 1] == chain["prompt"] and prompt_length(r.agent_step_conversations) == k
         assert r.agent_conversations[:n + 2] == r.agent_step_conversations
         assert r.agent_step_conversations[n].role == "assistant"
         assert r.agent_step_output == r.agent_step_conversations[n].content
         # the prefix is the expert's, its observations come from the simulator and equal the SFT file's
-        assert r.agent_step_conversations[:n] == chain["sft"][r.id].conversations[:n]
+        assert r.agent_step_conversations[k - 1:n] == chain["sft"][r.id].conversations[2:3 + 2 * r.iteration]
         assert r.agent_final_reward == 0.0 and r.extra["steps"] <= MAX_STEPS
 
 
@@ -129,12 +136,12 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert len(recs) == sum(TASKS.values())
         for r in recs:
             assert len(r.mc_outcomes) == N_ROLLOUTS and r.extra["mc_errors"] == 0
-            assert r.agent_step_reward == pytest.approx(sum(r.mc_outcomes) / len(r.mc_outcomes))
+            assert set(r.mc_outcomes) == {r.mc_step_reward}  # all rollouts of a state end alike here
             assert all(s <= MAX_STEPS for s in r.extra["mc_steps"])
     for r in load_steps(chain["root"] / "expert_mc.jsonl").records:
         last = r.iteration == TASKS[r.id] - 1
         # a won state scores 1 without generating; the random model never finishes a task
-        assert r.agent_step_reward == (1.0 if last else 0.0)
+        assert r.mc_step_reward == (1.0 if last else 0.0)
         assert (r.extra["mc_rollout_turns"] == [[], []]) == last
 
 
@@ -145,20 +152,14 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
            "--num_rollouts", str(N_ROLLOUTS), "--max_steps", str(MAX_STEPS), "--max_new_tokens", str(MAX_NEW),
            "--save_rollouts", "--seed", "0", "--log_level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant
-    proc = subprocess.Popen(cmd + ["--max_active", "2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    # the won last steps are written first (no generation); wait for a generated record too
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= len(TASKS) + 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = out.read_text().count("\n")
-    assert len(TASKS) + 1 <= done < sum(TASKS.values())
+    # the killed run keeps 2 rollouts in flight, the resumed one 16: per-row seeds make batching irrelevant.
+    # The won last steps are written first (no generation); the run kills itself right after the first
+    # generated record (a deterministic crash point, not a timed one).
+    killed = subprocess.run(cmd + ["--max_active", "2"], cwd=REPO,
+                            env={**env, KILL_AFTER_RECORDS_ENV: str(len(TASKS) + 1)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert out.read_text().count("\n") == len(TASKS) + 1
     with out.open("a") as f:
         f.write('{"id": "218", "iterat')  # a torn last line, as a kill during a write leaves it
     subprocess.run(cmd + ["--max_active", "16"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
@@ -168,7 +169,8 @@ def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
 
 def test_three_sets_and_merged_file_load_strictly(chain):
     root, data = chain["root"], chain["data"]
-    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING"]
+    common = ["--sft", str(root / "sft.json"), "--explore_steps", str(root / "explore_mc.jsonl"), "--log_level", "WARNING",
+              "--encoder", "hashing"]  # the same encoder whether or not MiniLM is installed
     expert = ["--expert_steps", str(root / "expert_mc.jsonl")]
     s_c = collect_main("calibrated", "virtualhome", common + expert + [
         "--output", str(root / "sets" / "cali.json"), "--reflector", "offline", "--replay_check", "true",

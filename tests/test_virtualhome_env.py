@@ -121,11 +121,13 @@ def test_expert_meets_the_targets_on_seen_test(expert_results: dict[str, tuple[b
     assert sum(everything) / len(everything) >= 0.70
 
 
-def test_seen_tasks_acting_while_seated_win(env: VirtualHomeEnv):
-    """Regression (seated reach): 2743 finds the console while sitting without any [WALK]; 570 sits on the
-    couch, then finds the remote control and the television. Both failed before the rebuilt graphs put
-    what a seated character reaches within reach of its seat."""
-    for tid in ("2743", "570"):
+def test_seen_tasks_the_reach_rules_concern_win(env: VirtualHomeEnv):
+    """Regression (graph.reach_neighbours, Whereabouts): 2743 finds the console while sitting without any
+    [WALK]; 570 sits on the couch, then finds the remote control and the television: both failed before
+    the rebuilt graphs put what a seated character reaches within reach of its seat. 3378, 2237, 453, 4794
+    and 328 pin down which [FIND] walks: each failed under a looser or stricter rule than Whereabouts's
+    (453, 4794 and 328 also need the neighbour that a [GRAB] reveals)."""
+    for tid in ("2743", "570", "3378", "2237", "453", "4794", "328"):
         assert env.is_reachable(tid)
         env.reset(tid)
         outs = [env.execute(a) for a in env.expert_actions(tid)]

@@ -103,7 +103,7 @@ def test_tiny_hf_model_plays_generated_tasks(generated: Path, tmp_path: Path):
     assert len(results) == len(ids)
     for r in results:
         ep = r.episode
-        assert ep.finished and ep.terminate_reason in ("success", "max_steps"), ep.terminate_reason
-        assert ep.steps == 3 or ep.success
+        # the random nano model never reaches a goal in 3 steps: every episode runs out of steps
+        assert (ep.finished, ep.terminate_reason, ep.success, ep.steps) == (True, "max_steps", False, 3)
         users = [m.content for m in ep.messages[ep.n_prompt_messages:] if m.role == "user"]
         assert users[0].startswith("You are in the ") and len(users) == 1 + ep.steps

@@ -191,7 +191,11 @@ class HFPolicy(Policy):
     keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
     ``2 x max_batch_size``); ``shared_prefix``: with reuse, keep a chunk's common prompt once and
     attend to it with shared-prefix attention (models using ``sdpa`` or ``eager`` attention); see
-    the module docstring. ``transformers_internals``: use transformers' internals for speed
+    the module docstring. ``batch_invariant``: answer every row in a call of its own, without any
+    cache shared across rows or calls, so that a sampled reply depends only on the conversation and
+    its seed, bit for bit (batched rows differ from single rows by float rounding, which can flip a
+    sampled token once in many thousands); slower, off by default.
+    ``transformers_internals``: use transformers' internals for speed
     (:mod:`eval_agent.agents.transformers_adapter`; default: on the tested releases only); the
     outputs are the same either way.
     """
@@ -202,7 +206,8 @@ class HFPolicy(Policy):
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
                  min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
-                 shared_prefix: bool = True, transformers_internals: bool | None = None):
+                 shared_prefix: bool = True, batch_invariant: bool = False,
+                 transformers_internals: bool | None = None):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -224,6 +229,9 @@ class HFPolicy(Policy):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            max_batch_size, prefix_cache_size, reuse_cache = 1, 0, False
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 4096))
         gc = self.model.generation_config

@@ -11,7 +11,6 @@ from typing import Sequence
 
 from eval_agent.types import MAX_STEPS, StepOutcome
 
-
 class TaskEnv(ABC):
     """One environment instance. Not thread-safe; give every worker process its own.
 

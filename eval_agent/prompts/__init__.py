@@ -1,24 +1,28 @@
-"""Prompts: the instruction and one in-context example per environment, in the SFT layout.
+"""Prompts: the instruction and one in-context example per environment, built by ONE function
+(:func:`prompt_for`) for evaluation and for every sampling stage (exploration, Monte Carlo).
 
-Layout (identical for SFT data, sampling and evaluation)::
+Layout ``turns`` (the released code's, the default)::
 
-    user:      <instruction>[ + in-context example]
+    user:      <instruction>
     assistant: OK
-    user:      <first observation, goal included>
-    assistant: Thought: ...\\nAction: ...
+    user:      <example: first observation>        \
+    assistant: <example: Thought/Action>            |  the in-context example as chat turns,
+    ...                                             |  ending with its last assistant turn
+    assistant: <example: last Thought/Action>      /
+    user:      <first observation, goal included>   <- the engine adds this one
+    assistant: Thought: ...\nAction: ...
     user:      Observation: ...
-    ...
 
-The in-context example goes **inside the instruction turn**, after the instruction, as a
-transcript between ``<example>`` tags (see :func:`render_example`). The turn sequence therefore
-stays exactly the SFT data's ``[instruction, "OK", first observation, ...]``; with
-``icl_num=0`` the first turn is the bare instruction, byte-identical to the SFT data's when the
-instruction comes from the data.
+With ``icl_num=0`` the prompt is ``[instruction, "OK"]``, the SFT data's own layout. Layout
+``inline`` (an option, not the released one) puts the example inside the instruction turn as a
+transcript between ``<example>`` tags, so the turn sequence stays ``[instruction, "OK", ...]``.
 
-Instructions: ALFWorld data that carries the authors' instruction (the first user turn of an SFT
-file such as ``alfworld_sft.json``) is used as is (:func:`instruction_from_sft`); otherwise (for
-generated games) our own ``<env>_instruction.txt``. Examples: our own ``<env>_example.json``
-(observations produced by the real engine, thoughts written for this project).
+Instructions, in order: the first user turn of an SFT file (``sft_file``; the authors'
+``alfworld_sft.json`` carries theirs); else the authors' instruction file found in the data root
+(``<env>_inst.txt``, see :func:`authors_file`); else our own ``<env>_instruction.txt``. Example:
+the authors' in-context example file in the data root (``<env>_icl.json``) when present, read at
+run time and never copied into this repository; else our own ``<env>_example.json`` (observations
+produced by the real engine, thoughts written for this project).
 """
 from __future__ import annotations
 
@@ -32,6 +36,50 @@ from eval_agent.types import Message
 PROMPT_DIR = Path(__file__).resolve().parent
 ACK = "OK"
 EXAMPLE_HEADER = "Here is an example of a complete episode:"
+LAYOUTS = ("turns", "inline")
+# where the authors' prompt files may sit inside a data root (their repository's folder names)
+AUTHORS_SUBDIRS = (".", "prompt", "instructions", "icl_examples", "prompt/instructions", "prompt/icl_examples",
+                   "eval_agent/prompt/instructions", "eval_agent/prompt/icl_examples")
+AUTHORS_NAMES = {"instruction": "{env}_inst.txt", "example": "{env}_icl.json"}
+
+
+def authors_file(data_root: str | os.PathLike | None, env_name: str, kind: str) -> Path | None:
+    """The authors' ``<env>_inst.txt`` (``kind="instruction"``) or ``<env>_icl.json`` (``"example"``) in
+    ``data_root`` or one of :data:`AUTHORS_SUBDIRS` below it (also beside it), or None."""
+    if data_root is None:
+        return None
+    name = AUTHORS_NAMES[kind].format(env=env_name)
+    root = Path(data_root)
+    for base in (root, root.parent):
+        for sub in AUTHORS_SUBDIRS:
+            path = base / sub / name
+            if path.is_file():
+                return path
+    return None
+
+
+def example_from_file(path: str | os.PathLike) -> list[Message]:
+    """The first in-context example of an example file: a list of examples (each a list of
+    ``{role, content}`` or ``{from, value}`` turns), one such list, or ``{"conversation": [...]}``."""
+    p = Path(path)
+    try:
+        obj: Any = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON (line {e.lineno}): {e.msg}") from e
+    if isinstance(obj, dict):
+        obj = obj.get("conversation")
+    if isinstance(obj, list) and obj and isinstance(obj[0], list):
+        obj = obj[0]
+    if not isinstance(obj, list) or not obj:
+        raise ValueError(f"{p}: expected a list of example conversations (lists of turns)")
+    out = []
+    for i, m in enumerate(obj):
+        role = m.get("role", {"human": "user", "gpt": "assistant"}.get(m.get("from", ""))) if isinstance(m, dict) else None
+        content = m.get("content", m.get("value")) if isinstance(m, dict) else None
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise ValueError(f"{p}, example 0, turn {i}: expected a user/assistant turn with text")
+        out.append(Message(role, content))
+    return out
 
 
 def builtin_instruction(env_name: str) -> str:
@@ -47,8 +95,7 @@ def builtin_example(env_name: str) -> list[Message]:
     path = PROMPT_DIR / f"{env_name}_example.json"
     if not path.exists():
         raise FileNotFoundError(f"no built-in example for environment {env_name!r} ({path})")
-    obj = json.loads(path.read_text(encoding="utf-8"))
-    return [Message(m["role"], m["content"]) for m in obj["conversation"]]
+    return example_from_file(path)
 
 
 def instruction_from_sft(path: str | os.PathLike) -> str:
@@ -75,23 +122,47 @@ def render_example(example: Sequence[Message]) -> str:
     return "\n".join(m.content.strip() for m in example)
 
 
-def build_prompt(instruction: str, example: Sequence[Message] | None = None) -> list[Message]:
-    """The turns before the first observation: ``[user: instruction (+ example), assistant: OK]``."""
-    text = instruction
-    if example:
+def build_prompt(instruction: str, example: Sequence[Message] | None = None, layout: str = "turns") -> list[Message]:
+    """The turns before the first observation (see the module docstring for the two layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt layout must be one of {LAYOUTS}, got {layout!r}")
+    if not example:
+        return [Message("user", instruction), Message("assistant", ACK)]
+    if layout == "inline":
         text = f"{instruction.rstrip()}\n\n{EXAMPLE_HEADER}\n<example>\n{render_example(example)}\n</example>"
-    return [Message("user", text), Message("assistant", ACK)]
+        return [Message("user", text), Message("assistant", ACK)]
+    turns = list(example)
+    while turns and turns[-1].role == "user":  # the example ends with its last action; the task's observation follows
+        turns.pop()
+    return [Message("user", instruction), Message("assistant", ACK)] + turns
 
 
-def prompt_for(env_name: str, sft_file: str | os.PathLike | None = None, icl_num: int = 1) -> list[Message]:
-    """The evaluation prompt for ``env_name``: the data's instruction when ``sft_file`` is given (else
-    ours), plus our in-context example when ``icl_num >= 1`` (only one example ships per environment)."""
+def prompt_for(env_name: str, sft_file: str | os.PathLike | None = None, icl_num: int = 1,
+               data_root: str | os.PathLike | None = None, layout: str = "turns",
+               instruction: str | None = None) -> list[Message]:
+    """The prompt of evaluation AND of the sampling stages for ``env_name``.
+
+    Instruction: ``instruction`` when given, else ``sft_file``'s first turn, else the authors'
+    instruction file in ``data_root``, else ours. Example (when ``icl_num >= 1``; one ships per environment): the authors' example file in
+    ``data_root``, else ours.
+    """
     if icl_num < 0:
         raise ValueError("icl_num must be >= 0")
-    instruction = instruction_from_sft(sft_file) if sft_file else builtin_instruction(env_name)
-    example = builtin_example(env_name) if icl_num >= 1 else None
-    return build_prompt(instruction, example)
+    inst_file = authors_file(data_root, env_name, "instruction")
+    if instruction is not None:
+        pass
+    elif sft_file:
+        instruction = instruction_from_sft(sft_file)
+    elif inst_file is not None:
+        instruction = inst_file.read_text(encoding="utf-8").strip()
+    else:
+        instruction = builtin_instruction(env_name)
+    example = None
+    if icl_num >= 1:
+        ex_file = authors_file(data_root, env_name, "example")
+        example = example_from_file(ex_file) if ex_file is not None else builtin_example(env_name)
+    return build_prompt(instruction, example, layout)
 
 
 __all__ = ["build_prompt", "prompt_for", "instruction_from_sft", "builtin_instruction", "builtin_example",
-           "render_example", "ACK"]
+           "authors_file", "example_from_file", "render_example", "ACK", "LAYOUTS"]

@@ -19,6 +19,7 @@ MAX_STEPS=${MAX_STEPS:-}                   # empty: the environment's 40
 NUM_ROLLOUTS=${NUM_ROLLOUTS:-5}
 TEMPERATURE=${TEMPERATURE:-0.0}
 SEED=${SEED:-0}
+ICL_NUM=${ICL_NUM:-1}                      # in-context examples in the sampling prompt (as at evaluation)
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh

@@ -19,7 +19,8 @@ MAX_STEPS=${MAX_STEPS:-}                   # empty: the environment's 40
 NUM_ROLLOUTS=${NUM_ROLLOUTS:-5}
 TEMPERATURE=${TEMPERATURE:-1.0}
 SEED=${SEED:-0}
+ICL_NUM=${ICL_NUM:-1}                      # in-context examples in the sampling prompt (as at evaluation)
 
 cd "$(dirname "$0")/../.."
 source sampling/common.sh
-run_parts mc "$OUT_DIR/explore_steps_mc.jsonl" --steps "$OUT_DIR/explore_steps.jsonl" --num_rollouts "$NUM_ROLLOUTS" --temperature "$TEMPERATURE" $(model_args)
+run_parts mc "$OUT_DIR/explore_steps_mc.jsonl" --steps "$OUT_DIR/explore_steps.jsonl" --sft "$SFT_FILE" --num_rollouts "$NUM_ROLLOUTS" --temperature "$TEMPERATURE" $(model_args)

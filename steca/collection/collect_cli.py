@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from eval_agent.storage import write_json_atomic
-from steca.method.datasets import BuildResult, build_calibrated, build_expert, build_explored
+from eval_agent.storage import check_not_input, write_json_atomic
+from steca.method.datasets import BuildResult, ContinuationOptions, build_calibrated, build_expert, build_explored
 from steca.method.deviation import RULE_PRESETS, DeviationConfig
-from steca.method.encoders import make_encoder
+from steca.method.encoders import ENCODER_THRESHOLDS, ENCODERS, EncoderThresholds, make_encoder
 from steca.method.reflection import OfflineReflector, PolicyReflector, ReflectionCache, Reflector
 from steca.method.rewards import WEIGHT_SCHEMES, WeightScheme
 from steca.records import (PairRecord, RecordError, SFTRecord, StepRecord, load_pairs, load_sft, load_steps, log_summary,
@@ -126,9 +126,10 @@ def load_inputs(sft_path: str, steps_paths: Sequence[str], invalid: list[str], r
                 skip_invalid: bool = False) -> tuple[dict[str, SFTRecord], list[list[StepRecord]]]:
     """Read the SFT file and step files; every invalid record's error (file, record, field) goes to ``invalid``.
 
-    ``required`` names a reward field every step record must hold (``agent_step_reward``: the
-    Monte Carlo stage's output). A record without it is an error naming it, or with
-    ``skip_invalid`` it is dropped and counted. A file with no usable record is an error.
+    ``required`` names a reward every step record must hold (``mc_step_reward``, file field
+    ``monte_carlo_step_reward``: the Monte Carlo stage's output). A record without it is an error
+    naming the field, or with ``skip_invalid`` it is dropped and counted. A file with no usable
+    record is an error.
     """
     sft = load_sft(sft_path, skip_invalid=skip_invalid)
     invalid.extend(str(e) for e in sft.errors)
@@ -139,17 +140,18 @@ def load_inputs(sft_path: str, steps_paths: Sequence[str], invalid: list[str], r
         invalid.extend(str(e) for e in loaded.errors)
         records = nonempty(loaded, p, "step record")
         if required is not None:
-            missing = [RecordError(p, i, required, "missing or null: run the Monte Carlo stage (mc) on this file "
+            field_name = {"mc_step_reward": "monte_carlo_step_reward"}.get(required, required)
+            missing = [RecordError(p, i, field_name, "missing or null: run the Monte Carlo stage (mc) on this file "
                                    "first", r.id) for i, r in enumerate(records) if getattr(r, required) is None]
             if missing and not skip_invalid:
-                raise RecordError(missing[0].path, missing[0].index, required, missing[0].problem
+                raise RecordError(missing[0].path, missing[0].index, field_name, missing[0].problem
                                   + f" ({len(missing)} of {len(records)} record(s); --skip_invalid drops them)",
                                   missing[0].record_id)
             log_summary(str(p), missing, len(records))
             invalid.extend(str(e) for e in missing)
             records = [r for r in records if getattr(r, required) is not None]
             if not records:
-                raise RecordError(p, None, required, "no record holds this field")
+                raise RecordError(p, None, field_name, "no record holds this field")
         steps.append(records)
     return sft_by_id, steps
 
@@ -170,9 +172,13 @@ def make_reflector(args: argparse.Namespace) -> Reflector:
     return PolicyReflector(policy, f"{args.reflector}:{args.reflection_model}", params, cache, args.reflection_batch)
 
 
-def deviation_config(args: argparse.Namespace) -> DeviationConfig:
+def deviation_config(args: argparse.Namespace, thresholds: EncoderThresholds | None = None) -> DeviationConfig:
+    """The rule preset with the command line's overrides; a preset's similarity filter takes the
+    encoder's own threshold (``thresholds``) unless ``--max_similarity`` is given."""
     cfg = RULE_PRESETS[args.rule]
     overrides = {}
+    if thresholds is not None and cfg.max_similarity is not None:
+        overrides["max_similarity"] = thresholds.max_similarity
     if args.delta is not None:
         overrides["delta"] = args.delta
     if args.min_step is not None:
@@ -201,8 +207,11 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     p.add_argument("--sft", required=stage != "merge", help="expert trajectories (SFT file)")
     p.add_argument("--output", required=True, help="training file to write (.json or .jsonl)")
     p.add_argument("--weights", choices=sorted(WEIGHT_SCHEMES), default=DEFAULT_WEIGHTS.get(env_name, "alfworld"))
+    p.add_argument("--encoder", default="auto", choices=["auto", *ENCODERS],
+                   help="action encoder (auto: bert-cls with --encoder_model, else MiniLM when installed, else hashing); "
+                        "each has its own thresholds (README, 'Action encoders')")
     p.add_argument("--encoder_model", default=None,
-                   help="local BERT model dir for action embeddings ([CLS]); default: hashed n-grams (no download)")
+                   help="local bert-base-uncased dir for the released [CLS] encoder (bert-cls)")
     if stage in ("calibrated", "expert"):
         p.add_argument("--expert_steps", required=True, help="expert step records with MC rewards")
     if stage in ("calibrated", "expert", "explored"):
@@ -210,6 +219,8 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     if stage == "expert":
         p.add_argument("--margin", type=float, default=0.01)
         p.add_argument("--include_whole", type=_bool, default=True)
+        p.add_argument("--min_step", type=int, default=2,
+                       help="step rule only from this iteration on (released: 2, iterations 0 and 1 skipped)")
     if stage == "calibrated":
         p.add_argument("--rule", choices=sorted(RULE_PRESETS), default="released")
         p.add_argument("--delta", type=float, default=None)
@@ -238,8 +249,18 @@ def build_parser(stage: str, env_name: str) -> argparse.ArgumentParser:
     p.add_argument("--skip_invalid", action="store_true",
                    help="drop input records with a reward out of range, not finite or missing (counted) instead of "
                         "stopping")
+    if stage != "merge":
+        p.add_argument("--keep_final_observation", type=_bool, default=False,
+                       help="keep an exploration's final observation (released: dropped)")
+    if stage == "calibrated":
+        p.add_argument("--keep_empty_rejected", type=_bool, default=False,
+                       help="keep a calibrated pair whose rejected side has no action, with d = 0 (released: dropped)")
     p.add_argument("--log_level", default="INFO")
     return p
+
+
+def continuation_options(args: argparse.Namespace) -> ContinuationOptions:
+    return ContinuationOptions(args.keep_final_observation, getattr(args, "keep_empty_rejected", False))
 
 
 def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
@@ -247,34 +268,43 @@ def main(stage: str, env_name: str, argv: Sequence[str] | None = None) -> dict:
     args = build_parser(stage, env_name).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output)
+    inputs_given = [getattr(args, name, None) for name in ("sft", "expert_steps", "explore_steps")]
+    inputs_given += list(getattr(args, "inputs", None) or [])
+    for out in (output, side_path(output, "_problems.jsonl"), side_path(output, "_summary.json")):
+        check_not_input(out, inputs_given)
     if stage == "merge":
         return merge_training_files(args.inputs, output, args.skip_invalid)
     weights: WeightScheme = WEIGHT_SCHEMES[args.weights]
-    encoder = make_encoder(args.encoder_model)
-    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name}
+    encoder = make_encoder(args.encoder, args.encoder_model)
+    thresholds = ENCODER_THRESHOLDS[encoder.name]
+    if weights.name == "alfworld":  # D_e's distance threshold is in the encoder's units (VirtualHome: identical only)
+        weights = replace(weights, explored_max_distance=thresholds.explored_max_distance)
+    settings = {"env": env_name, "weights": weights.name, "encoder": encoder.name,
+                "explored_max_distance": weights.explored_max_distance}
     invalid: list[str] = []
     if stage == "explored":
         sft, (explored,) = load_inputs(args.sft, [args.explore_steps], invalid, "agent_final_reward",
                                        args.skip_invalid)
-        result = build_explored(sft, explored, encoder, weights)
-        rewards = {"explored t=0": [r.agent_step_reward for r in explored if r.iteration == 0 and r.agent_step_reward is not None]}
+        result = build_explored(sft, explored, encoder, weights, continuation_options(args))
+        rewards = {"explored t=0": [r.mc_step_reward for r in explored if r.iteration == 0 and r.mc_step_reward is not None]}
         return write_run(output, "explored", result, rewards, settings, invalid)
     sft, (expert, explored) = load_inputs(args.sft, [args.expert_steps, args.explore_steps], invalid,
-                                          "agent_step_reward", args.skip_invalid)
-    rewards = {"expert": [r.agent_step_reward for r in expert if r.agent_step_reward is not None],
-               "explored": [r.agent_step_reward for r in explored if r.agent_step_reward is not None]}
+                                          "mc_step_reward", args.skip_invalid)
+    rewards = {"expert": [r.mc_step_reward for r in expert if r.mc_step_reward is not None],
+               "explored": [r.mc_step_reward for r in explored if r.mc_step_reward is not None]}
     if stage == "expert":
-        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole)
-        settings.update(margin=args.margin, include_whole=args.include_whole)
+        result = build_expert(sft, expert, explored, encoder, weights, args.margin, args.include_whole, args.min_step,
+                              continuation_options(args))
+        settings.update(margin=args.margin, include_whole=args.include_whole, min_step=args.min_step)
         return write_run(output, "expert", result, rewards, settings, invalid)
     if stage != "calibrated":
         raise ValueError(f"unknown stage {stage!r}")
-    cfg = deviation_config(args)
+    cfg = deviation_config(args, thresholds)
     if args.reflector != "offline" and args.reflection_cache is None:
         args.reflection_cache = str(side_path(output, "_reflections.jsonl"))
     reflector = make_reflector(args)
     try:
-        result = build_calibrated(sft, expert, explored, cfg, encoder, reflector, weights)
+        result = build_calibrated(sft, expert, explored, cfg, encoder, reflector, weights, continuation_options(args))
     finally:
         reflector.close()
     settings.update(rule=cfg.rule_name(), reflector=reflector.source,

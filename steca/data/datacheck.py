@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from eval_agent.envs import make_env
 from eval_agent.envs.task_env import TaskEnv
 from eval_agent.types import parse_action
-from steca.records import SFTRecord, load_sft, write_records
+from eval_agent.storage import check_writable
+from steca.records import SFTRecord, load_sft, nonempty, write_records
 
 logger = logging.getLogger(__name__)
 OBS_PREFIX = "Observation: "
@@ -114,9 +115,8 @@ def check_file(sft_file: str | Path, data_dir: str | Path, exp_config: str = "al
                limit: int | None = None, num_workers: int = 1) -> tuple[list[TrajectoryCheck], list[SFTRecord]]:
     """Check every readable record of ``sft_file`` (in record order); unreadable records are logged."""
     loaded = load_sft(sft_file)
-    for err in loaded.errors:
-        logger.error("%s", err)
-    records = loaded.records[:limit] if limit else loaded.records
+    records = nonempty(loaded, sft_file, "SFT record")
+    records = records[:limit] if limit else records
     bar = tqdm(total=len(records), desc="replaying trajectories", dynamic_ncols=True)
     if num_workers > 1 and len(records) > 1:
         ctx = multiprocessing.get_context("spawn")
@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     p.add_argument("--num_workers", type=int, default=2, help="replay in this many processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for out in (args.report, args.filtered_output):
+        if out:
+            check_writable(out)
     checks, records = check_file(args.sft_file, args.data_dir, args.exp_config, args.split, args.limit,
                                  args.num_workers)
     if args.report:

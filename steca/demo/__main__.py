@@ -1,6 +1,7 @@
 """``python -m steca.demo <command>``: the helpers ``run_demo.sh`` calls.
 
-    stage     --run_dir R --name N -- CMD ...   run CMD unless stage N of R is done; mark it done after
+    stage     --run_dir R --name N [--log F] -- CMD ...   run CMD unless stage N of R is done; mark it done
+              after (with --log, CMD's output goes to F, not the console)
     is-done   --run_dir R --name N              exit 0 when stage N is done, 1 otherwise
     subset    --sft F --n K --seed S --output O the K trajectories Monte Carlo scores
     steps     --pairs F --batch_size B [--epochs E]   optimizer steps of the reinforced stage
@@ -13,6 +14,7 @@ import argparse
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from steca.demo.prep import take_subset, training_steps
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stage", help="run a command once; a completion marker makes reruns skip it")
     s.add_argument("--run_dir", required=True)
     s.add_argument("--name", required=True)
+    s.add_argument("--log", default=None, help="append the command's output here, not to the console")
     s.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
     d = sub.add_parser("is-done", help="exit status 0 when the stage is done")
     d.add_argument("--run_dir", required=True)
@@ -57,10 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd:
             raise SystemExit("stage needs a command after --")
         try:
-            run_stage(args.run_dir, args.name, cmd)
+            run_stage(args.run_dir, args.name, cmd, log=args.log)
         except subprocess.CalledProcessError as e:
-            logging.getLogger(__name__).error("stage %s failed with exit status %d; rerun to resume it",
-                                              args.name, e.returncode)
+            tail = ""
+            if args.log and Path(args.log).is_file():
+                tail = "; the end of its log:\n" + "\n".join(
+                    Path(args.log).read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
+            logging.getLogger(__name__).error("stage %s failed with exit status %d; rerun to resume it%s",
+                                              args.name, e.returncode, tail)
             return e.returncode or 1
         return 0
     if args.command == "is-done":

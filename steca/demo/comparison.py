@@ -20,7 +20,8 @@ from steca.demo.significance import (ALPHA, DELTA, POWER, PairedCounts, bootstra
 @dataclass(frozen=True)
 class CellStats:
     """One row's success in one column over the runs that evaluated it: ``mean`` of the runs' rates and its
-    95 % interval ``[lo, hi]`` (fractions): Wilson for one run, bootstrap over seeds and games for several."""
+    95 % interval ``[lo, hi]`` (fractions): Wilson for one run, bootstrap over seeds and games for several
+    (Wilson of the pooled counts when no run won a game or every run won all, where the bootstrap is a point)."""
 
     results: tuple[SplitResult, ...]
     mean: float
@@ -46,6 +47,8 @@ def cell_stats(per_run: Sequence[RunResults], folder: str, column: str) -> CellS
         lo, hi = wilson_interval(rs[0].n_success, rs[0].n_tasks)
     else:
         lo, hi = bootstrap_interval([(r.n_success, r.n_tasks) for r in rs])
+        if lo == hi:  # no seed won a game (or every seed won all): the bootstrap cannot spread; Wilson of the pool
+            lo, hi = wilson_interval(sum(r.n_success for r in rs), sum(r.n_tasks for r in rs))
     return CellStats(rs, mean, lo, hi)
 
 

@@ -28,8 +28,8 @@ def step_reward_curve(steps_path: str | os.PathLike) -> dict[int, tuple[float, i
     """``{t: (mean step reward over trajectories, count)}`` of the scored records in a step file."""
     acc: dict[int, list[float]] = defaultdict(list)
     for r in load_steps(steps_path).records:
-        if r.agent_step_reward is not None:
-            acc[r.iteration].append(r.agent_step_reward)
+        if r.mc_step_reward is not None:
+            acc[r.iteration].append(r.mc_step_reward)
     return {t: (sum(v) / len(v), len(v)) for t, v in sorted(acc.items())}
 
 

@@ -68,11 +68,14 @@ def _write_marker(path: Path, timing: StageTiming) -> None:
 
 
 def run_stage(run_dir: str | os.PathLike, name: str, command: Sequence[str],
-              env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None) -> StageTiming | None:
+              env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+              log: str | os.PathLike | None = None) -> StageTiming | None:
     """Run ``command`` unless stage ``name`` is already done; return its timing, or None when skipped.
 
-    ``env`` entries are added to the current environment. Raises ``subprocess.CalledProcessError``
-    (no marker written) when the command fails.
+    ``env`` entries are added to the current environment. With ``log``, the command's output (its
+    progress bars, library warnings) is appended to that file instead of the console, so that the
+    console shows only the stages. Raises ``subprocess.CalledProcessError`` (no marker written) when the
+    command fails.
     """
     marker = marker_path(run_dir, name)
     if marker.is_file():
@@ -80,14 +83,20 @@ def run_stage(run_dir: str | os.PathLike, name: str, command: Sequence[str],
         return None
     full_env = dict(os.environ)
     full_env.update(env or {})
-    logger.info("stage %s: %s", name, " ".join(command))
+    logger.info("stage %s: %s%s", name, " ".join(command), f" (output: {log})" if log else "")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    subprocess.run(list(command), env=full_env, cwd=cwd, check=True)
+    if log is None:
+        subprocess.run(list(command), env=full_env, cwd=cwd, check=True)
+    else:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            subprocess.run(list(command), env=full_env, cwd=cwd, check=True, stdout=out, stderr=subprocess.STDOUT)
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     timing = StageTiming(name, list(command), round(wall, 2), round(cpu, 2), time.time())
     _write_marker(marker, timing)
-    logger.info("stage %s: finished in %.1f s wall, %.1f s CPU", name, wall, cpu)
+    logger.info("stage %s: finished in %.1f s wall, %.1f s CPU (%d stages of this run done)", name, wall, cpu,
+                len(list(marker.parent.glob("*.json"))))
     return timing

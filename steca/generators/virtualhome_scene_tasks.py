@@ -291,9 +291,41 @@ def family_read(home: _Home, res: Resources, rng: random.Random) -> Draft | None
     return None
 
 
+_STANDING_OBJECTS = {"SWITCHON": ("laptop", "cellphone", "radio", "candle"),
+                     "GRAB": ("mug", "bowl", "notes", "toothbrush", "towel", "cellphone")}
+
+
+def family_standing_act(home: _Home, res: Resources, rng: random.Random) -> Draft | None:
+    """Go to a table or counter, switch on or grab an object (added) resting on it without finding it
+    first; a grabbed object is then put on another surface."""
+    act = rng.choice(sorted(_STANDING_OBJECTS))
+    cls = rng.choice(_STANDING_OBJECTS[act])
+    spots = [i for d in res.placing.get(cls, []) if d["relation"] == "ON"
+             for i in home.of_class([d["destination"]]) if home.room_of(i) is not None]
+    if not spots:
+        return None
+    spot = rng.choice(sorted(set(spots)))
+    room = home.room_of(spot)
+    assert room is not None
+    obj = home.add_object(cls, res, spot, "ON")
+    lines: list[Line] = [("WALK", _p(home, room)), _go(home, rng, spot), (act, _p(home, obj))]
+    name = cls.replace("_", " ")
+    if act == "SWITCHON":
+        return Draft(f"Turn on {name}", f"Go to the {home.nodes[spot]['class_name']} and switch on the {name}.",
+                     tuple(lines))
+    surfaces = [i for i in sorted(home.nodes) if "SURFACES" in home.nodes[i]["properties"] and i != spot
+                and home.room_of(i) is not None and home.nodes[i]["category"] == "Furniture"]
+    if not surfaces:
+        return None
+    dest = rng.choice(surfaces)
+    lines += [_go(home, rng, dest), ("PUTBACK", _p(home, obj, dest))]
+    return Draft(f"Put away {name}", f"Take the {name} from the {home.nodes[spot]['class_name']} and put it on the "
+                                     f"{home.nodes[dest]['class_name']}.", tuple(lines))
+
+
 FAMILIES: dict[str, Callable[[_Home, Resources, random.Random], Draft | None]] = {
     "tv": family_tv, "computer": family_computer, "lamp_in_bed": family_lamp_in_bed,
-    "grab_lying": family_grab_lying, "read": family_read,
+    "grab_lying": family_grab_lying, "read": family_read, "standing_act": family_standing_act,
 }
 
 
@@ -410,6 +442,9 @@ def generate_scene_tasks(data_dir: str | Path, out_dir: str | Path, per_family_a
                 rooms = sorted(i for i, nd in home.nodes.items() if nd["category"] == ROOM_CATEGORY)
                 home.edges.add((home.char, "INSIDE", rng.choice(rooms)))
                 program = [ProgramLine(a, p) for a, p in draft.lines]
+                pairs = {p for line in program for p in line.params}
+                if len({c for c, _ in pairs}) != len(pairs):  # text actions name classes: one object per class
+                    continue
                 init = home.graph()
                 played = play_reference(sim, init, program, home.char, res.name_equivalence)
                 if played is None:

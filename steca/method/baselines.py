@@ -208,13 +208,13 @@ def build_ipr(sft: Mapping[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                 res.rejected["step_too_early"] += 1
                 continue
             exp_rec = expert.get(rec.key)
-            if exp_rec is None or exp_rec.agent_step_reward is None:
+            if exp_rec is None or exp_rec.mc_step_reward is None:
                 res.rejected["missing_expert_reward"] += 1
                 continue
-            if rec.agent_step_reward is None:
+            if rec.mc_step_reward is None:
                 res.rejected["missing_explore_reward"] += 1
                 continue
-            if not exp_rec.agent_step_reward - rec.agent_step_reward > cfg.margin:
+            if not exp_rec.mc_step_reward - rec.mc_step_reward > cfg.margin:
                 res.rejected["agent_step_not_worse"] += 1
                 continue
             exp = sft.get(rec.id)
@@ -233,8 +233,8 @@ def build_ipr(sft: Mapping[str, SFTRecord], expert_steps: Iterable[StepRecord], 
             res.records.append(PairRecord(
                 f"{rec.id}_ipr_step_{t}", traj.prefix(t), traj.suffix(t), rejected, 1.0,
                 {"set": SET_IPR, "level": LEVEL_STEP, "rule": rule, "source_id": rec.id, "iteration": t,
-                 "game_file": rec.game_file, "r_expert": exp_rec.agent_step_reward,
-                 "r_explore": rec.agent_step_reward}))
+                 "game_file": rec.game_file, "r_expert": exp_rec.mc_step_reward,
+                 "r_explore": rec.mc_step_reward}))
             res.counts[f"rule:{rule}"] += 1
     if cfg.sft_level:
         for task_id, exp in sft.items():

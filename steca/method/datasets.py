@@ -44,6 +44,25 @@ def rule_expert_beats(margin: float) -> str:
     return f"r_expert(t)-r_explore(t)>{margin:g} & R_expert-R_explore>{margin:g}"
 
 
+@dataclass(frozen=True)
+class ContinuationOptions:
+    """How an exploration becomes a training side. Released: its final observation is dropped (the
+    released builders slice it off), and a calibrated pair whose rejected side has no action is dropped."""
+
+    keep_final_observation: bool = False
+    keep_empty_rejected: bool = False
+
+    def trim(self, messages: Sequence[Message]) -> list[Message]:
+        """``messages`` without a final user turn, unless ``keep_final_observation``."""
+        out = list(messages)
+        if not self.keep_final_observation and out and out[-1].role == "user":
+            out.pop()
+        return out
+
+
+RELEASED_CONTINUATION = ContinuationOptions()
+
+
 @dataclass
 class BuildResult:
     """Training pairs of one set, records that could not be built, and counts."""
@@ -66,8 +85,13 @@ def _distance(chosen: Sequence[Message], rejected: Sequence[Message], encoder: A
 
 def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord],
                      explored_steps: Iterable[StepRecord], cfg: DeviationConfig, encoder: ActionEncoder,
-                     reflector: Reflector, weights: WeightScheme) -> BuildResult:
-    """D_c: one calibrated pair per deviated step (reflection failures are reported in ``problems``)."""
+                     reflector: Reflector, weights: WeightScheme, continuation: ContinuationOptions = RELEASED_CONTINUATION
+                     ) -> BuildResult:
+    """D_c: one calibrated pair per deviated step (reflection failures are reported in ``problems``).
+
+    ``rejected`` is the exploration after ``â_t`` without its final observation; a pair whose
+    rejected side has no action is dropped (both as released; ``continuation`` keeps either).
+    """
     res = BuildResult()
     dev = find_deviations(expert_steps, explored_steps, cfg, encoder)
     res.rejected.update(dev.rejected)
@@ -100,10 +124,13 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
         first_obs = traj.steps[d.t].observation
         chosen = [Message("assistant", calibrated_turn(refl.thought, d.expert_action))]
         chosen += ([first_obs] if first_obs is not None else []) + traj.suffix(d.t + 1)
-        rejected = exploration_continuation(d.explored)
+        rejected = continuation.trim(exploration_continuation(d.explored))
         try:
             dist = _distance(chosen, rejected, encoder)
         except ValueError:
+            if not continuation.keep_empty_rejected:
+                res.rejected["empty_rejected"] += 1
+                continue
             dist = 0.0
             res.counts["no_rejected_actions"] += 1
         res.distances.append(dist)
@@ -122,7 +149,7 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
 
 
 def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecord], encoder: ActionEncoder,
-                   weights: WeightScheme) -> BuildResult:
+                   weights: WeightScheme, continuation: ContinuationOptions = RELEASED_CONTINUATION) -> BuildResult:
     """D_e: successful explorations from ``t = 0``, kept when ``d < weights.explored_max_distance``."""
     res = BuildResult()
     for rec in sorted(explored_steps, key=lambda r: (r.id, r.iteration)):
@@ -138,7 +165,7 @@ def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecor
             continue
         traj = split_expert(exp)
         try:
-            chosen = exploration_from_step(rec)
+            chosen = continuation.trim(exploration_from_step(rec))
             dist = _distance(chosen, traj.suffix(0), encoder)
         except ValueError as e:
             res.problem("bad_step_record", rec.id, 0, str(e))
@@ -159,10 +186,11 @@ def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecor
 
 def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], explored_steps: Iterable[StepRecord],
                  encoder: ActionEncoder, weights: WeightScheme, margin: float = 0.01,
-                 include_whole: bool = True) -> BuildResult:
+                 include_whole: bool = True, min_step: int = 2,
+                 continuation: ContinuationOptions = RELEASED_CONTINUATION) -> BuildResult:
     """D_s: expert suffixes where the expert step beat the explored step by more than ``margin``.
 
-    Step rule (``t >= 1``): ``r_expert(t) - r_explore(t) > margin`` and
+    Step rule (``t >= min_step``; the released code skips iterations 0 and 1, so 2): ``r_expert(t) - r_explore(t) > margin`` and
     ``R_expert - R_explore > margin``, where ``R`` is ``agent_final_reward`` (an expert step
     record without one counts as the expert's success, 1). Whole rule (``t = 0``, when
     ``include_whole``): the exploration from the start failed.
@@ -181,23 +209,26 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                 res.rejected["exploration_succeeded"] += 1
                 continue
             rule, used = RULE_EXPERT_WHOLE, {}
+        elif t < min_step:
+            res.rejected["step_too_early"] += 1
+            continue
         else:
             exp_rec = expert.get(rec.key)
-            if exp_rec is None or exp_rec.agent_step_reward is None:
+            if exp_rec is None or exp_rec.mc_step_reward is None:
                 res.rejected["missing_expert_reward"] += 1
                 continue
-            if rec.agent_step_reward is None or rec.agent_final_reward is None:
+            if rec.mc_step_reward is None or rec.agent_final_reward is None:
                 res.rejected["missing_explore_reward"] += 1
                 continue
             expert_final = 1.0 if exp_rec.agent_final_reward is None else exp_rec.agent_final_reward
-            if not exp_rec.agent_step_reward - rec.agent_step_reward > margin:
+            if not exp_rec.mc_step_reward - rec.mc_step_reward > margin:
                 res.rejected["expert_step_not_better"] += 1
                 continue
             if not expert_final - rec.agent_final_reward > margin:
                 res.rejected["expert_outcome_not_better"] += 1
                 continue
             rule = step_rule
-            used = {"r_expert": exp_rec.agent_step_reward, "r_explore": rec.agent_step_reward}
+            used = {"r_expert": exp_rec.mc_step_reward, "r_explore": rec.mc_step_reward}
         exp = sft.get(rec.id)
         if exp is None:
             res.problem("missing_expert_trajectory", rec.id, t, "no expert trajectory with this id in the SFT file")
@@ -208,7 +239,7 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
             continue
         chosen = traj.suffix(t)
         try:
-            rejected = exploration_from_step(rec)
+            rejected = continuation.trim(exploration_from_step(rec))
             dist = _distance(chosen, rejected, encoder)
         except ValueError as e:
             res.problem("bad_step_record", rec.id, t, str(e))

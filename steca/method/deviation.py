@@ -104,7 +104,7 @@ def find_deviations(expert_steps: Iterable[StepRecord], explored_steps: Iterable
                     cfg: DeviationConfig, encoder: ActionEncoder | None = None) -> DeviationResult:
     """Apply the deviation rule to every explored step that has the rewards it needs.
 
-    ``expert_steps`` supply ``r_expert(t-1)`` (``agent_step_reward`` of iteration ``t-1``) and the
+    ``expert_steps`` supply ``r_expert(t-1)`` (``mc_step_reward``, the file field ``monte_carlo_step_reward``, of iteration ``t-1``) and the
     expert action ``a*_t`` (``agent_step_output`` of iteration ``t``); ``explored_steps`` supply
     ``r_explore(t)``, ``â_t`` and the exploration outcome ``agent_final_reward``. A missing reward
     or expert step counts as ``missing_*`` in ``rejected``. ``encoder`` is required when
@@ -126,10 +126,10 @@ def find_deviations(expert_steps: Iterable[StepRecord], explored_steps: Iterable
             if t < cfg.min_step:
                 result.rejected["step_too_early"] += 1
                 continue
-            if rec.agent_step_reward is None:
+            if rec.mc_step_reward is None:
                 result.rejected["missing_explore_reward"] += 1
                 continue
-            if prev is None or prev.agent_step_reward is None:
+            if prev is None or prev.mc_step_reward is None:
                 result.rejected["missing_expert_reward"] += 1
                 continue
             expert_action = parse_action(cur.agent_step_output) if cur is not None else None
@@ -140,12 +140,12 @@ def find_deviations(expert_steps: Iterable[StepRecord], explored_steps: Iterable
             similarity = None
             if cfg.max_similarity is not None:
                 similarity = 0.0 if explored_action is None else encoder.cosine(explored_action, expert_action)
-            failed = step_conditions(t, rec.agent_step_reward, prev.agent_step_reward, rec.agent_final_reward,
+            failed = step_conditions(t, rec.mc_step_reward, prev.mc_step_reward, rec.agent_final_reward,
                                      expert_action, explored_action, similarity, cfg)
             if failed:
                 result.rejected.update(failed)
                 continue
-            result.deviations.append(Deviation(task_id, t, rec, prev.agent_step_reward, rec.agent_step_reward,
+            result.deviations.append(Deviation(task_id, t, rec, prev.mc_step_reward, rec.mc_step_reward,
                                                expert_action, explored_action, similarity, rule))
             if cfg.first_only:
                 break

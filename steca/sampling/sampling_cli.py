@@ -22,10 +22,31 @@ from typing import Sequence
 
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.envs import make_env
+from eval_agent.storage import check_not_input
 from steca.records import load_sft, load_steps, nonempty
-from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo
+from steca.sampling.stages import Shard, expert_steps, explore_steps, monte_carlo, problems_path
 
 logger = logging.getLogger(__name__)
+
+
+def evaluation_stop(agent_config: str) -> tuple[str, ...]:
+    """The stop strings evaluation uses with this backend config (its ``generation.stop``), so that
+    sampling and evaluation end a turn at the same place, as the released code's one agent does."""
+    from eval_agent.agents import load_agent_config, sampling_from_config
+
+    try:
+        return sampling_from_config(load_agent_config(agent_config)).stop
+    except FileNotFoundError:
+        return ()
+
+
+def records_instruction(records, sft_file: str | None) -> str | None:
+    """Without ``--sft``, Monte Carlo takes the instruction its step records were sampled with: their
+    first turn (the instruction turn in the SFT layout and in the released one)."""
+    if sft_file or not records:
+        return None
+    first = records[0].agent_step_conversations[0] if records[0].agent_step_conversations else None
+    return first.content if first is not None and first.role == "user" else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env_data", default=None, help="environment data root (ALFWorld: holds json_2.1.1/)")
     p.add_argument("--split", default="train")
     p.add_argument("--task_file", default=None, help="VirtualHome: task file overriding the split's")
-    p.add_argument("--sft", help="expert trajectories (expert_steps, explore_steps)")
+    p.add_argument("--sft", help="expert trajectories (expert_steps, explore_steps); explore_steps and mc "
+                   "take the prompt's instruction from its first turn")
+    p.add_argument("--icl_num", type=int, default=1,
+                   help="in-context examples in the sampling prompt, as at evaluation (released: 1)")
+    p.add_argument("--prompt_layout", default="turns", choices=["turns", "inline"],
+                   help="as eval_agent.main's: turns (released) or inline")
+    p.add_argument("--action_parser", default="released", choices=["released", "last_line"],
+                   help="as eval_agent.main's: released (all text after the first 'Action:') or last_line")
+    p.add_argument("--record_prompt", action="store_true",
+                   help="option, not released: sample with each record's own prompt instead of the evaluation prompt")
     p.add_argument("--steps", help="step records to score (mc)")
     p.add_argument("--output", required=True, help="JSONL output; an existing file is resumed")
     p.add_argument("--part_num", type=int, default=1)
@@ -55,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=0, help="environment worker processes (0: in-process)")
     p.add_argument("--max_active", type=int, default=256, help="rollouts in flight (generation batch)")
     p.add_argument("--save_rollouts", action="store_true", help="mc: keep each rollout's generated turns")
+    p.add_argument("--failed_generation", default="failure", choices=["failure", "exclude"],
+                   help="mc: a rollout whose generation fails counts as outcome 0 (released) or is left out")
     p.add_argument("--skip_invalid", action="store_true",
                    help="drop input records with a reward out of range or not finite (counted) instead of stopping")
     p.add_argument("--log_level", default="INFO")
@@ -64,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    inputs_given = [args.sft, args.steps, args.task_file]
+    for out in (args.output, problems_path(args.output)):
+        check_not_input(out, inputs_given)
     shard = Shard(args.part_num, args.part_idx)
     logger.info("part %d of %d, CUDA_VISIBLE_DEVICES=%s", args.part_idx, args.part_num,
                 os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
@@ -90,19 +125,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not args.model_path:
             raise SystemExit(f"{args.stage} needs --model_path")
         temperature = args.temperature if args.temperature is not None else (0.0 if args.stage == "explore_steps" else 1.0)
-        params = SamplingParams(temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+        params = SamplingParams(temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                stop=evaluation_stop(args.agent_config or args.backend))
+        from eval_agent.prompts import prompt_for
+
+        records = inputs if args.stage == "mc" else []
+        prompt = None if args.record_prompt else prompt_for(args.env, args.sft, args.icl_num, args.env_data,
+                                                            args.prompt_layout, records_instruction(records, args.sft))
         overrides = {"tensor_parallel_size": args.tensor_parallel_size} if args.backend == "vllm" else {}
         if args.backend == "hf":
             overrides["max_batch_size"] = args.max_batch_size
         policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config, **overrides)
         engine = RolloutEngine(policy, factory, num_workers=args.num_workers, max_active=args.max_active,
-                               default_params=params, seed=args.seed, progress_desc=args.stage)
+                               default_params=params, seed=args.seed, progress_desc=args.stage,
+                               action_parser=args.action_parser)
         try:
             if args.stage == "explore_steps":
-                report = explore_steps(inputs, engine, args.output, params, shard, args.max_steps)
+                report = explore_steps(inputs, engine, args.output, params, shard, args.max_steps, prompt)
             else:
                 report = monte_carlo(inputs, engine, args.output, args.num_rollouts, params,
-                                     shard, args.max_steps, args.save_rollouts)
+                                     shard, args.max_steps, args.save_rollouts, prompt, args.failed_generation)
             logger.info("engine: %s", engine.stats)
         finally:
             engine.close()

@@ -25,6 +25,7 @@ from eval_agent.types import Message
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+RELEASED_MAX_LENGTH = 4096  # tokens of prompt + continuation in the released reinforced trainer (GPU profile)
 
 FALLBACK_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -129,13 +130,29 @@ def truncate_keep_start(enc: EncodedChat, max_length: int | None) -> EncodedChat
     return EncodedChat(enc.input_ids[:max_length], enc.labels[:max_length])
 
 
+class PromptTooLongError(ValueError):
+    """The prompt alone has more tokens than the training sequence may hold."""
+
+    def __init__(self, n_prompt: int, max_length: int):
+        self.n_prompt = n_prompt
+        self.max_length = max_length
+        super().__init__(f"the prompt alone has {n_prompt} tokens, more than max_length {max_length}")
+
+
 def encode_prompt_continuation(tokenizer, prompt: Sequence[Message | dict], continuation: Sequence[Message | dict],
                                max_prompt_length: int | None = None,
-                               max_target_length: int | None = None) -> EncodedChat:
+                               max_target_length: int | None = None,
+                               max_length: int | None = None) -> EncodedChat:
     """Tokenise ``prompt + continuation`` training only the continuation's assistant turns.
 
-    The prompt part (tokens before the first trained token) keeps its last ``max_prompt_length``
-    tokens (a leading bos token is kept); the rest keeps its first ``max_target_length`` tokens.
+    Released behaviour (``max_prompt_length = max_target_length = None``): prompt and continuation
+    are kept whole and the concatenation is cut on the right at ``max_length``; a prompt that alone
+    is longer than ``max_length`` raises :class:`PromptTooLongError` (the caller reports and skips
+    the record: a prompt is never cut silently).
+
+    Option (not the released trainer's behaviour): the prompt part (tokens before the first trained
+    token) keeps its last ``max_prompt_length`` tokens (a leading bos token is kept); the rest keeps
+    its first ``max_target_length`` tokens; ``max_length`` then still caps the total.
     """
     enc = encode_chat(tokenizer, list(prompt) + list(continuation), first_trained=len(prompt))
     first = next((i for i, x in enumerate(enc.labels) if x != IGNORE_INDEX), len(enc.labels))
@@ -149,4 +166,6 @@ def encode_prompt_continuation(tokenizer, prompt: Sequence[Message | dict], cont
         p_lab = [IGNORE_INDEX] * len(p_ids)
     if max_target_length is not None:
         t_ids, t_lab = t_ids[:max_target_length], t_lab[:max_target_length]
-    return EncodedChat(p_ids + t_ids, p_lab + t_lab)
+    if max_length is not None and len(p_ids) >= max_length:
+        raise PromptTooLongError(len(p_ids), max_length)
+    return truncate_keep_start(EncodedChat(p_ids + t_ids, p_lab + t_lab), max_length)

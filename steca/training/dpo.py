@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from steca.records import load_pairs
-from steca.training.chat import IGNORE_INDEX
+from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
 from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
@@ -41,11 +41,17 @@ MASK_COLUMNS = ("chosen_train_mask", "rejected_train_mask")
 
 @dataclass
 class DPODataArguments:
-    """Length limits of the tokenised pairs."""
+    """Options that cut the tokenised pairs beyond ``max_length`` (DPOConfig's, cut on the right).
 
-    max_prompt_length: int = 512
-    max_target_length: int = 3072
-    ref_logps_file: str | None = None  # steca.training.reference_logps output (default: output_dir/reference_logps.jsonl)
+    Both default to None, the released trainer's behaviour: prompt and continuation kept whole.
+    """
+
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "option, not released: keep only the prompt's last N tokens (released: whole prompt)"})
+    max_target_length: int | None = field(default=None, metadata={
+        "help": "option, not released: keep only the continuation's first N tokens"})
+    ref_logps_file: str | None = field(default=None, metadata={
+        "help": "steca.training.reference_logps output (default: output_dir/reference_logps.jsonl)"})
 
 
 def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +70,14 @@ def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_dpo_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = 512,
-                      max_target_length: int | None = 3072, strict: bool = False, skip_invalid: bool = False):
+def build_dpo_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
+                      max_target_length: int | None = None, strict: bool = False, skip_invalid: bool = False,
+                      max_length: int | None = RELEASED_MAX_LENGTH):
     from datasets import Dataset
 
     res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, True, path, strict,
-                        record_indices(len(res.records), res.errors))
+                        record_indices(len(res.records), res.errors), max_length)
     if not rows:
         raise ValueError(f"{path}: no usable training pair")
     return Dataset.from_list([split_shared_prompt(r) for r in rows])
@@ -170,7 +177,7 @@ def train_dpo(model_args: ModelArguments, data_args: DataArguments, dpo_data: DP
     in a one-process run)."""
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     pairs = build_pair_dataset(data_args.data_path, tokenizer, dpo_data.max_prompt_length, dpo_data.max_target_length,
-                               True, data_args.strict_data, data_args.skip_invalid)
+                               True, data_args.strict_data, data_args.skip_invalid, config.max_length)
     pairs = attach_reference_logps(pairs, data_args.data_path, model_args.model_name_or_path,
                                    dpo_data.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
                                    lambda: load_model(model_args), tokenizer.pad_token_id)
@@ -187,7 +194,8 @@ def parse_args(argv: Sequence[str] | None = None):
     from trl import DPOConfig
 
     parser = HfArgumentParser((ModelArguments, DataArguments, DPODataArguments, DPOConfig))
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "max_length": None, "num_train_epochs": 1.0})
+    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "max_length": RELEASED_MAX_LENGTH,
+                            "num_train_epochs": 1.0})
     return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
 
 

@@ -10,7 +10,7 @@ reads; training then holds no second model. ``Reinfoced_train/steca_train.sh`` r
 training when ``BETA > 0``; a single-process run computes the file itself when it is missing.
 
     python -m steca.training.reference_logps --model_name_or_path out/sft --data_path pairs.json \\
-        --output_file out/steca/reference_logps.jsonl [--max_prompt_length 512 --max_target_length 3072]
+        --output_file out/steca/reference_logps.jsonl [--max_length 4096]
 
 The first line of the file is a header naming the data file (sha256), the reference model and the
 token lengths of every tokenised pair, so values computed for other data or other truncation are
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
-from steca.training.chat import IGNORE_INDEX
+from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
 from steca.training.losses import sequence_logprobs
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--model_name_or_path", required=True, help="the reference (frozen starting) model")
     ap.add_argument("--data_path", required=True)
     ap.add_argument("--output_file", required=True)
-    ap.add_argument("--max_prompt_length", type=int, default=512)
-    ap.add_argument("--max_target_length", type=int, default=3072)
+    ap.add_argument("--max_prompt_length", type=int, default=None, help="as the training run's (default: off)")
+    ap.add_argument("--max_target_length", type=int, default=None, help="as the training run's (default: off)")
+    ap.add_argument("--max_length", type=int, default=RELEASED_MAX_LENGTH, help="as the training run's")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default=None, help="default: cuda when available")
     ap.add_argument("--batch_size", type=int, default=4)
@@ -157,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(args.model_name_or_path)
     dataset = build_pair_dataset(args.data_path, tokenizer, args.max_prompt_length, args.max_target_length,
-                                 with_rejected=True, strict=args.strict_data, skip_invalid=args.skip_invalid)
+                                 with_rejected=True, strict=args.strict_data, skip_invalid=args.skip_invalid,
+                                 max_length=args.max_length)
     model = load_model(ModelArguments(args.model_name_or_path, dtype=args.dtype))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     chosen, rejected = compute_reference_logps(model.to(device), dataset, tokenizer.pad_token_id, args.batch_size)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from steca.records import PairRecord, RecordError, load_pairs, log_summary
-from steca.training.chat import IGNORE_INDEX, encode_prompt_continuation
+from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH, PromptTooLongError, encode_prompt_continuation
 from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
@@ -44,8 +44,12 @@ class ReinforcedArguments:
 
     beta: float = field(default=0.0, metadata={"help": "weight of the DPO term; 0 (released) = reward-weighted NLL"})
     no_reward_weighting: bool = field(default=False, metadata={"help": "ablation: every pair weighs 1"})
-    max_prompt_length: int = field(default=512, metadata={"help": "prompt tokens kept (from the end)"})
-    max_target_length: int = field(default=3072, metadata={"help": "continuation tokens kept (from the start)"})
+    max_length: int | None = field(default=RELEASED_MAX_LENGTH, metadata={
+        "help": "prompt + continuation tokens kept (cut on the right); a longer prompt alone skips the record"})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "option, not released: keep only the prompt's last N tokens (released: whole prompt)"})
+    max_target_length: int | None = field(default=None, metadata={
+        "help": "option, not released: keep only the continuation's first N tokens"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
         "help": "reference model for beta > 0 (default: --model_name_or_path)"})
     ref_logps_file: str | None = field(default=None, metadata={
@@ -65,11 +69,14 @@ class TrainResult:
 
 def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: int | None,
                  max_target_length: int | None, with_rejected: bool, path: str | os.PathLike | None = None,
-                 strict: bool = False, indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                 strict: bool = False, indices: Sequence[int] | None = None,
+                 max_length: int | None = None) -> list[dict[str, Any]]:
     """Tokenise pairs: ``chosen_input_ids``/``chosen_labels`` (and the rejected ones when asked) and ``reward``.
 
-    A pair the chat template refuses or with no chosen assistant token left after truncation is
-    skipped with a warning naming it (``strict``: raised).
+    Lengths as :func:`~steca.training.chat.encode_prompt_continuation` (released: whole prompt,
+    concatenation cut on the right at ``max_length``). A pair whose prompt alone exceeds
+    ``max_length``, that the chat template refuses, or with no chosen assistant token left after
+    truncation is skipped with a warning naming its id (``strict``: raised).
     """
     from tqdm import tqdm
 
@@ -80,19 +87,26 @@ def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: in
         field_name = "chosen"
         try:
             row: dict[str, Any] = {"reward": float(rec.reward)}
-            enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.chosen, max_prompt_length, max_target_length)
+            enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.chosen, max_prompt_length, max_target_length,
+                                             max_length)
             if enc.n_trained == 0:
                 raise RecordError(path, i, "chosen", "no assistant token left to train after truncation", rec.id)
             row["chosen_input_ids"], row["chosen_labels"] = enc.input_ids, enc.labels
             if with_rejected:
                 field_name = "rejected"
                 enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.rejected, max_prompt_length,
-                                                 max_target_length)
+                                                 max_target_length, max_length)
                 row["rejected_input_ids"], row["rejected_labels"] = enc.input_ids, enc.labels
         except RecordError as e:
             if strict:
                 raise
             skipped.append(e)
+            continue
+        except PromptTooLongError as e:
+            err = RecordError(path, i, "prompt", f"{e}; the record is skipped (a prompt is never cut)", rec.id)
+            if strict:
+                raise err from e
+            skipped.append(err)
             continue
         except Exception as e:  # the chat template refused the conversation
             err = RecordError(path, i, field_name, f"cannot render with the chat template: {e}", rec.id)
@@ -105,15 +119,15 @@ def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: in
     return rows
 
 
-def build_pair_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = 512,
-                       max_target_length: int | None = 3072, with_rejected: bool = False, strict: bool = False,
-                       skip_invalid: bool = False):
+def build_pair_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
+                       max_target_length: int | None = None, with_rejected: bool = False, strict: bool = False,
+                       skip_invalid: bool = False, max_length: int | None = RELEASED_MAX_LENGTH):
     """A ``datasets.Dataset`` of tokenised pairs from a pair file (see :func:`encode_pairs`)."""
     from datasets import Dataset
 
     res = load_pairs(path, strict=strict, skip_invalid=skip_invalid)
     rows = encode_pairs(res.records, tokenizer, max_prompt_length, max_target_length, with_rejected, path, strict,
-                        record_indices(len(res.records), res.errors))
+                        record_indices(len(res.records), res.errors), max_length)
     n_bad = len(res.errors) + len(res.records) - len(rows)
     if n_bad:
         logger.warning("%s: %d of %d record(s) skipped", path, n_bad, len(res.records) + len(res.errors))
@@ -232,7 +246,7 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
     need_rejected = rl_args.beta > 0
     dataset = build_pair_dataset(data_args.data_path, tokenizer, rl_args.max_prompt_length,
                                  rl_args.max_target_length, need_rejected, data_args.strict_data,
-                                 data_args.skip_invalid)
+                                 data_args.skip_invalid, rl_args.max_length)
     logger.info("reinforced training on %d pairs (beta=%g, reward weighting %s)", len(dataset), rl_args.beta,
                 "off" if rl_args.no_reward_weighting else "on")
     if need_rejected:  # the reference is never loaded in the training processes (see reference_logps.py)

@@ -30,10 +30,12 @@ available. :func:`build_initial_graph` reconstructs one, deterministically:
      the first state-changing line on any other object implies its start state (``[OPEN]`` needs
      ``CLOSED``, ``[SWITCHON]`` needs ``OFF``, ``[PLUGIN]`` needs ``PLUGGED_OUT``...); a program
      that starts with ``[STANDUP]``/``[WAKEUP]``/``[SLEEP]`` starts sitting/lying;
-   * what the character reaches while it sits or lies (:func:`seated_neighbours`): a sitting or
-     lying character cannot walk, and every recorded step succeeded, so an object that a line
-     needing reach (``[FIND]``, ``[SWITCHON]``, ``[TYPE]``, ``[GRAB]``...) names while the character
-     sits or lies on a seat was within reach of that seat: the pair gets ``CLOSE`` edges both ways;
+   * what the program reaches without walking to it (:func:`reach_neighbours`): every recorded
+     step succeeded, so an object that a line needing reach (``[FIND]`` while seated,
+     ``[SWITCHON]``, ``[TYPE]``, ``[GRAB]``...) names was within reach of the seat the character
+     sits or lies on (a seated character cannot walk), or, standing, of the last object walked to
+     when no observation listed it: the pair gets ``CLOSE`` edges both ways. Which ``[FIND]`` lines
+     walk is decided by :class:`Whereabouts`;
    * an added object with no room yet goes to the room the character is in when the program
      first uses it.
 5. Sitting/lying targets are freed of objects resting on them when the program sits or lies on
@@ -253,7 +255,9 @@ def build_initial_graph(task: VHTask, scene: dict[str, Any], res: Resources) -> 
 
     # closeness the recorded observations reveal between task objects (one side added)
     added = {i for i in nodes if i not in scene["nodes"]}
-    for x, t, on in _observed_neighbours(task, nodes, added) + seated_neighbours(task, nodes):
+    rooms = {i: r for i in nodes if (r := _room_of(i, inside, nodes)) is not None and i != char}
+    for x, t, on in (_observed_neighbours(task, nodes, added, rooms=rooms, start_room=start_room)
+                     + reach_neighbours(task, nodes, rooms, start_room)):
         edges.update({(x, "CLOSE", t), (t, "CLOSE", x)})
         mover, anchor = (x, t) if x in added else (t, x)
         if _room_of(mover, inside, nodes) is not None:
@@ -354,15 +358,19 @@ def parse_observation(text: str) -> tuple[set[str], set[tuple[str, str]], set[st
 
 
 def _observed_neighbours(task: VHTask, nodes: dict[int, dict[str, Any]], added: set[int],
-                         base_pairs: bool = True) -> list[tuple[int, int, bool]]:
+                         base_pairs: bool = True, rooms: dict[int, int] | None = None,
+                         start_room: int | None = None) -> list[tuple[int, int, bool]]:
     """Pairs ``(x, a, x_on_a)`` of task objects that the recorded observations show side by side.
 
-    ``a`` is the *anchor*, the non-room object the program last walked or ran to. An object ``x``
+    ``a`` is the *anchor*, the non-room object the program last walked or ran to (a ``[FIND]`` walks
+    too when :class:`Whereabouts` says so). An object ``x``
     that an observation newly lists (not listed by the previous one; after a ``WALK``/``RUN`` every
     listed object counts, since walking resets closeness) and that the character does not hold was
-    close to the anchor. ``x ON y`` statements give pairs too. Once the program has grabbed, put,
-    poured or dropped an object, later observations of it show the program's doing and are not
-    used. ``base_pairs=False`` keeps only pairs with an added object. First occurrence per pair,
+    close to the anchor. ``x ON y`` statements give pairs too. An object newly listed right after
+    ``[GRAB] x`` is what ``x`` was on, in or close to (the simulator makes the character close to
+    it), so it pairs with ``x``, and replaces ``x`` as the anchor when ``x`` was the anchor. Once the
+    program has grabbed, put, poured or dropped an object, later observations of it show the
+    program's doing and are not used. ``base_pairs=False`` keeps only pairs with an added object. First occurrence per pair,
     in program order.
     """
     out: list[tuple[int, int, bool]] = []
@@ -382,20 +390,31 @@ def _observed_neighbours(task: VHTask, nodes: dict[int, dict[str, Any]], added: 
 
     anchor: int | None = None
     before: set[str] = set()
+    where = Whereabouts(nodes, rooms or {}, start_room)
     for i, line in enumerate(task.program):
         if i >= len(task.observations):
             break
-        if line.action in ("GRAB", "PUTBACK", "PUTIN", "PUTOBJBACK", "POUR", "DROP", "RELEASE"):
+        grabbed = line.params[0][1] if line.action == "GRAB" and line.params else None
+        if line.action in ("PUTBACK", "PUTIN", "PUTOBJBACK", "POUR", "DROP", "RELEASE"):
             moved.update(i for _, i in line.params[:1])
-        walked = line.action in ("WALK", "RUN") and bool(line.params)
+        names, on, held = parse_observation(task.observations[i])
+        walked = where.step(line, bool(before - names - held))
         if walked:
             tid = line.params[0][1]
             anchor = tid if tid in nodes and nodes[tid]["category"] != ROOM_CATEGORY else None
-        names, on, held = parse_observation(task.observations[i])
         for a_name, b_name in sorted(on):
             add(task.object_ids.get(a_name), task.object_ids.get(b_name), True)
         fresh = names if walked else names - before
         before = names
+        if grabbed is not None:
+            # grabbing makes the character close to the first thing the object was on, in or close to
+            partners = [p for n in sorted(fresh - held) if (p := task.object_ids.get(n)) in nodes and p != grabbed]
+            for p in partners:
+                add(p, grabbed, False)
+            if anchor == grabbed:
+                anchor = partners[0] if partners else None
+            moved.add(grabbed)
+            continue
         if anchor is None:
             continue
         for name in sorted(fresh - held):
@@ -412,33 +431,102 @@ _NEEDS_CLOSE_DEST = frozenset({"PUTBACK", "PUTIN", "POUR"})
 _MOVES = ("GRAB", "PUTBACK", "PUTIN", "PUTOBJBACK", "POUR", "DROP", "RELEASE")
 
 
-def seated_neighbours(task: VHTask, nodes: dict[int, dict[str, Any]]) -> list[tuple[int, int, bool]]:
-    """Pairs ``(x, seat, False)``: objects the program reaches while sitting or lying, and the seat.
+@dataclass
+class Whereabouts:
+    """Where the record puts the character, line by line: its room when known, and whether it sits or lies.
 
-    A sitting or lying character cannot walk (``[WALK]`` fails, ``[FIND]`` only finds what is within
-    reach), so every object that a line needing closeness names while the character sits or lies on
-    ``seat`` (from ``[SIT]``/``[LIE]`` until ``[STANDUP]``) was within reach of the seat in STeCa's
-    initial graph: all recorded steps succeeded. Objects the program has moved before are skipped
-    (their later place is the program's doing). First occurrence per pair, in program order.
+    ``rooms`` maps nodes to their rooms where the rebuilt graph knows them. :meth:`step` says whether a
+    line moved the character: ``[WALK]``/``[RUN]`` always; ``[FIND]`` (evolving_graph's ``FindExecutor``
+    walks to an object out of reach unless the character sits or lies) when nothing is within reach
+    (at the start, or right after walking into a room) or when its object is in another room than the
+    character: the cases the record settles (objects in different rooms are never within reach).
+    Body parts are always within reach. A ``[FIND]`` in the same room, or of an object without a known room, counts as a
+    find within reach: STeCa's observations keep listing what was close before it in nearly all such
+    steps of the seen split.
+    """
+
+    nodes: dict[int, dict[str, Any]]
+    rooms: dict[int, int]
+    room: int | None = None
+    seated: bool = False
+    reaches_nothing: bool = True  # just walked into a room (or started): nothing is within reach
+
+    def room_of(self, nid: int) -> int | None:
+        if self.nodes.get(nid, {}).get("category") == ROOM_CATEGORY:
+            return nid
+        return self.rooms.get(nid)
+
+    def step(self, line: ProgramLine, dropped: bool = False) -> bool:
+        """Advance over ``line``; True when it moved the character. ``dropped``: the observation after the
+        line no longer lists something that the one before listed (and that the character does not hold)."""
+        walks = False
+        if line.params:
+            target = self.room_of(line.params[0][1])
+            obj = self.nodes.get(line.params[0][1], {})
+            walks = line.action in ("WALK", "RUN") or (
+                line.action == "FIND" and not self.seated and "BODY_PART" not in obj.get("properties", ())
+                and (self.reaches_nothing or dropped
+                     or (target is not None and self.room is not None and target != self.room)))
+            if walks:
+                self.room = target
+            self.reaches_nothing = walks and obj.get("category") == ROOM_CATEGORY
+        if line.action in ("SIT", "LIE"):
+            self.seated = True
+        elif line.action == "STANDUP":
+            self.seated = False
+        return walks
+
+
+def reach_neighbours(task: VHTask, nodes: dict[int, dict[str, Any]], rooms: dict[int, int] | None = None,
+                     start_room: int | None = None) -> list[tuple[int, int, bool]]:
+    """Pairs ``(x, anchor, False)``: objects a program line reaches without walking to them, and what the
+    character stood or sat at when it did.
+
+    Every recorded step succeeded, so the object of a line that needs reach (``[SWITCHON]``,
+    ``[TYPE]``, ``[GRAB]``, ``[FIND]`` while seated..., the destination of a put) was within reach:
+    close to the character, or close to something the character was close to
+    (``_is_character_close_to``). The *anchor* is that something:
+
+    * while the character sits or lies on a seat (from ``[SIT]``/``[LIE]`` until ``[STANDUP]``) it
+      cannot walk (``[WALK]`` fails, ``[FIND]`` only finds what is within reach), so the anchor is
+      the seat, for every such line;
+    * standing, the anchor is the last object walked to (``[WALK]``/``[RUN]``, or a ``[FIND]`` that
+      walks, see :class:`Whereabouts`), and a line gets a pair only when the previous observation
+      does not list its object (a listed object is close already).
+
+    Objects the program has moved before are skipped (their later place is the program's doing).
+    First occurrence per pair, in program order.
     """
     out: list[tuple[int, int, bool]] = []
     seen: set[frozenset[int]] = set()
     moved: set[int] = set()
     seat: int | None = None
-    for line in task.program:
-        ids = [i for _, i in line.params]
-        target = ids[0] if line.action in _NEEDS_CLOSE and ids else (
-            ids[1] if line.action in _NEEDS_CLOSE_DEST and len(ids) > 1 else None)
-        if (seat is not None and target is not None and target != seat and target in nodes and target not in moved
-                and nodes[target]["category"] != ROOM_CATEGORY and frozenset((target, seat)) not in seen):
-            seen.add(frozenset((target, seat)))
-            out.append((target, seat, False))
+    anchor: int | None = None
+    listed: set[str] = set()  # names in the previous recorded observation
+    where = Whereabouts(nodes, rooms or {}, start_room)
+    for i, line in enumerate(task.program):
+        ids = [k for _, k in line.params]
+        k = 0 if line.action in _NEEDS_CLOSE and ids else (
+            1 if line.action in _NEEDS_CLOSE_DEST and len(ids) > 1 else None)
+        target = ids[k] if k is not None else None
+        name = line.params[k][0] if k is not None else ""
+        usable = target is not None and target in nodes and nodes[target]["category"] != ROOM_CATEGORY
+        after = parse_observation(task.observations[i]) if i < len(task.observations) else None
+        walks = where.step(line, after is not None and bool(listed - after[0] - after[2]))
+        near = seat if seat is not None else (None if walks else anchor)
+        if (usable and near is not None and target != near and target not in moved
+                and (seat is not None or name not in listed) and frozenset((target, near)) not in seen):
+            seen.add(frozenset((target, near)))
+            out.append((target, near, False))  # type: ignore[arg-type]
+        if walks and ids:
+            anchor = ids[0] if ids[0] in nodes and nodes[ids[0]]["category"] != ROOM_CATEGORY else None
         if line.action in ("SIT", "LIE") and ids and ids[0] in nodes:
             seat = ids[0]
-        elif line.action in ("STANDUP", "WALK", "RUN"):
+        elif line.action == "STANDUP":
             seat = None
         if line.action in _MOVES and ids:
             moved.add(ids[0])
+        listed = after[0] if after is not None else set()
     return out
 
 

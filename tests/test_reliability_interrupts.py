@@ -1,0 +1,223 @@
+"""Reliability of interrupted and concurrent runs (failures 3, 5, 6): Ctrl-C stops every part of a
+sampling script, one writer per output, a complete last record is kept, an output never overwrites
+an input, and the joined output does not depend on how the parts ran.
+
+The interrupted run is deterministic without any sleep: its parts talk to a loopback
+OpenAI-compatible server that holds every request until the test has sent the signal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from method_fixtures import expert_rewards, expert_sft
+
+from eval_agent.storage import JsonlSink, OutputLockedError, lock_output
+from steca.collection.collect_cli import main as collect_main
+from steca.records import load_sft, write_records
+from steca.sampling.join_parts import join_parts
+from steca.sampling.sampling_cli import main as sampling_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ one writer, whole records
+def _lines(n: int) -> str:
+    return "".join(json.dumps({"id": f"t{i}", "iteration": i}) + "\n" for i in range(n))
+
+
+def test_a_second_writer_of_an_output_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with JsonlSink(out) as sink:
+        sink.write({"id": "a", "iteration": 0})
+        with pytest.raises(OutputLockedError, match="being written by another process"):
+            JsonlSink(out)
+    with JsonlSink(out) as sink:  # released on close
+        sink.write({"id": "a", "iteration": 1})
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_a_stage_run_on_a_locked_output_exits_with_a_clear_message(tmp_path: Path, alfworld_data: Path,
+                                                                   alfworld_sft_sample: Path) -> None:
+    sft = tmp_path / "sft.json"
+    write_records(sft, load_sft(alfworld_sft_sample, strict=True).records[:1])
+    out = tmp_path / "expert.jsonl"
+    held = lock_output(out)  # another run writing this output
+    try:
+        with pytest.raises(OutputLockedError, match=str(out)):
+            sampling_main(["expert_steps", "--env", "alfworld", "--env_data", str(alfworld_data), "--sft", str(sft),
+                           "--output", str(out), "--log_level", "WARNING"])
+    finally:
+        held.close()
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    """Failure 6: it was counted as done, then cut as a torn line, and lost."""
+    out = tmp_path / "out.jsonl"
+    out.write_text(_lines(2) + json.dumps({"id": "t2", "iteration": 2}))
+    with JsonlSink(out) as sink:
+        assert sink.finished_keys(lambda o: (o["id"], o["iteration"])) == {("t0", 0), ("t1", 1), ("t2", 2)}
+    assert out.read_text() == _lines(3)
+    out.write_text(_lines(2) + '{"id": "t2", "itera')  # a torn line is still cut
+    with JsonlSink(out) as sink:
+        assert len(sink.finished_keys(lambda o: (o["id"], o["iteration"]))) == 2
+    assert out.read_text() == _lines(2)
+
+
+def test_resume_keeps_a_record_without_newline_and_writes_no_duplicate(tmp_path: Path, alfworld_data: Path,
+                                                                      alfworld_sft_sample: Path) -> None:
+    sft = tmp_path / "sft.json"
+    write_records(sft, load_sft(alfworld_sft_sample, strict=True).records[:1])
+    out = tmp_path / "expert.jsonl"
+    args = ["expert_steps", "--env", "alfworld", "--env_data", str(alfworld_data), "--sft", str(sft), "--output",
+            str(out), "--log_level", "WARNING"]
+    sampling_main(args)
+    full = out.read_bytes()
+    out.write_bytes(full[:-1])  # the writer was killed between the last record and its newline
+    report = sampling_main(args)
+    assert report["written"] == 0 and out.read_bytes() == full
+
+
+def test_an_output_equal_to_an_input_is_refused(tmp_path: Path) -> None:
+    """Failure 5: ``--output`` equal to the input file destroyed the input."""
+    steps = tmp_path / "steps.jsonl"
+    write_records(steps, expert_rewards())
+    before = steps.read_bytes()
+    with pytest.raises(ValueError, match="is also an input"):
+        sampling_main(["mc", "--steps", str(steps), "--output", str(steps), "--model_path", "m"])
+    write_records(tmp_path / "sft.json", [expert_sft()])
+    with pytest.raises(ValueError, match="is also an input"):
+        collect_main("expert", "alfworld", ["--sft", str(tmp_path / "sft.json"), "--expert_steps", str(steps),
+                                            "--explore_steps", str(steps), "--output", str(steps)])
+    assert steps.read_bytes() == before
+
+
+def test_joined_parts_are_in_one_order_and_never_overlap(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"id": "t2", "iteration": 0}) + "\n" + json.dumps({"id": "t1", "iteration": 3}) + "\n")
+    b.write_text(json.dumps({"id": "t1", "iteration": 1}) + "\n")
+    join_parts([a, b], tmp_path / "ab.jsonl")
+    join_parts([b, a], tmp_path / "ba.jsonl")
+    assert (tmp_path / "ab.jsonl").read_bytes() == (tmp_path / "ba.jsonl").read_bytes()
+    keys = [(o["id"], o["iteration"]) for o in map(json.loads, (tmp_path / "ab.jsonl").read_text().splitlines())]
+    assert keys == [("t1", 1), ("t1", 3), ("t2", 0)]
+    b.write_text(b.read_text() + json.dumps({"id": "t2", "iteration": 0}) + "\n")
+    with pytest.raises(ValueError, match="the parts overlap"):
+        join_parts([a, b], tmp_path / "x.jsonl")
+
+
+# ------------------------------------------------------------------ Ctrl-C on a script with parts
+class HoldingServer(ThreadingHTTPServer):
+    """Chat completions that wait for ``release`` (set: answer at once) before answering."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), HoldingHandler)
+        self.release = threading.Event()
+        self.arrived = threading.Semaphore(0)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class HoldingHandler(BaseHTTPRequestHandler):
+    server: HoldingServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.arrived.release()
+        self.server.release.wait()
+        body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": req["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                               "role": "assistant", "content": "Thought: I look.\nAction: look"}}]}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client was stopped meanwhile
+            pass
+
+
+def _processes_in_groups(groups: set[int]) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                found.append(int(d.name))
+    return found
+
+
+def _part_pids(out_dir: Path) -> set[int]:
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "run_sampling.py" in cmd and str(out_dir) in cmd:
+                pids.add(int(d.name))
+    return pids
+
+
+def test_ctrl_c_stops_every_part_and_the_rerun_writes_no_duplicate(tmp_path: Path, alfworld_data: Path,
+                                                                   alfworld_sft_sample: Path) -> None:
+    """Failure 3: Ctrl-C left the background parts running; the rerun wrote duplicates."""
+    sft = tmp_path / "sft.json"
+    write_records(sft, load_sft(alfworld_sft_sample, strict=True).records[:4])
+    out_dir = tmp_path / "sampling"
+    held = HoldingServer()
+    threading.Thread(target=held.serve_forever, daemon=True).start()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ENV_DATA": str(alfworld_data), "SFT_FILE": str(sft),
+           "OUT_DIR": str(out_dir), "BACKEND": "openai", "API_BASE": held.base_url, "MODEL_PATH": "m",
+           "PART_NUM": "2", "MAX_STEPS": "2", "MAX_NEW_TOKENS": "8", "MAX_ACTIVE": "4"}
+    script = ["bash", "sampling/alfworld/explore_generate_response.sh"]
+    proc = subprocess.Popen(script, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):  # both parts are waiting for an answer: the run is in the middle of its work
+            assert held.arrived.acquire(timeout=600)
+        parts = _part_pids(out_dir)
+        assert len(parts) == 2
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        held.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "got SIGINT" in err
+    assert _processes_in_groups(parts) == []  # no part, and no process a part started, is left
+    # the rerun against a server that answers finishes the work, each record once
+    held.shutdown()
+    healthy = HoldingServer()
+    healthy.release.set()
+    threading.Thread(target=healthy.serve_forever, daemon=True).start()
+    done = subprocess.run(script, cwd=REPO, env={**env, "API_BASE": healthy.base_url}, capture_output=True,
+                          text=True, timeout=900)
+    healthy.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = Counter((o["id"], o["iteration"]) for o in map(json.loads, (out_dir / "explore_steps.jsonl").open()))
+    # (with MAX_STEPS=2 the prefixes t >= 2 leave no step to explore: they go to the problems file)
+    assert set(keys) == {(r.id, t) for r in load_sft(sft).records for t in range(2)} and max(keys.values()) == 1
