@@ -61,3 +61,41 @@ class BoundedCache(Generic[K, V]):
 
     def __iter__(self) -> Iterator[K]:
         return iter(list(self._data))
+
+
+class PrefixCache(Generic[V]):
+    """Environment states reached by action prefixes of a task: the one snapshot cache both environments use.
+
+    Keys are ``(task, actions[:k])``; at most ``maxsize`` states are kept, least recently used out
+    first. The rule: every state a ``reset_to_prefix`` reaches is put, and a later call starts
+    from the longest cached prefix of its actions.
+    """
+
+    def __init__(self, maxsize: int):
+        self._states: BoundedCache[tuple[Hashable, tuple[str, ...]], V] = BoundedCache(maxsize)
+
+    def longest(self, task: Hashable, actions: tuple[str, ...]) -> tuple[int, V | None]:
+        """``(k, state)`` of the longest cached prefix ``actions[:k]`` (``(0, None)`` when none is)."""
+        k = len(actions)
+        while k > 0 and (task, actions[:k]) not in self._states:
+            k -= 1
+        return (k, self._states.get((task, actions[:k]))) if k else (0, None)
+
+    @property
+    def enabled(self) -> bool:
+        """False when the cache keeps nothing (``maxsize`` 0): callers need not build states to put."""
+        return self._states.maxsize > 0
+
+    def put(self, task: Hashable, actions: tuple[str, ...], state: V) -> None:
+        self._states.put((task, actions), state)
+
+    def drop_task(self, task: Hashable) -> None:
+        """Forget every state of ``task``."""
+        for key in [k for k in self._states if k[0] == task]:
+            self._states.pop(key)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)

@@ -170,7 +170,7 @@ def test_template_dependencies_of_command_and_feedback_texts() -> None:
     from textworld.envs.pddl import textgen
     from textworld.logic import Rule
 
-    from eval_agent.envs.alfworld_memo import template_dependencies
+    from eval_agent.envs.textworld_adapter import template_dependencies
 
     def parse(text: str):
         return textgen._parse_and_convert(text, rule_name="symbols")
@@ -227,7 +227,7 @@ def test_memo_matches_the_raw_engine_on_a_long_wandering_walk(alfworld_data: Pat
 def test_derivation_key_ignores_mapping_a_query_cannot_see() -> None:
     from textworld.logic import Placeholder, Variable
 
-    from eval_agent.envs.alfworld_memo import TemplateDeps, derivation_key
+    from eval_agent.envs.textworld_adapter import TemplateDeps, derivation_key
 
     r, lend, lstart = Placeholder("r", "receptacle"), Placeholder("lend", "location"), Placeholder("lstart", "location")
     desk, loc1, loc2, loc3 = (Variable("desk_1", "receptacle"), Variable("l1", "location"),

@@ -186,7 +186,7 @@ def test_steca_loss_beta_positive_matches_the_formula():
 def test_steca_loss_beta_positive_needs_every_side(missing):
     sides = [torch.zeros(1), torch.zeros(1), torch.zeros(1)]
     sides[missing] = None
-    with pytest.raises(ValueError, match="beta > 0"):
+    with pytest.raises(ValueError, match="^beta > 0 needs rejected log-probs and the reference model's log-probs$"):
         steca_loss(torch.zeros(1), torch.ones(1), 0.1, *sides)
     with pytest.raises(ValueError, match="beta must be >= 0"):
         steca_loss(torch.zeros(1), torch.ones(1), -0.1)
@@ -201,7 +201,8 @@ def _ep():
 def test_new_episode_and_observation_format():
     ep = _ep()
     assert [m.content for m in ep.messages] == ["instr", "OK", "first obs"] and ep.messages[-1].role == "user"
-    assert (ep.n_prompt_messages, ep.steps, ep.finished, ep.terminate_reason) == (2, 0, False, None)
+    assert (ep.task_id, ep.game_file, ep.n_prompt_messages, ep.steps, ep.finished, ep.terminate_reason) == (
+        "t", "g.json", 2, 0, False, None)
     assert format_observation(StepOutcome("You see a desk.", won=False)) == "Observation: You see a desk."
 
 
@@ -212,7 +213,7 @@ def test_record_step_outcomes():
     assert [m.role for m in ep.messages[-2:]] == ["assistant", "user"]
     assert ep.messages[-2].content == "Action: look" and ep.messages[-1].content == "Observation: dark"
     record_step(ep, "no action here", None, max_steps=3)
-    assert ep.messages[-1].content == INVALID_FORMAT_OBSERVATION and ep.steps == 2 and not ep.finished
+    assert ep.messages[-1] == Message("user", INVALID_FORMAT_OBSERVATION) and ep.steps == 2 and not ep.finished
     record_step(ep, "Action: open box", StepOutcome("opened", won=False), max_steps=3)
     assert (ep.steps, ep.finished, ep.terminate_reason, ep.success) == (3, True, "max_steps", False)
 
@@ -235,10 +236,11 @@ def test_start_and_step_on_the_real_virtualhome_simulator(virtualhome_data):
     env = VirtualHomeEnv(virtualhome_data / "vh_seen_test.jsonl", virtualhome_data)
     prompt = [Message("user", "instr"), Message("assistant", "OK")]
     ep = start_episode(env, "418", prompt)
-    assert ep.messages[2].content == env.reset("418") and ep.game_file == env.game_file("418")
+    assert ep.messages[2].content == env.reset("418") and ep.game_file == env.game_file("418") and ep.task_id == "418"
     ep = start_episode(env, "418", prompt)
     step_episode(env, ep, "Thought: hmm\nAction: dance with the dresser")
     assert ep.messages[-1].content == f"Observation: {NOTHING_HAPPENS}" and ep.steps == 1
+    assert ep.messages[-2] == Message("assistant", "Thought: hmm\nAction: dance with the dresser")
     step_episode(env, ep, "Thought: no action line")
     assert ep.messages[-1].content == INVALID_FORMAT_OBSERVATION and ep.steps == 2
     env.reset("418")

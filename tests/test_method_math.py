@@ -19,7 +19,7 @@ from tests.method_fixtures import explored_fixture, explored_step, expert_reward
 def test_step_reward_is_mean_of_outcomes():
     assert step_reward([1, 0, 0, 1, 1]) == pytest.approx(0.6)
     assert step_reward([0.0]) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a step reward needs at least one rollout outcome$"):
         step_reward([])
 
 
@@ -209,7 +209,7 @@ def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
                                  intermediate_size=32, max_position_embeddings=32)).eval()
     model.save_pretrained(tmp_path)
     texts = ["go to desk 1", "open the drawer 2", "go to the desk 2 go to drawer 1"]  # padded in one batch
-    vecs = make_encoder(str(tmp_path)).encode(texts)
+    vecs = make_encoder("bert-cls", str(tmp_path)).encode(texts)
     with torch.no_grad():
         for text, vec in zip(texts, vecs):
             hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]

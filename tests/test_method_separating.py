@@ -208,9 +208,9 @@ def test_tasks_in_natural_order_and_counters_per_record():
     # records without the rewards they need are counted one by one and do not stop their task
     no_reward = [explored_step(t, "go to shelf 1", 0.0, 0.0, "a") for t in (2, 3)]
     for r in no_reward:
-        r.agent_step_reward = None
+        r.mc_step_reward = None
     unscored_expert = _expert("b")
-    unscored_expert[1].agent_step_reward = unscored_expert[2].agent_step_reward = None
+    unscored_expert[1].mc_step_reward = unscored_expert[2].mc_step_reward = None
     no_action = [explored_step(t, "go to shelf 1", 0.0, 0.0, "c") for t in (2, 4)]  # no expert step 2 or 4
     res = find_deviations(
         _expert("a") + unscored_expert + [r for r in _expert("c") if r.iteration in (0, 1, 3)],
@@ -234,3 +234,33 @@ def test_an_explored_turn_without_action_is_dissimilar():
     assert d.similarity is None
     with pytest.raises(ValueError, match="^the similarity filter needs an action encoder$"):
         find_deviations([], [], RELEASED_RULE, None)
+
+
+# ------------------------------------------------------------------ cutting chats, DTW corner cases
+def test_prompt_length_and_step_pairing():
+    from eval_agent.types import Message
+    from steca.method.trajectories import prompt_length, split_steps
+
+    u, a = (lambda c: Message("user", c)), (lambda c: Message("assistant", c))
+    assert prompt_length([u("instr"), a("OK"), u("obs"), a("Action: go")]) == 3
+    assert prompt_length([u("instr"), a("OK"), u("obs")]) == 3
+    assert prompt_length([u("instr"), a("Action: go"), u("obs")]) == 1  # no "OK": the first acting turn
+    assert prompt_length([a("OK"), u("instr"), a("hmm"), u("x"), a("Action: go")]) == 4
+    assert prompt_length([u("Action: not an assistant"), a("no action")]) == 2
+    assert prompt_length([u("a"), u("b"), a("Action: go")]) == 2
+    steps = split_steps([u("x"), a("Action: a"), u("o1"), a("Action: b"), a("Action: c"), u("o3"), u("extra"), a("Action: d")])
+    assert [(s.action, s.observation.content if s.observation else None) for s in steps] == [
+        ("a", "o1"), ("b", None), ("c", "o3"), ("d", None)]
+
+
+def test_dtw_with_a_zero_vector_and_integer_inputs():
+    import math
+
+    import numpy as np
+
+    from steca.method.dtw import cosine_cost_matrix, dtw_distance
+
+    cost = cosine_cost_matrix(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[3, 4]]))
+    np.testing.assert_allclose(cost, [[1.0], [0.0]], atol=1e-12)  # a zero vector is at cosine 0 from anything
+    assert cost.dtype == np.float64
+    assert dtw_distance([[1, 0], [0, 1]], [[0, 1]]) == pytest.approx(1.0 / math.sqrt(5))

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from eval_agent.agents.policy import SamplingParams
+from eval_agent.agents.policy import RowParams, SamplingParams
 from eval_agent.types import Message
-
-RowParams = SamplingParams | Sequence[SamplingParams]
 
 
 def params_per_row(params: RowParams, n: int) -> list[SamplingParams]:

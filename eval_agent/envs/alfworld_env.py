@@ -21,16 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
-from collections import Counter, defaultdict
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from eval_agent.bounded_cache import BoundedCache
+from eval_agent.bounded_cache import BoundedCache, PrefixCache
 from eval_agent.envs.alfworld_oracle import AlfredGoal, next_action
-from eval_agent.envs.alfworld_memo import EngineMemo
+from eval_agent.envs import textworld_adapter as tw
+from eval_agent.envs.textworld_adapter import EngineMemo, LoadedGame, Snapshot, keep_argv
 from eval_agent.envs.alfworld_game_files import (GameInfo, collect_games, default_data_root, resolve_game_file)
 from eval_agent.envs.task_env import TaskEnv
 from eval_agent.types import MAX_STEPS, StepOutcome
@@ -70,16 +68,6 @@ def clean_observation(text: str) -> str:
     return _ARRIVE_RE.sub("", text).strip()
 
 
-@contextmanager
-def keep_argv() -> Iterator[None]:
-    """fast-downward's translator overwrites ``sys.argv`` while loading a game; put it back."""
-    saved = list(sys.argv)
-    try:
-        yield
-    finally:
-        sys.argv[:] = saved
-
-
 def new_textworld(policy_commands: bool = False) -> Any:
     """A TextWorld PDDL env with ALFWorld's wrappers, as ``AlfredTWEnv`` builds it, with no game loaded yet.
 
@@ -104,43 +92,20 @@ def start_textworld(game_path: Path, policy_commands: bool = False) -> Any:
     return env
 
 
-@dataclass
-class _Snapshot:
-    """An engine state: fast-downward operators since the initial state plus Python-side copies."""
-
-    ops: tuple[tuple[int, int], ...]  # (operator id, number of effect atoms)
-    facts: dict[Any, set]
-    vars_by_name: dict
-    vars_by_type: dict[Any, set]
-    var_counts: Counter
-    operators: dict
-    game_state: Any
-    moves: int
-    outcomes: tuple[StepOutcome, ...] = ()
-
-
-@dataclass
-class _LoadedGame:
-    path: Path
-    game_data: dict
-    logic: Any
-    pddl_state: Any
-    entity_infos: dict
-    first_observation: str
-    initial: _Snapshot | None = None
-
-
 class AlfWorldEnv(TaskEnv):
     """ALFWorld games of one split (``train``, ``dev`` = valid_seen, ``test`` = valid_unseen).
 
     ``reset`` accepts a task id of the split (``<task>/<trial>``) or any game file resolvable under
     the data root (the ``game_file`` of an SFT record, e.g. ``data/json_2.1.1/train/<task>/<trial>``).
+    ``internals=False`` (or engine versions the tests do not cover, see
+    :func:`~eval_agent.envs.textworld_adapter.internals_supported`) plays through TextWorld's public
+    API only: every reset reloads the game and a prefix is replayed; the expert is the planner.
     """
 
     name = "alfworld"
 
     def __init__(self, data_dir: str | Path | None = None, split: str = "dev", max_steps: int = MAX_STEPS,
-                 max_games: int = 128, max_snapshots: int = 4096, memoize: bool = True):
+                 max_games: int = 128, max_snapshots: int = 4096, memoize: bool = True, internals: bool = True):
         root = Path(data_dir) if data_dir is not None else default_data_root()
         if root is None:
             raise ValueError("no ALFWorld data root: pass data_dir or set ALFWORLD_DATA")
@@ -152,15 +117,17 @@ class AlfWorldEnv(TaskEnv):
         self.games: list[GameInfo] = collect_games(root, split)
         self._by_id = {g.task_id: g for g in self.games}
         self._env: Any = None
-        self._loaded: BoundedCache[Path, _LoadedGame] = BoundedCache(max_games, on_evict=self._forget_game)
-        self._current: _LoadedGame | None = None
-        self._pending: tuple[_LoadedGame, _Snapshot] | None = None  # a restore not yet applied to the engine
+        self._loaded: BoundedCache[Path, LoadedGame] = BoundedCache(max_games, on_evict=self._forget_game)
+        self._current: LoadedGame | None = None
+        self._pending: tuple[LoadedGame, Snapshot] | None = None  # a restore not yet applied to the engine
         self._ops: tuple[tuple[int, int], ...] = ()
         self._history: list[str] = []
         self._expert_cache: dict[Path, list[str]] = {}
-        self._memo = EngineMemo() if memoize else None
+        self.fast = internals and tw.internals_supported()
+        self._memo = EngineMemo() if memoize and self.fast else None
+        self._public_state: Any = None  # the public path's last GameState
         # engine states reached by reset_to_prefix, keyed by (game, actions); LRU over all games
-        self._snapshots: BoundedCache[tuple[Path, tuple[str, ...]], _Snapshot] = BoundedCache(max_snapshots)
+        self._snapshots: PrefixCache[Snapshot] = PrefixCache(max_snapshots)
 
     # ------------------------------------------------------------------ task lookup
     def task_ids(self) -> list[str]:
@@ -186,42 +153,21 @@ class AlfWorldEnv(TaskEnv):
             self._env = new_textworld()
         return self._env
 
-    def _load(self, path: Path) -> _LoadedGame:
+    def _load(self, path: Path) -> LoadedGame:
         game = self._loaded.get(path)
         if game is not None:
             return game
-        env = self._engine()
         with keep_argv(), self._memoized():
-            env.load(str(path))
-            state = env.reset()
-        u = env.unwrapped
-        game = _LoadedGame(path, u._game_data, u._logic, u._pddl_state, u._entity_infos,
-                           clean_observation(state.feedback))
-        game.initial = self._snapshot(u, (), ())
+            game = tw.load_game(self._engine(), path)
+        game.first_observation = clean_observation(game.first_observation)
         self._loaded.put(path, game)
         return game
 
-    def _forget_game(self, path: Path, _game: _LoadedGame) -> None:
+    def _forget_game(self, path: Path, _game: LoadedGame) -> None:
         """Drop the snapshots of a game pushed out of the loaded-games cache."""
-        for key in [k for k in self._snapshots if k[0] == path]:
-            self._snapshots.pop(key)
+        self._snapshots.drop_task(path)
 
-    @staticmethod
-    def _snapshot(u: Any, ops: tuple[tuple[int, int], ...], outcomes: tuple[StepOutcome, ...]) -> _Snapshot:
-        ps = u._pddl_state
-        return _Snapshot(
-            ops=ops,
-            facts={k: set(v) for k, v in ps._facts.items()},
-            vars_by_name=dict(ps._vars_by_name),
-            vars_by_type={k: set(v) for k, v in ps._vars_by_type.items()},
-            var_counts=Counter(ps._var_counts),
-            operators=dict(getattr(ps, "_operators", {})),
-            game_state=u.state,
-            moves=u._moves,
-            outcomes=outcomes,
-        )
-
-    def _restore(self, game: _LoadedGame, snap: _Snapshot) -> None:
+    def _restore(self, game: LoadedGame, snap: Snapshot) -> None:
         """Make ``snap`` of ``game`` the current state. The engine itself is put there lazily, by
         :meth:`_engine_state`, when something reads or steps it: many states reached by
         :meth:`reset_to_prefix` (e.g. the N rollouts of a Monte Carlo state) are never stepped from."""
@@ -232,26 +178,7 @@ class AlfWorldEnv(TaskEnv):
     def _engine_state(self) -> Any:
         """The unwrapped engine, in the current state (applies a pending restore first)."""
         if self._pending is not None:
-            import fast_downward
-
-            game, snap = self._pending
-            u = self._env.unwrapped
-            ps = game.pddl_state
-            u._game_data, u._logic, u._pddl_state, u._entity_infos = game.game_data, game.logic, ps, game.entity_infos
-            u.walkthrough = game.game_data.get("walkthrough")
-            lib = ps.downward_lib
-            lib.load_sas(ps.sas.encode("utf-8"))
-            for op_id, n_effects in snap.ops:
-                lib.apply_operator(op_id, (fast_downward.Atom * n_effects)())
-            ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
-            ps._vars_by_name = dict(snap.vars_by_name)
-            ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
-            ps._var_counts = Counter(snap.var_counts)
-            ps._operators = dict(snap.operators)
-            u.state = snap.game_state
-            u.prev_state = None
-            u._last_action = None
-            u._moves = snap.moves
+            tw.restore_snapshot(self._env.unwrapped, *self._pending)
             self._pending = None
         return self._env.unwrapped
 
@@ -260,59 +187,72 @@ class AlfWorldEnv(TaskEnv):
 
     # ------------------------------------------------------------------ TaskEnv API
     def reset(self, task_id: str) -> str:
+        if not self.fast:
+            return self._public_reset(self.game_path(task_id))
         game = self._load(self.game_path(task_id))
         self._restore(game, game.initial)
         self._history = []
         return game.first_observation
 
     def execute(self, action: str) -> StepOutcome:
+        if not self.fast:
+            if self._public_state is None:
+                raise RuntimeError("execute() before reset()")
+            self._public_state, _, _ = self._env.step(action)
+            return self._outcome(action, self._public_state)
         if self._current is None:
             raise RuntimeError("execute() before reset()")
-        env = self._env
         u = self._engine_state()
-        operators_before = u._pddl_state._operators  # replaced by the step's own bookkeeping
+        operators_before = tw.operators(u)  # replaced by the step's own bookkeeping
         with self._memoized():
-            state, _, _ = env.step(action)
-        if u._last_action is not None:
-            op = operators_before[u._last_action.id]
-            self._ops = self._ops + ((op.id, op.nb_effect_atoms),)
-        feedback = clean_observation(state.feedback)
+            state, _, _ = self._env.step(action)
+        op = tw.applied_operator(u, operators_before)
+        if op is not None:
+            self._ops = self._ops + (op,)
+        return self._outcome(action, state)
+
+    def _outcome(self, action: str, state: Any) -> StepOutcome:
         self._history.append(action)
-        return StepOutcome(observation=feedback, won=bool(state["won"]), valid=state.feedback.strip() != NOTHING_HAPPENS)
+        return StepOutcome(observation=clean_observation(state.feedback), won=bool(state["won"]),
+                           valid=state.feedback.strip() != NOTHING_HAPPENS)
 
     def reset_to_prefix(self, task_id: str, actions: Sequence[str]) -> tuple[str, list[StepOutcome]]:
+        if not self.fast:
+            return super().reset_to_prefix(task_id, actions)
         path = self.game_path(task_id)
         game = self._load(path)
         key = tuple(actions)
-        k = len(key)
-        while k > 0 and (path, key[:k]) not in self._snapshots:
-            k -= 1
-        if k:
-            snap = self._snapshots.get((path, key[:k]))
-        else:
-            snap = game.initial
+        k, snap = self._snapshots.longest(path, key)
+        snap = snap or game.initial
         self._restore(game, snap)
         self._history = list(key[:k])
         outcomes = list(snap.outcomes)
         for i in range(k, len(key)):
             outcomes.append(self.execute(key[i]))
-            self._snapshots.put((path, key[: i + 1]), self._snapshot(self._env.unwrapped, self._ops, tuple(outcomes)))
+            self._snapshots.put(path, key[: i + 1], tw.take_snapshot(self._env.unwrapped, self._ops, tuple(outcomes)))
         return game.first_observation, outcomes
+
+    def _public_reset(self, path: Path, policy_commands: bool = False) -> str:
+        """The public path: a fresh load and reset of the game (``policy_commands``: with the planner's plan)."""
+        if self._env is None or policy_commands:
+            if self._env is not None:
+                self._env.close()
+            self._env = new_textworld(policy_commands)
+        with keep_argv():
+            self._env.load(str(path))
+            self._public_state = self._env.reset()
+        self._history = []
+        return clean_observation(self._public_state.feedback)
 
     def admissible_commands(self) -> list[str]:
         """The engine's admissible commands in the current state."""
+        if not self.fast:
+            return list(self._public_state["admissible_commands"])
         return list(self._engine_state().state["admissible_commands"])
 
     def plan_from_here(self) -> list[str]:
         """A plan from fast-downward's planner (the engine's ``policy_commands``) for the current state."""
-        u = self._engine_state()
-        ps = u._pddl_state
-        if self._memo is not None and self._memo.lazy_replan and not getattr(ps, "_steca_replan_sas", False):
-            with keep_argv():
-                ps.sas_replan = EngineMemo.replan_sas(ps._logic.domain, ps.pddl_problem)
-            ps._steca_replan_sas = True
-        ps.downward_lib.load_sas_replan(ps.sas_replan.encode("utf-8"))
-        return list(ps.replan(u._entity_infos))
+        return tw.plan_from_state(self._engine_state(), self._memo)
 
     def expert_actions(self, task_id: str) -> list[str]:
         """A winning action list for ``task_id`` (leaves the env reset to the task's initial state).
@@ -323,7 +263,7 @@ class AlfWorldEnv(TaskEnv):
         """
         path = self.game_path(task_id)
         if path not in self._expert_cache:
-            self._expert_cache[path] = self._solve(task_id, path)
+            self._expert_cache[path] = self._solve(task_id, path) if self.fast else self._public_plan(path)
         self.reset(task_id)
         return list(self._expert_cache[path])
 
@@ -334,7 +274,7 @@ class AlfWorldEnv(TaskEnv):
         for _ in range(4 * self.max_steps):
             u = self._engine_state()
             admissible = list(u.state["admissible_commands"])
-            action = next_action(u._pddl_state.facts, u._entity_infos, goal, admissible)
+            action = next_action(*tw.oracle_view(u), goal, admissible)
             if action is None or action not in admissible:
                 logger.info("%s: oracle expert stuck after %d actions; planning from here", task_id, len(actions))
                 return actions + self.plan_from_here()
@@ -345,6 +285,14 @@ class AlfWorldEnv(TaskEnv):
             if outcomes[-1].won:
                 return actions
         raise RuntimeError(f"{path}: the expert did not solve the game in {4 * self.max_steps} actions")
+
+    def _public_plan(self, path: Path) -> list[str]:
+        """The public path's expert: the planner's ``policy_commands`` from the initial state."""
+        self._public_reset(path, policy_commands=True)
+        plan = list(self._public_state["policy_commands"])
+        self._env.close()
+        self._env = None
+        return plan
 
     def close(self) -> None:
         if self._env is not None:

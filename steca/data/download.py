@@ -6,8 +6,10 @@
 Layout after unpacking (what ``--data_dir`` of every stage expects):
 
 * ``<output_dir>/alfworld/json_2.1.1/{train,valid_seen,valid_unseen}/<task>/<trial>/...``
-* ``<output_dir>/virtualhome/...`` (the authors' ``virtualhome_master`` tree)
-* ``<output_dir>/trajectories/...`` (the authors' expert SFT files, e.g. ``alfworld_sft.json``)
+* ``<output_dir>/virtualhome/...`` (the authors' ``virtualhome_master`` tree, without its top folder)
+* ``<output_dir>/trajectories/...`` (the authors' expert SFT files, e.g. ``trajectories/alfworld_sft.json``)
+
+These are the paths :mod:`steca.stage_config` derives every stage's inputs from (``DATA_ROOT``).
 
 Verification counts ALFWorld's playable games per split (ALFWorld's own filter; the reference
 counts are valid_seen 140 and valid_unseen 134), requires every split (train, valid_seen,
@@ -182,9 +184,22 @@ def unpack_alfworld(archive: Path, output_dir: Path) -> Path:
 
 
 def unpack_plain(archive: Path, output_dir: Path, name: str) -> Path:
+    """Unpack into ``output_dir/name``; an archive whose members all sit in one top folder (``data/``,
+    ``virtualhome_master/``) is unpacked without that folder, so the files land where the stage
+    configuration (:mod:`steca.stage_config`) looks for them, e.g. ``trajectories/alfworld_sft.json``."""
     target = output_dir / name
     target.mkdir(parents=True, exist_ok=True)
-    _safe_extract(archive, target)
+    with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+        staging = Path(tmp)
+        _safe_extract(archive, staging)
+        entries = list(staging.iterdir())
+        source = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        for entry in sorted(source.iterdir()):
+            dest = target / entry.name
+            if dest.exists():
+                logger.info("%s exists; keeping it", dest)
+                continue
+            shutil.move(str(entry), dest)
     return target
 
 

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 from tqdm import tqdm
 
 from eval_agent.envs.alfworld_env import clean_observation, keep_argv, start_textworld
-from eval_agent.envs.alfworld_memo import EngineMemo
+from eval_agent.envs.textworld_adapter import EngineMemo
 from eval_agent.types import Message
 from steca.generators.alfworld_catalog import (APPLIANCE, GOAL_EXCLUDED, GOAL_TEMPLATES, LAMP, NEEDS, OBJECTS,
                                                ROOMS, SIZES, TASK_TYPES, RoomType)

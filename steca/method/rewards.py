@@ -1,4 +1,4 @@
-"""Monte Carlo step rewards and sample weights."""
+"""Monte Carlo step rewards and sample weights (STeCa, arXiv 2502.14276, Sec. 3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +8,8 @@ from typing import Sequence
 def step_reward(outcomes: Sequence[float]) -> float:
     """Monte Carlo step reward ``r(s, a) = (1/N) * sum_i R_i`` over the N rollout outcomes ``R_i``.
 
+    Paper: arXiv 2502.14276, Sec. 3, step-level reward acquisition (the expected outcome of the base
+    agent from the state after ``a``, estimated by N Monte Carlo rollouts).
     Raises ValueError for an empty list (a state with no finished rollout has no reward).
     """
     if len(outcomes) == 0:
@@ -22,6 +24,9 @@ class WeightScheme:
     ``w_c = 1 + scale * d`` (calibrated), ``w_s = 1 + scale * d`` (expert sub-trajectories),
     ``w_e = 1 - scale * d`` (explored successes), and an explored success is kept only when
     ``d < explored_max_distance``.
+
+    Paper: arXiv 2502.14276, Sec. 3, reinforced training (the trajectory deviation distance ``d``
+    turned into a per-sample reward); the scales (ALFWorld 0.01, VirtualHome 1) are the released code's.
     """
 
     name: str

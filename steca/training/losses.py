@@ -61,6 +61,8 @@ def steca_loss(policy_chosen_logps: torch.Tensor, weights: torch.Tensor, beta: f
     ``delta_i = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)``.
     For ``beta == 0`` only ``policy_chosen_logps`` and ``weights`` are used and the constant
     ``log 2`` is dropped. ``reward_weighting=False`` sets every ``w_i = 1``.
+    Paper: arXiv 2502.14276, Sec. 3, reinforced training; the released objective (beta = 0) is the
+    reward-weighted NLL of ``y_c``.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")

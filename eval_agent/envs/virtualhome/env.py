@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval_agent.bounded_cache import BoundedCache
+from eval_agent.bounded_cache import BoundedCache, PrefixCache
 from eval_agent.envs.task_env import TaskEnv
 from eval_agent.envs.virtualhome.actions import TextAction, parse_text_action, program_line_to_text
 from eval_agent.envs.virtualhome.graph import (ROOM_CATEGORY, Resources, build_initial_graph, load_real_init_graph,
@@ -83,7 +83,7 @@ class VirtualHomeEnv(TaskEnv):
     def __init__(self, test_path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  seed: int = 0, max_steps: int = MAX_STEPS, split: str | None = None,
                  init_graph_dir: str | os.PathLike | None = None, cache_size: int = 32,
-                 prefix_cache_size: int = 256, fixes: Sequence[str] = tuple(sorted(ALL_FIXES))):
+                 prefix_cache_size: int = 1024, fixes: Sequence[str] = tuple(sorted(ALL_FIXES))):
         if data_dir is None and test_path is not None and Path(test_path).is_dir():
             data_dir, test_path = test_path, None  # VirtualHomeEnv(data_dir, split=...)
         data_dir = data_dir or os.environ.get("STECA_VH_DATA")
@@ -115,7 +115,7 @@ class VirtualHomeEnv(TaskEnv):
         self.init_graph_dir = Path(init_graph_dir) if init_graph_dir else None
         self.sim: Simulator = load_simulator(fixes)
         self._cache: BoundedCache[str, _Prepared] = BoundedCache(cache_size)
-        self._prefix_cache: BoundedCache[tuple[str, tuple[str, ...]], _Episode] = BoundedCache(prefix_cache_size)
+        self._prefix_cache: PrefixCache[_Episode] = PrefixCache(prefix_cache_size)
         self._ep: _Episode | None = None
         E = self.sim.environment
         self._rel = {r.name: r for r in E.Relation}
@@ -172,21 +172,15 @@ class VirtualHomeEnv(TaskEnv):
         """Same result as reset + execute of each action, from a cached snapshot when possible."""
         self._prepare(task_id)
         acts = tuple(actions)
-        start = 0
-        snap = None
-        for k in range(len(acts), 0, -1):
-            snap = self._prefix_cache.get((task_id, acts[:k]))
-            if snap is not None:
-                start = k
-                break
+        start, snap = self._prefix_cache.longest(task_id, acts)
         if snap is None:
             self.reset(task_id)
         else:
             self._ep = self._copy_episode(snap)
-        for a in acts[start:]:
-            self.execute(a)
-        if acts and start < len(acts):
-            self._prefix_cache.put((task_id, acts), self._copy_episode(self._ep))
+        for i in range(start, len(acts)):
+            self.execute(acts[i])
+            if self._prefix_cache.enabled:
+                self._prefix_cache.put(task_id, acts[: i + 1], self._copy_episode(self._ep))
         assert self._ep is not None
         return self._ep.first_observation, list(self._ep.outcomes)
 

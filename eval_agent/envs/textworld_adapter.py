@@ -1,4 +1,19 @@
-"""Memoisation of pure functions of the TextWorld PDDL engine, active only inside a block.
+"""The one place that reads or writes private parts of TextWorld's PDDL engine and of fast-downward.
+
+:class:`~eval_agent.envs.alfworld_env.AlfWorldEnv` uses them for speed only; each use has a public-API
+path that gives the same observations. :func:`internals_supported` checks the installed versions
+against the ones the tests cover (:data:`TESTED_VERSIONS`); with others the environment takes the
+public path (load + reset + replay, no memo, the planner's ``policy_commands`` as the expert) and
+logs one warning. ``tests/test_alfworld_env.py`` plays the same actions both ways and compares.
+
+Two groups of internals live here:
+
+* engine states: :func:`load_game` keeps a loaded game's parts, :func:`take_snapshot` /
+  :func:`restore_snapshot` save and put back a state (the fast-downward operators applied since
+  the initial state plus copies of the Python-side fact sets), :func:`applied_operator` records
+  the operator a step applied, :func:`oracle_view` and :func:`plan_from_state` give the expert the
+  true facts and the planner;
+* :class:`EngineMemo`, memoisation of pure functions of the engine, active only inside a block:
 
 * fast-downward's ``pddl2sas``: ``PddlEnv.load`` and ``PddlEnv.reset`` both translate the same
   domain and problem (twice each: plain, and optimised for the planner);
@@ -34,9 +49,155 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
+import importlib.metadata
+import logging
+import sys
 import weakref
+from collections import Counter, defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, NamedTuple
+
+from eval_agent.bounded_cache import BoundedCache
+from eval_agent.types import StepOutcome
+
+logger = logging.getLogger(__name__)
+
+TESTED_VERSIONS = {"textworld": ("1.7.0",), "alfworld": ("0.4.2",), "fast-downward-textworld": ("20.6.4",)}
+"""The versions whose internals the tests cover (``requirements.txt`` pins them)."""
+
+
+@functools.cache
+def internals_supported() -> bool:
+    """True when the installed engine packages are versions the fast path was tested with; otherwise
+    logs one warning (once per process) and the environment takes the public-API path."""
+    wrong = []
+    for package, versions in TESTED_VERSIONS.items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed not in versions:
+            wrong.append(f"{package} {installed} (tested: {', '.join(versions)})")
+    if wrong:
+        logger.warning("ALFWorld runs on the public TextWorld API (slower: every reset reloads and replays): "
+                       "untested engine versions %s", "; ".join(wrong))
+    return not wrong
+
+
+@contextmanager
+def keep_argv() -> Iterator[None]:
+    """fast-downward's translator overwrites ``sys.argv`` while loading a game; put it back."""
+    saved = list(sys.argv)
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
+# ---------------------------------------------------------------------------------------- engine states
+@dataclass
+class Snapshot:
+    """An engine state: fast-downward operators since the initial state plus Python-side copies."""
+
+    ops: tuple[tuple[int, int], ...]  # (operator id, number of effect atoms)
+    facts: dict[Any, set]
+    vars_by_name: dict
+    vars_by_type: dict[Any, set]
+    var_counts: Counter
+    operators: dict
+    game_state: Any
+    moves: int
+    outcomes: tuple[StepOutcome, ...] = ()
+
+
+@dataclass
+class LoadedGame:
+    """The parts of a loaded game the engine swaps in to play it, and its initial state."""
+
+    path: Path
+    game_data: dict
+    logic: Any
+    pddl_state: Any
+    entity_infos: dict
+    first_observation: str  # the engine's feedback after reset, as it wrote it
+    initial: Snapshot | None = None
+
+
+def load_game(env: Any, path: Path) -> LoadedGame:
+    """Load ``path`` into ``env`` (ALFWorld's wrapped ``PddlEnv``), reset it and keep its parts."""
+    env.load(str(path))
+    state = env.reset()
+    u = env.unwrapped
+    game = LoadedGame(path, u._game_data, u._logic, u._pddl_state, u._entity_infos, state.feedback)
+    game.initial = take_snapshot(u, (), ())
+    return game
+
+
+def take_snapshot(u: Any, ops: tuple[tuple[int, int], ...], outcomes: tuple[StepOutcome, ...]) -> Snapshot:
+    """The current state of the unwrapped engine ``u``, reached by the operators ``ops``."""
+    ps = u._pddl_state
+    return Snapshot(ops=ops, facts={k: set(v) for k, v in ps._facts.items()}, vars_by_name=dict(ps._vars_by_name),
+                    vars_by_type={k: set(v) for k, v in ps._vars_by_type.items()}, var_counts=Counter(ps._var_counts),
+                    operators=dict(getattr(ps, "_operators", {})), game_state=u.state, moves=u._moves,
+                    outcomes=outcomes)
+
+
+def restore_snapshot(u: Any, game: LoadedGame, snap: Snapshot) -> None:
+    """Put the unwrapped engine ``u`` in state ``snap`` of ``game``: reload the cached SAS task,
+    re-apply the operators inside fast-downward and put the fact copies back."""
+    import fast_downward
+
+    ps = game.pddl_state
+    u._game_data, u._logic, u._pddl_state, u._entity_infos = game.game_data, game.logic, ps, game.entity_infos
+    u.walkthrough = game.game_data.get("walkthrough")
+    lib = ps.downward_lib
+    lib.load_sas(ps.sas.encode("utf-8"))
+    for op_id, n_effects in snap.ops:
+        lib.apply_operator(op_id, (fast_downward.Atom * n_effects)())
+    ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
+    ps._vars_by_name = dict(snap.vars_by_name)
+    ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
+    ps._var_counts = Counter(snap.var_counts)
+    ps._operators = dict(snap.operators)
+    u.state = snap.game_state
+    u.prev_state = None
+    u._last_action = None
+    u._moves = snap.moves
+
+
+def operators(u: Any) -> dict:
+    """The operators applicable in the current state (read before a step: the step replaces them)."""
+    return u._pddl_state._operators
+
+
+def applied_operator(u: Any, operators_before: dict) -> tuple[int, int] | None:
+    """``(operator id, number of effect atoms)`` of the operator the last step applied, or None."""
+    if u._last_action is None:
+        return None
+    op = operators_before[u._last_action.id]
+    return op.id, op.nb_effect_atoms
+
+
+def oracle_view(u: Any) -> tuple[Any, dict]:
+    """The true facts of the current state and the entity names, for the oracle expert."""
+    return u._pddl_state.facts, u._entity_infos
+
+
+def plan_from_state(u: Any, memo: "EngineMemo | None") -> list[str]:
+    """fast-downward's plan (the engine's ``policy_commands``) from the current state."""
+    ps = u._pddl_state
+    if memo is not None and memo.lazy_replan and not getattr(ps, "_steca_replan_sas", False):
+        with keep_argv():
+            ps.sas_replan = EngineMemo.replan_sas(ps._logic.domain, ps.pddl_problem)
+        ps._steca_replan_sas = True
+    ps.downward_lib.load_sas_replan(ps.sas_replan.encode("utf-8"))
+    return list(ps.replan(u._entity_infos))
+
+
+# ---------------------------------------------------------------------------------------- memo
 
 # Python expression nodes a cacheable ``{...}`` may use: variables, attributes, string literals, ``+``
 _SAFE_EXPR_NODES = (ast.Expression, ast.Name, ast.Load, ast.Attribute, ast.Constant, ast.BinOp, ast.Add)
@@ -158,7 +319,7 @@ class EngineMemo:
     def __init__(self, max_translations: int = 8, max_parses: int = 20000, lazy_replan: bool = True,
                  max_derivations: int = 50000):
         self.lazy_replan = lazy_replan
-        self.translations: dict[tuple[str, str, bool], Any] = {}
+        self.translations: BoundedCache[tuple[str, str, bool], Any] = BoundedCache(max_translations)
         self.parses: dict[tuple[Any, ...], Any] = {}
         self.logic_parses: dict[tuple[Any, ...], Any] = {}
         self.max_translations = max_translations
@@ -190,10 +351,8 @@ class EngineMemo:
                 optimize = False  # see replan_sas
             key = (domain, problem, bool(optimize))
             if key not in translations:
-                if len(translations) >= self.max_translations:
-                    translations.pop(next(iter(translations)))
-                translations[key] = original_translate(domain, problem, verbose=verbose, optimize=optimize)
-            return translations[key]
+                translations.put(key, original_translate(domain, problem, verbose=verbose, optimize=optimize))
+            return translations.get(key)
 
         def cached(store: dict, original: Any) -> Any:
             def parse(*args: Any, **kwargs: Any) -> Any:
@@ -248,25 +407,26 @@ class EngineMemo:
             tw_logic._parse_and_convert = original_logic_parse
             textgen.ContextSensitiveGrammar.derive = original_derive
 
+    @staticmethod
+    def _entry_of(table: dict[int, tuple[Any, dict]], obj: Any) -> dict:
+        """The dict ``table`` keeps for ``obj`` (objects by identity, held by weak reference; entries
+        of dead objects are pruned once the table has more than 64)."""
+        entry = table.get(id(obj))
+        if entry is None or entry[0]() is not obj:
+            if len(table) > 64:
+                for key in [k for k, v in table.items() if v[0]() is None]:
+                    del table[key]
+            entry = (weakref.ref(obj), {})
+            table[id(obj)] = entry
+        return entry[1]
+
     def _per_state(self, state: Any) -> dict:
         """The derivation cache of one game-state object (states are compared by identity)."""
-        entry = self.derivations.get(id(state))
-        if entry is None or entry[0]() is not state:
-            if len(self.derivations) > 64:
-                self.derivations = {k: v for k, v in self.derivations.items() if v[0]() is not None}
-            entry = (weakref.ref(state), {})
-            self.derivations[id(state)] = entry
-        return entry[1]
+        return self._entry_of(self.derivations, state)
 
     def _dependencies(self, grammar: Any, start: str, parse: Any, parse_query: Any) -> TemplateDeps | None:
         """:func:`template_dependencies` of ``start`` under ``grammar``, computed once per grammar object."""
-        entry = self.template_deps.get(id(grammar))
-        if entry is None or entry[0]() is not grammar:
-            if len(self.template_deps) > 64:
-                self.template_deps = {k: v for k, v in self.template_deps.items() if v[0]() is not None}
-            entry = (weakref.ref(grammar), {})
-            self.template_deps[id(grammar)] = entry
-        per_grammar = entry[1]
+        per_grammar = self._entry_of(self.template_deps, grammar)
         if start not in per_grammar:
             per_grammar[start] = template_dependencies(parse(start, rule_name="symbols"), parse_query,
                                                        lambda name: grammar._rules.get(name))

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sourced by every stage script (from the repository root) after its editable variables:
+#   stage_defaults ENV STAGE
+# sets every variable of STAGE that the script (or the caller's environment) left empty to the stage
+# configuration's value (steca/stage_config.py), derived from DATA_ROOT, OUTPUT_ROOT and PROFILE; what
+# the script set is passed as an override, so what derives from it follows.
+stage_defaults() {
+  local overrides=() name
+  for name in $(compgen -v); do
+    if [[ $name =~ ^[A-Z][A-Z0-9_]*$ && -n "${!name:-}" ]]; then overrides+=("$name=${!name}"); fi
+  done
+  local assignments
+  assignments=$(python -m steca.stage_config --env "$1" --stage "$2" --shell --profile "${PROFILE:-cpu}" \
+    --data_root "${DATA_ROOT:-data}" --output_root "${OUTPUT_ROOT:-outputs}" -- "${overrides[@]}") || return 1
+  eval "$assignments"
+}
+
+# launch_trainer ENTRY ARGS...: run a training entry point. PROFILE=gpu: accelerate launch with
+# ACCELERATE_CONFIG over NUM_GPUS GPUs (NUM_MACHINES, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT for
+# several nodes); PROFILE=cpu: one process, or NPROC processes under torchrun with the gloo backend
+# (MASTER_PORT: a fixed port, or auto = torchrun --standalone, whose rendezvous store binds port 0: no race).
+launch_trainer() {
+  if [[ "$PROFILE" == "gpu" ]]; then
+    accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
+      --num_machines "${NUM_MACHINES:-1}" --machine_rank "${MACHINE_RANK:-0}" \
+      --main_process_ip "${MAIN_PROCESS_IP:-127.0.0.1}" --main_process_port "${MAIN_PROCESS_PORT:-29500}" "$@"
+  elif [[ "${NPROC:-1}" -gt 1 ]]; then
+    local rendezvous=(--standalone)
+    if [[ "${MASTER_PORT:-auto}" != auto ]]; then rendezvous=(--master_port "$MASTER_PORT"); fi
+    torchrun --nproc_per_node "$NPROC" "${rendezvous[@]}" "$@" --ddp_backend gloo
+  else
+    python "$@"
+  fi
+}
