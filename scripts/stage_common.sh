@@ -21,6 +21,10 @@ stage_defaults() {
 # (MASTER_PORT: a fixed port, or auto = torchrun --standalone, whose rendezvous store binds port 0: no race).
 launch_trainer() {
   if [[ "$PROFILE" == "gpu" ]]; then
+    # NUM_GPUS 0 (the default): the GPUs of this node (the released runs used 4 for SFT and 5 for
+    # reinforced training: set NUM_GPUS and GRAD_ACCUM to match their global batch of 16 / 15)
+    if [[ "${NUM_GPUS:-0}" -eq 0 ]]; then NUM_GPUS=$(python -c "import torch; print(torch.cuda.device_count())"); fi
+    if [[ "$NUM_GPUS" -lt 1 ]]; then echo "PROFILE=gpu: no GPU found (set NUM_GPUS)" >&2; return 2; fi
     accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
       --num_machines "${NUM_MACHINES:-1}" --machine_rank "${MACHINE_RANK:-0}" \
       --main_process_ip "${MAIN_PROCESS_IP:-127.0.0.1}" --main_process_port "${MAIN_PROCESS_PORT:-29500}" "$@"

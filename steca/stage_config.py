@@ -244,7 +244,7 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         lr=o("LR", 2e-5 if gpu else 3e-3), epochs=o("EPOCHS", 3), per_device_batch=o("PER_DEVICE_BATCH", 2),
         grad_accum=o("GRAD_ACCUM", 2 if gpu else 1), max_length=o("MAX_LENGTH", 4096 if gpu else 2048),
         bf16=o("BF16", gpu), dtype=o("DTYPE", "float32" if gpu else "auto"), use_lora=o("USE_LORA", False),
-        seed=o("SEED", 42), save_steps=o("SAVE_STEPS", 200), num_gpus=o("NUM_GPUS", 4),
+        seed=o("SEED", 42), save_steps=o("SAVE_STEPS", 200), num_gpus=o("NUM_GPUS", 0),
         accelerate_config=o("ACCELERATE_CONFIG", "sft/configs/fsdp.yaml"))
 
     # sampling uses the evaluation prompt (released); a bootstrapped model never saw an in-context example
@@ -291,7 +291,7 @@ def stage_config(env: str, profile: str = "cpu", data_root: str = "data", output
         # the non-released option that keeps the prompt's last N and the continuation's first M tokens
         max_length=o("MAX_LENGTH", 4096 if gpu else 2048),
         max_prompt_length=o("MAX_PROMPT_LENGTH", ""), max_target_length=o("MAX_TARGET_LENGTH", ""),
-        num_gpus=o("NUM_GPUS", 5), accelerate_config=o("ACCELERATE_CONFIG", "sft/configs/fsdp.yaml"))
+        num_gpus=o("NUM_GPUS", 0), accelerate_config=o("ACCELERATE_CONFIG", "sft/configs/fsdp.yaml"))
 
     eval_model = o("MODEL_PATH", _join(output_root, "steca", env))
     model_name = PurePosixPath(eval_model).name

@@ -209,7 +209,7 @@ def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
                                  intermediate_size=32, max_position_embeddings=32)).eval()
     model.save_pretrained(tmp_path)
     texts = ["go to desk 1", "open the drawer 2", "go to the desk 2 go to drawer 1"]  # padded in one batch
-    vecs = make_encoder(str(tmp_path)).encode(texts)
+    vecs = make_encoder("bert-cls", str(tmp_path)).encode(texts)
     with torch.no_grad():
         for text, vec in zip(texts, vecs):
             hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
