@@ -39,7 +39,10 @@ if [ "$PROFILE" = "gpu" ]; then
   # are not the ETO and IPR papers' own lr/beta/epochs, which this project has not verified: set LR, BETA and
   # EPOCHS from the papers to reproduce their rows.
   MODEL_PATH=${MODEL_PATH:-outputs/sft/alfworld}
-  NUM_GPUS=${NUM_GPUS:-5}                   # GPUs in total; 5 x 1 x 3 = 15
+  # GPUs in total (all nodes); default: the GPUs of this node (the released runs used 5 for reinforced
+  # training, 5 x 1 x 3 = batch 15, and 4 for SFT: set NUM_GPUS and GRAD_ACCUM to match them)
+  NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(torch.cuda.device_count())")}
+  if [ "$NUM_GPUS" -lt 1 ]; then echo "PROFILE=gpu: no GPU found (set NUM_GPUS)" >&2; exit 2; fi
   NUM_MACHINES=${NUM_MACHINES:-1}
   MACHINE_RANK=${MACHINE_RANK:-0}
   MAIN_PROCESS_IP=${MAIN_PROCESS_IP:-127.0.0.1}
@@ -86,6 +89,18 @@ case "$VARIANT" in
   ipr) ENTRY=Reinfoced_train/ipr_train.py ;;
   *) echo "VARIANT must be steca, no_weighting, dpo, eto or ipr, got $VARIANT" >&2; exit 2 ;;
 esac
+
+# BETA > 0: the reference log-probabilities, once, in one process, before the training processes start
+# (a reference model loaded inside an FSDP / ZeRO-3 run is not correct on every rank; see
+# steca/training/reference_logps.py). IPR keeps its in-training reference.
+REF_LOGPS=$OUTPUT_DIR/reference_logps.jsonl
+if [ "$VARIANT" != ipr ] && awk "BEGIN{exit !($BETA > 0)}" && [ ! -f "$REF_LOGPS" ]; then
+  REF_ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_file "$REF_LOGPS"
+            --max_length "$MAX_LENGTH" --dtype "$DTYPE")
+  [ -n "$MAX_PROMPT_LENGTH" ] && REF_ARGS+=(--max_prompt_length "$MAX_PROMPT_LENGTH")
+  [ -n "$MAX_TARGET_LENGTH" ] && REF_ARGS+=(--max_target_length "$MAX_TARGET_LENGTH")
+  python -m steca.training.reference_logps "${REF_ARGS[@]}"
+fi
 
 if [ "$PROFILE" = "gpu" ]; then
   accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \

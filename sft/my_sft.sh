@@ -23,7 +23,10 @@ SAVE_STEPS=${SAVE_STEPS:-200}
 if [ "$PROFILE" = "gpu" ]; then
   # released setting: lr 2e-5, 3 epochs, global batch 16, cosine, warmup 3%, max length 4096, bf16, FSDP x4
   MODEL_PATH=${MODEL_PATH:-models/Llama-2-7b-chat-hf}
-  NUM_GPUS=${NUM_GPUS:-4}                     # GPUs in total (all nodes)
+  # GPUs in total (all nodes); default: the GPUs of this node (the released runs used 5 for reinforced
+  # training, 5 x 1 x 3 = batch 15, and 4 for SFT: set NUM_GPUS and GRAD_ACCUM to match them)
+  NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(torch.cuda.device_count())")}
+  if [ "$NUM_GPUS" -lt 1 ]; then echo "PROFILE=gpu: no GPU found (set NUM_GPUS)" >&2; exit 2; fi
   NUM_MACHINES=${NUM_MACHINES:-1}
   MACHINE_RANK=${MACHINE_RANK:-0}
   MAIN_PROCESS_IP=${MAIN_PROCESS_IP:-127.0.0.1}

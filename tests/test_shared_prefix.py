@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_agent.agents.shared_prefix import (PrefixedKV, _flash_with_lse, _row_visibility, _two_part_fused,
+from eval_agent.agents.transformers_adapter import cpu_flash_with_lse as _flash_with_lse
+from eval_agent.agents.shared_prefix import (PrefixedKV, _row_visibility, _two_part_fused,
                                              _two_part_matmul, shared_prefix_attention)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_fixtures import nano_model, rank_digests, weights_digest
+from training_fixtures import nano_model, rank_digests, weights_digest, write_small_pairs
 
 from steca.records import load_sft
 from steca.training.chat import encode_chat
@@ -36,14 +36,7 @@ def sft_small(alfworld_sft_sample: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs_small(alfworld_sft_sample: Path, tmp_path_factory) -> Path:
-    data = json.loads(alfworld_sft_sample.read_text())
-    p = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    with p.open("w") as f:
-        for i in range(8):
-            c, other = data[i]["conversations"], data[i + 8]["conversations"]
-            f.write(json.dumps({"id": data[i]["id"], "prompt": c[:3], "chosen": c[3:11], "rejected": other[3:9],
-                                "reward": 1.0 + 0.1 * i}) + "\n")
-    return p
+    return write_small_pairs(alfworld_sft_sample, tmp_path_factory.mktemp("data") / "pairs.jsonl")
 
 
 def _sft_config(out: Path, **kw):

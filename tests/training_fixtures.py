@@ -33,3 +33,15 @@ def weights_digest(model_dir: Path, tmp: Path) -> str:
 
     path = write_rank_digest(AutoModelForCausalLM.from_pretrained(model_dir), tmp)
     return json.loads(path.read_text())["sha256"]
+
+
+def write_small_pairs(alfworld_sft_sample: Path, path: Path) -> Path:
+    """Eight STeCa pairs from the shared trajectories (trajectory i's turns chosen, i+8's rejected, rewards
+    1.0 .. 1.7): the pairs of ``scripts/gpu_smoke_checks.py pairs``, defined there once."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke_checks.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke_checks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_pairs(alfworld_sft_sample, path)

@@ -69,7 +69,6 @@ call raises :class:`~eval_agent.agents.errors.RowErrors` carrying the other rows
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import logging
 from collections import OrderedDict
@@ -81,9 +80,8 @@ import numpy as np
 from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.backend_utils import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
-from eval_agent.agents.shared_prefix import enable as enable_shared_prefix
-from eval_agent.agents.shared_prefix import ATTENTION_NAME, prefixed_layer_class
-from eval_agent.agents.transformers_adapter import cache_kwargs
+from eval_agent.agents.shared_prefix import ATTENTION_NAME, shared_prefix_attention
+from eval_agent.agents.transformers_adapter import attention_implementation, cache_kwargs, internals
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
@@ -144,69 +142,6 @@ class RowSampler:
         return out
 
 
-@functools.lru_cache(maxsize=None)
-def _growing_layer_class() -> Any:
-    """A ``DynamicLayer`` that appends into a preallocated buffer instead of concatenating.
-
-    ``DynamicLayer.update`` concatenates the whole cache with each new token (a copy of every key
-    and value per layer per decoding step); this layer writes the new columns into spare capacity
-    (``reserve`` columns, doubled when exhausted) and exposes ``keys``/``values`` as views of the
-    filled part, so the values seen by attention are the same. Operations of the base class that
-    replace ``keys``/``values`` (crop, batch selection) are picked up at the next update.
-    """
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        def __init__(self, reserve: int = 64):
-            super().__init__()
-            self.reserve = max(1, int(reserve))
-            self._kbuf: Any = None
-            self._vbuf: Any = None
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n = self.keys.shape[-2] if self.keys is not None and self.keys.numel() else 0
-            add = key_states.shape[-2]
-            stale = (self._kbuf is None or self.keys.numel() == 0 or self.keys.data_ptr() != self._kbuf.data_ptr()
-                     or self._kbuf.shape[:2] != key_states.shape[:2])
-            if stale or n + add > self._kbuf.shape[-2]:
-                cap = n + add + max(self.reserve, 0 if stale else self._kbuf.shape[-2])
-                shape_k = (*key_states.shape[:2], cap, key_states.shape[-1])
-                shape_v = (*value_states.shape[:2], cap, value_states.shape[-1])
-                kbuf, vbuf = key_states.new_empty(shape_k), value_states.new_empty(shape_v)
-                if n:
-                    kbuf[:, :, :n] = self.keys
-                    vbuf[:, :, :n] = self.values
-                self._kbuf, self._vbuf = kbuf, vbuf
-            self._kbuf[:, :, n:n + add] = key_states
-            self._vbuf[:, :, n:n + add] = value_states
-            self.keys = self._kbuf[:, :, :n + add]
-            self.values = self._vbuf[:, :, :n + add]
-            return self.keys, self.values
-
-    return GrowingLayer
-
-
-def growing_cache(config: Any, reserve: int, prefix: list[tuple[Any, Any]] | None = None) -> Any:
-    """A ``DynamicCache`` for ``config`` whose layers append in place (see :func:`_growing_layer_class`).
-
-    ``prefix``: per layer ``(keys, values)`` of ``[1, kv_heads, P, d]`` shared by every row; each
-    layer then keeps it once and stores only the rows' own tokens (see
-    :mod:`eval_agent.agents.shared_prefix`, which the model's attention must be switched to).
-    """
-    from transformers import DynamicCache
-
-    growing = _growing_layer_class()
-    cache = DynamicCache(config=config)
-    if prefix is None:
-        cache.layers = [growing(reserve) for _ in cache.layers]
-    else:
-        layer = prefixed_layer_class(growing)
-        cache.layers = [layer(k, v, reserve) for k, v in prefix]
-    return cache
-
-
 def row_kv(cache: Any, r: int, cols: Any) -> list[tuple[Any, Any]]:
     """Per layer ``(keys, values)`` ``[1, kv_heads, len(cols), d]`` of row ``r`` at batch columns ``cols``.
 
@@ -260,6 +195,9 @@ class HFPolicy(Policy):
     cache shared across rows or calls, so that a sampled reply depends only on the conversation and
     its seed, bit for bit (batched rows differ from single rows by float rounding, which can flip a
     sampled token once in many thousands); slower, off by default.
+    ``transformers_internals``: use transformers' internals for speed
+    (:mod:`eval_agent.agents.transformers_adapter`; default: on the tested releases only); the
+    outputs are the same either way.
     """
 
     supports_row_params = True
@@ -268,7 +206,8 @@ class HFPolicy(Policy):
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
                  min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
-                 shared_prefix: bool = True, batch_invariant: bool = False):
+                 shared_prefix: bool = True, batch_invariant: bool = False,
+                 transformers_internals: bool | None = None):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -309,11 +248,14 @@ class HFPolicy(Policy):
         if reuse_cache == "auto":  # on for CPU; on a GPU the stored caches of a 7B model can exceed its memory
             reuse_cache = self.device.type == "cpu"
         self.reuse_cache = bool(reuse_cache) and prefix_cache_size > 0 and self.conv_cache_size > 0
-        if self.reuse_cache and not self._plain_kv_cache():
+        # transformers' internals (growing cache layers, shared-prefix attention) only on the tested releases
+        self.internals = internals(transformers_internals)
+        if self.reuse_cache and not self.internals.plain_kv_cache(self.model.config):
             logger.warning("hf policy: the model's cache is not a plain key/value cache; conversation reuse is off")
             self.reuse_cache = False
         # rows of a batch share the instruction prompt's KV once (cascade attention); see shared_prefix.py
-        self.shared_prefix = bool(self.reuse_cache and shared_prefix and enable_shared_prefix(self.model))
+        self.shared_prefix = bool(self.reuse_cache and shared_prefix
+                                  and self.internals.use_attention(self.model, ATTENTION_NAME, shared_prefix_attention))
         self._conv_store: "OrderedDict[int, _KVEntry]" = OrderedDict()
         self._entry_ids = itertools.count()
         self.n_reused_tokens = 0
@@ -453,17 +395,6 @@ class HFPolicy(Policy):
         return texts
 
     # ------------------------------------------------------------------ conversation KV reuse
-    def _plain_kv_cache(self) -> bool:
-        """Whether every layer of the model's cache is a plain, growing key/value layer."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        try:
-            cache = DynamicCache(config=self.model.config)
-        except Exception:  # noqa: BLE001 - an unusual config: no reuse rather than a crash
-            return False
-        return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
-
     def _best_source(self, ids: list[int], split: int) -> tuple[int, list[tuple[Any, Any]] | None, int | None]:
         """The longest reusable KV for ``ids``: ``(length, kv, continued)``, at most ``len(ids) - 1`` tokens.
 
@@ -542,9 +473,9 @@ class HFPolicy(Policy):
         ref = next((kv for c, kv in sources if c), None)
         if shared:
             prefix = [(k0[:, :, :shared], v0[:, :, :shared]) for k0, v0 in ref]
-            cache = growing_cache(self.model.config, width_s + reserve, prefix)
+            cache = self.internals.new_cache(self.model.config, width_s + reserve, prefix)
         else:
-            cache = growing_cache(self.model.config, width_s + reserve)
+            cache = self.internals.new_cache(self.model.config, width_s + reserve)
         own = width_c - shared
         if own:
             for layer, (k0, v0) in enumerate(ref):
@@ -592,8 +523,8 @@ class HFPolicy(Policy):
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         with torch.inference_mode():
             self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
-                       position_ids=positions[:, width_c:].to(self.device), use_cache=True, **cache_kwargs(self.model, cache),
-                       logits_to_keep=1)
+                       position_ids=positions[:, width_c:].to(self.device), use_cache=True,
+                       logits_to_keep=1, **cache_kwargs(self.model, cache))
         out = list(sources)
         for i, rows in enumerate(shared):
             cols = mask[i].nonzero().flatten().to(self.device)
@@ -658,13 +589,13 @@ class HFPolicy(Policy):
         full[:, :width] = mask.to(dev).bool()
         positions = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
         # a 4D boolean mask is passed through as is by sdpa-style attention; other implementations get the 2D mask
-        four_d = getattr(self.model.config, "_attn_implementation", None) in ("sdpa", ATTENTION_NAME)
+        four_d = attention_implementation(self.model) in ("sdpa", ATTENTION_NAME)
         out = torch.full((n, steps), pad, dtype=torch.long, device=dev)
         running = torch.ones(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids[:, width_c:].to(dev), attention_mask=full[:, :width].long(),
-                                position_ids=positions[:, width_c:], use_cache=True, **cache_kwargs(self.model, cache),
-                                logits_to_keep=1).logits[:, -1, :]
+                                position_ids=positions[:, width_c:], use_cache=True,
+                                logits_to_keep=1, **cache_kwargs(self.model, cache)).logits[:, -1, :]
             last = positions[:, -1:]
             for t in range(steps):
                 scores = logits.float()

@@ -18,17 +18,20 @@ which equals attention over ``concat(K_prefix, K_rows[b])``: the same numbers up
 rounding, with the prefix read once per batch instead of once per row, and no copy of the keys per
 query head (grouped-query heads share their kv head through a reshape).
 
-Use: :func:`enable` registers the attention function (name :data:`ATTENTION_NAME`) and switches a
-model to it; calls whose keys are plain tensors (no shared prefix) go to PyTorch's SDPA exactly as
-the ``sdpa`` implementation does. :func:`prefixed_layer_class` is the cache layer that stores the
-row part and hands attention a :class:`PrefixedKV`.
+Use: the hf backend registers :func:`shared_prefix_attention` under :data:`ATTENTION_NAME` and switches
+the model to it (``TransformersInternals.use_attention``); calls whose keys are plain tensors (no shared
+prefix) go to transformers' SDPA function exactly as the ``sdpa`` implementation does.
+``transformers_adapter.prefixed_layer_class`` is the cache layer that stores the row part and hands
+attention a :class:`PrefixedKV`. Every transformers / torch internal used lives in
+:mod:`eval_agent.agents.transformers_adapter`.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+from eval_agent.agents.transformers_adapter import cpu_flash_with_lse, sdpa_attention
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +56,7 @@ def shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, atten
     go to transformers' SDPA attention unchanged.
     """
     if not isinstance(key, PrefixedKV):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     b, heads, q, d = query.shape
     kv_heads = key.prefix.shape[1]
     rep = heads // kv_heads
@@ -64,7 +64,7 @@ def shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, atten
     # the rep query heads of kv head g (heads g*rep ... g*rep+rep-1) become rep*q query rows of g
     qg = query.reshape(b, kv_heads, rep * q, d)
     visible = _row_visibility(attention_mask, key.prefix.shape[2], key.rows.shape[2], q, rep, query.device)
-    fused = _flash_with_lse() if query.device.type == "cpu" else None
+    fused = cpu_flash_with_lse() if query.device.type == "cpu" else None
     if fused is not None:
         out = _two_part_fused(fused, qg, key, value, visible, scale)
     else:
@@ -134,62 +134,3 @@ def _two_part_fused(fused: Any, qg: Any, key: PrefixedKV, value: PrefixedKV, vis
     w_r = torch.exp(lse_r - top).unsqueeze(-1)  # 0 where a query sees none of its row's columns
     out_r = torch.where(w_r > 0, out_r, torch.zeros_like(out_r))
     return (w_p * out_p + w_r * out_r) / (w_p + w_r)
-
-
-@functools.lru_cache(maxsize=None)
-def _flash_with_lse() -> Any:
-    """PyTorch's CPU flash-attention op returning ``(output, logsumexp)``, or None where it is missing."""
-    import torch
-
-    try:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def enable(model: Any) -> bool:
-    """Switch ``model`` to :func:`shared_prefix_attention` when it uses ``sdpa`` or ``eager`` attention.
-
-    Registers the function and SDPA's mask builder under :data:`ATTENTION_NAME` (idempotent).
-    Returns False, leaving the model as it is, for other implementations (flash attention...).
-    """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    current = getattr(model.config, "_attn_implementation", None)
-    if current == ATTENTION_NAME:
-        return True
-    if current not in ("sdpa", "eager"):
-        return False
-    AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    try:
-        model.set_attn_implementation(ATTENTION_NAME)
-    except (ValueError, AttributeError) as e:  # an older transformers without custom implementations
-        logger.info("shared-prefix attention unavailable (%s); plain attention", e)
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=None)
-def prefixed_layer_class(growing_layer: type) -> type:
-    """A cache layer (subclass of ``growing_layer``) holding a shared prefix once and each row's tokens.
-
-    ``keys``/``values`` are the row part (what ``growing_layer`` stores); ``update`` returns
-    :class:`PrefixedKV` pairs for the attention function; the sequence length counts the prefix.
-    """
-
-    class PrefixedLayer(growing_layer):  # type: ignore[misc, valid-type]
-        def __init__(self, prefix_keys: Any, prefix_values: Any, reserve: int = 64):
-            super().__init__(reserve)
-            self.prefix_keys = prefix_keys
-            self.prefix_values = prefix_values
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            keys, values = super().update(key_states, value_states, *args, **kwargs)
-            return PrefixedKV(self.prefix_keys, keys), PrefixedKV(self.prefix_values, values)
-
-        def get_seq_length(self) -> int:
-            return int(self.prefix_keys.shape[-2]) + super().get_seq_length()
-
-    return PrefixedLayer

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import asdict
 from functools import partial
 from typing import Sequence
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent_config", default=None, help="backend config name or JSON path (default: --backend)")
     p.add_argument("--model_path", help="model dir (hf/vllm) or served model name (openai)")
     p.add_argument("--api_base", default=None, help="OpenAI-compatible base URL(s), comma-separated")
+    p.add_argument("--tensor_parallel_size", type=int, default=None, help="vllm: GPUs to shard the model over")
+    p.add_argument("--max_batch_size", type=int, default=None, help="hf: rows per generation call")
     p.add_argument("--num_rollouts", type=int, default=5)
     p.add_argument("--temperature", type=float, default=None, help="default: 0 (explore_steps), 1.0 (mc)")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -97,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for out in (args.output, problems_path(args.output)):
         check_not_input(out, inputs_given)
     shard = Shard(args.part_num, args.part_idx)
+    logger.info("part %d of %d, CUDA_VISIBLE_DEVICES=%s", args.part_idx, args.part_num,
+                os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     factory = partial(make_env, args.env, args.split, args.env_data, task_file=args.task_file)
     # inputs are read (and refused) before any model is loaded
     if args.stage in ("expert_steps", "explore_steps"):
@@ -127,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         records = inputs if args.stage == "mc" else []
         prompt = None if args.record_prompt else prompt_for(args.env, args.sft, args.icl_num, args.env_data,
                                                             args.prompt_layout, records_instruction(records, args.sft))
-        policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config)
+        overrides = {"tensor_parallel_size": args.tensor_parallel_size} if args.backend == "vllm" else {}
+        if args.backend == "hf":
+            overrides["max_batch_size"] = args.max_batch_size
+        policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config, **overrides)
         engine = RolloutEngine(policy, factory, num_workers=args.num_workers, max_active=args.max_active,
                                default_params=params, seed=args.seed, progress_desc=args.stage,
                                action_parser=args.action_parser)

@@ -3,9 +3,10 @@
 trl tokenises conversational pairs itself and scores every completion token, observations
 included. To compare like with like, we hand it pairs tokenised by :mod:`steca.training.chat`
 and a collator whose ``completion_mask`` marks only the continuation's assistant tokens (each
-with its end-of-turn token); the DPO loss, the reference model (a frozen copy, or the disabled
-adapter with LoRA) and everything else are trl's. The record's ``reward`` is not used (DPO has no
-per-pair weight).
+with its end-of-turn token). The reference log-probabilities are computed once before training
+(:mod:`steca.training.reference_logps`, correct under FSDP and ZeRO-3); the DPO loss and everything
+else are trl's (through :mod:`steca.training.trl_adapter`; with an untested trl, the same loss on
+transformers' ``Trainer``). The record's ``reward`` is not used (DPO has no per-pair weight).
 
     python -m steca.training.dpo --model_name_or_path out/sft --data_path data/steca_pairs.json \\
         --output_dir out/dpo --beta 0.1 --learning_rate 5e-7
@@ -26,7 +27,12 @@ from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
 from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
-from steca.training.reinforced import TrainResult, encode_pairs
+from steca.training.losses import sequence_logprobs
+from steca.training.reference_logps import COLUMNS as REF_COLUMNS
+from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
+from steca.training.reference_logps import attach_reference_logps
+from steca.training.reinforced import PairCollator, TrainResult, build_pair_dataset, encode_pairs
+from steca.training.trl_adapter import pretokenised_dpo_trainer_class, trl_fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class DPODataArguments:
         "help": "option, not released: keep only the prompt's last N tokens (released: whole prompt)"})
     max_target_length: int | None = field(default=None, metadata={
         "help": "option, not released: keep only the continuation's first N tokens"})
+    ref_logps_file: str | None = field(default=None, metadata={
+        "help": "steca.training.reference_logps output (default: output_dir/reference_logps.jsonl)"})
 
 
 def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:
@@ -101,39 +109,80 @@ class AssistantOnlyPreferenceCollator:
 
 
 def _trainer_class():
-    from trl import DPOTrainer
+    """trl's ``DPOTrainer`` on our pre-tokenised pairs (:mod:`steca.training.trl_adapter`'s fast path)."""
+    return pretokenised_dpo_trainer_class(MASK_COLUMNS)
 
-    class AssistantOnlyDPOTrainer(DPOTrainer):
-        """``DPOTrainer`` that takes our pre-tokenised pairs as they are."""
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            if "prompt_ids" in next(iter(dataset)):
-                return dataset
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+def _public_dpo_trainer_class():
+    """DPO on transformers' public ``Trainer`` API, for a trl outside the tested range.
 
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            self._signature_columns = list(self._signature_columns) + list(MASK_COLUMNS)
+    Per pair ``l = -log sigmoid(beta * [(lp(y_w) - lp_ref(y_w)) - (lp(y_l) - lp_ref(y_l))])``
+    (:func:`steca.training.preference_losses.dpo_loss`, trl's default ``sigmoid`` loss), mean over the
+    batch, on the same assistant tokens and the same stored reference values as the trl path.
+    """
+    from steca.training.preference_losses import dpo_loss
+    from steca.training.reinforced import _trainer_class as reinforced_trainer_class
 
-    return AssistantOnlyDPOTrainer
+    class PublicDPOTrainer(reinforced_trainer_class()):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            b = inputs["reward"].shape[0]
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            logps = sequence_logprobs(out.logits, inputs["labels"])
+            ref = self._reference_logps(model, inputs)
+            loss = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], self.beta).mean()
+            return (loss, out) if return_outputs else loss
+
+    return PublicDPOTrainer
+
+
+def to_trl_rows(pairs) -> "Any":
+    """trl's tokenised preference rows (:func:`split_shared_prompt`) with the stored reference columns."""
+    from datasets import Dataset
+
+    rows = []
+    for r in pairs:
+        row = split_shared_prompt(r)
+        for c in REF_COLUMNS:
+            if c in r:
+                row[c] = r[c]
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+def make_dpo_trainer(model, tokenizer, pairs, config, peft_cfg=None, callbacks: list | None = None, fast: bool | None = None):
+    """A trainer for DPO on tokenised pairs with stored reference log-probabilities (``pairs``:
+    :func:`~steca.training.reinforced.build_pair_dataset` output with rejected sides and the
+    :mod:`~steca.training.reference_logps` columns): trl's ``DPOTrainer`` when :func:`trl_fast_path`,
+    else the public-API trainer. ``fast`` forces one of them."""
+    fast = trl_fast_path() if fast is None else fast
+    if fast:
+        config.precompute_ref_log_probs = True  # the stored columns (no reference model in training)
+        return _trainer_class()(model=model, ref_model=None, args=config, train_dataset=to_trl_rows(pairs),
+                                processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks,
+                                data_collator=AssistantOnlyPreferenceCollator(tokenizer.pad_token_id))
+    if peft_cfg is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_cfg)
+    config.remove_unused_columns = False
+    return _public_dpo_trainer_class()(model=model, args=config, train_dataset=pairs, processing_class=tokenizer,
+                                       data_collator=PairCollator(tokenizer.pad_token_id), beta=config.beta,
+                                       callbacks=callbacks)
 
 
 def train_dpo(model_args: ModelArguments, data_args: DataArguments, dpo_data: DPODataArguments, config,
               callbacks: list | None = None) -> TrainResult:
-    """Run trl's DPO on a pair file; ``config`` is a ``trl.DPOConfig``."""
+    """Run DPO on a pair file; ``config`` is a ``trl.DPOConfig``. The reference log-probabilities are read
+    from ``dpo_data.ref_logps_file`` (default ``output_dir/reference_logps.jsonl``; computed when missing
+    in a one-process run)."""
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    dataset = build_dpo_dataset(data_args.data_path, tokenizer, dpo_data.max_prompt_length,
-                                dpo_data.max_target_length, data_args.strict_data,
-                                data_args.skip_invalid, config.max_length)
-    logger.info("DPO on %d pairs (beta=%g)", len(dataset), config.beta)
-    model = load_model(model_args)
-    peft_cfg = lora_config(model_args)
-    ref_model = None
-    if peft_cfg is None:
-        ref_model = load_model(model_args)
-    trainer = _trainer_class()(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
-                               processing_class=tokenizer, peft_config=peft_cfg, callbacks=callbacks,
-                               data_collator=AssistantOnlyPreferenceCollator(tokenizer.pad_token_id))
+    pairs = build_pair_dataset(data_args.data_path, tokenizer, dpo_data.max_prompt_length, dpo_data.max_target_length,
+                               True, data_args.strict_data, data_args.skip_invalid, config.max_length)
+    pairs = attach_reference_logps(pairs, data_args.data_path, model_args.model_name_or_path,
+                                   dpo_data.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
+                                   lambda: load_model(model_args), tokenizer.pad_token_id)
+    logger.info("DPO on %d pairs (beta=%g)", len(pairs), config.beta)
+    trainer = make_dpo_trainer(load_model(model_args), tokenizer, pairs, config, lora_config(model_args), callbacks)
     run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
     out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

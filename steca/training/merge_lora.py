@@ -1,7 +1,8 @@
 """Merge a saved LoRA adapter into its base model and save a plain model directory.
 
-Used after LoRA training under FSDP/ZeRO-3 (run with ``--merge_lora false``), where merging on the
-training processes is not possible:
+``steca.training.trainer_setup.save_final`` calls it at the end of every LoRA training run (the main
+process, once every process has saved the adapter), so the sharded FSDP / ZeRO-3 training weights are
+never merged in place. By hand, after a run with ``--merge_lora false``:
 
     python -m steca.training.merge_lora --adapter_dir out/sft/adapter --output_dir out/sft_merged \\
         [--base_model_name_or_path models/Llama-2-7b-chat-hf] [--dtype bfloat16]

@@ -4,8 +4,10 @@ Per pair the loss is ``reward * [ -log sigmoid(beta * delta) - lp(chosen) ]`` (s
 :mod:`steca.training.losses`), with ``lp`` summed over the continuation's assistant tokens only.
 ``beta = 0`` (the released setting and our default) makes it a reward-weighted summed NLL of the
 chosen continuation: no reference model is loaded and the rejected side is not even tokenised.
-With ``beta > 0`` the reference is the frozen starting model: peft's disabled adapter when
-training LoRA, else a frozen copy loaded from ``--ref_model_name_or_path`` (default: the start model).
+With ``beta > 0`` the reference is the frozen starting model (``--ref_model_name_or_path``, default the
+start model); its log-probabilities are computed once before training in one process and read from
+``--ref_logps_file`` (:mod:`steca.training.reference_logps`), so every rank of an FSDP or ZeRO-3 run
+uses the same correct values and no second model is held during training.
 ``--no_reward_weighting`` gives the paper's "no reward weighting" ablation (every weight 1).
 
     python -m steca.training.reinforced --model_name_or_path out/sft --data_path data/steca_pairs.json \\
@@ -29,6 +31,9 @@ from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, 
                                    load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
                                    save_final)
 from steca.training.losses import sequence_logprobs, steca_loss
+from steca.training.reference_logps import COLUMNS as REF_COLUMNS
+from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
+from steca.training.reference_logps import attach_reference_logps
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +51,10 @@ class ReinforcedArguments:
     max_target_length: int | None = field(default=None, metadata={
         "help": "option, not released: keep only the continuation's first N tokens"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
-        "help": "reference model for beta > 0 without LoRA (default: --model_name_or_path)"})
+        "help": "reference model for beta > 0 (default: --model_name_or_path)"})
+    ref_logps_file: str | None = field(default=None, metadata={
+        "help": "beta > 0: the reference log-probabilities (python -m steca.training.reference_logps); "
+                "default output_dir/reference_logps.jsonl, computed when missing in a one-process run"})
 
 
 @dataclass
@@ -145,12 +153,16 @@ class PairCollator:
         if "rejected_input_ids" in rows[0]:
             ids += [r["rejected_input_ids"] for r in rows]
             labels += [r["rejected_labels"] for r in rows]
-        return {
+        out = {
             "input_ids": _pad(ids, self.pad_token_id),
             "attention_mask": _pad([[1] * len(s) for s in ids], 0),
             "labels": _pad(labels, IGNORE_INDEX),
             "reward": torch.tensor([float(r["reward"]) for r in rows], dtype=torch.float32),
         }
+        if REF_COLUMNS[0] in rows[0]:  # stored reference log-probabilities (steca.training.reference_logps)
+            out["ref_logps"] = torch.tensor([r[REF_COLUMNS[0]] for r in rows] + [r[REF_COLUMNS[1]] for r in rows],
+                                            dtype=torch.float32)
+        return out
 
 
 def _trainer_class():
@@ -174,6 +186,9 @@ def _trainer_class():
             self._pair_metrics: dict[str, list[float]] = defaultdict(list)
 
         def _reference_logps(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            """``lp_ref`` of every row: the stored values when the batch has them, else a frozen forward."""
+            if "ref_logps" in inputs:
+                return inputs["ref_logps"].to(self.args.device)
             with torch.no_grad():
                 if self.ref_model is not None:
                     logits = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -234,17 +249,18 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
                                  data_args.skip_invalid, rl_args.max_length)
     logger.info("reinforced training on %d pairs (beta=%g, reward weighting %s)", len(dataset), rl_args.beta,
                 "off" if rl_args.no_reward_weighting else "on")
+    if need_rejected:  # the reference is never loaded in the training processes (see reference_logps.py)
+        ref_args = ModelArguments(model_name_or_path=rl_args.ref_model_name_or_path or model_args.model_name_or_path,
+                                  dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+        dataset = attach_reference_logps(dataset, data_args.data_path, ref_args.model_name_or_path,
+                                         rl_args.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
+                                         lambda: load_model(ref_args), tokenizer.pad_token_id)
     model = load_model(model_args)
-    ref_model = None
     peft_cfg = lora_config(model_args)
     if peft_cfg is not None:
         model = get_peft_model(model, peft_cfg)
-    elif need_rejected:
-        ref_args = ModelArguments(model_name_or_path=rl_args.ref_model_name_or_path or model_args.model_name_or_path,
-                                  dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
-        ref_model = load_model(ref_args)
     trainer = make_reinforced_trainer(model, tokenizer, dataset, config, rl_args.beta,
-                                      not rl_args.no_reward_weighting, ref_model, callbacks)
+                                      not rl_args.no_reward_weighting, None, callbacks)
     run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
     out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -232,10 +232,11 @@ def check_finite_weights(trainer, output_dir: str | os.PathLike) -> None:
 def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bool = True) -> Path:
     """Save the trained model so that ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it.
 
-    For a peft model the adapter goes to ``output_dir/adapter`` and, with ``merge_lora``, the merged
-    full model to ``output_dir`` (merging needs the full weights on one process, so under ZeRO-3 or
-    FSDP with LoRA set ``merge_lora`` false and merge the adapter afterwards). Weights that are not
-    finite are never saved (:class:`NonFiniteWeightsError`).
+    For a peft model the adapter goes to ``output_dir/adapter`` (saved by the trainer, which gathers
+    FSDP / ZeRO-3 shards) and, with ``merge_lora``, the merged full model to ``output_dir``: once every
+    process has saved, the main process alone loads the base model from disk, applies the saved
+    adapter and merges it (:func:`steca.training.merge_lora.merge_lora`); the sharded training weights
+    are never merged in place. Weights that are not finite are never saved (:class:`NonFiniteWeightsError`).
     """
     out = Path(output_dir)
     check_finite_weights(trainer, out)
@@ -256,11 +257,13 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     trainer.save_model(str(out / "adapter"))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out / "adapter")
-        if merge_lora:
-            merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
-            merged.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            logger.info("saved the merged LoRA model to %s", out)
+    trainer.accelerator.wait_for_everyone()
+    if merge_lora and trainer.is_world_process_zero():
+        from steca.training.merge_lora import merge_lora as merge_saved_adapter
+
+        merge_saved_adapter(out / "adapter", out)
+        logger.info("saved the merged LoRA model to %s", out)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 

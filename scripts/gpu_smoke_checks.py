@@ -1,0 +1,158 @@
+"""Python steps of scripts/gpu_smoke.sh.
+
+    python scripts/gpu_smoke_checks.py hf --model DIR [--device cuda] [--dtype bfloat16]
+        the hf backend: greedy twice equal, seeded sampling reproducible per row and independent of the
+        batch, stop strings cut, a batch equal to its rows one at a time (greedy); exit 1 on a failure
+    python scripts/gpu_smoke_checks.py model --sft_file F --out DIR [--size tiny]
+        a small Llama-architecture chat model like Llama-2's layout: untied input/output embeddings,
+        ``use_cache`` true (the project's bootstrap, then the output embedding made its own copy)
+    python scripts/gpu_smoke_checks.py pairs --sft_file F --out FILE
+        eight STeCa pairs from the first sixteen trajectories (for the reinforced and DPO steps)
+    python scripts/gpu_smoke_checks.py wheels --lock requirements-lock.json
+        the packages a GPU node needs beyond its own torch (the closure of the smoke roots in the lock's
+        GPU resolution, without torch, vLLM and the CUDA libraries), one ``name==version`` a line
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("gpu_smoke")
+
+# what the smoke steps import on the node (training, sampling, evaluation on ALFWorld)
+WHEEL_ROOTS = ("transformers", "tokenizers", "accelerate", "peft", "trl", "datasets", "deepspeed", "alfworld",
+               "safetensors", "huggingface-hub", "numpy", "tqdm")
+# provided by the node's own torch install, or not needed there
+WHEEL_EXCLUDE_PREFIXES = ("torch", "nvidia-", "triton", "cuda-", "vllm")
+
+
+def _conversation(i: int):
+    from eval_agent.types import Message
+
+    return [Message("user", f"You are in room {i}. Say which object you see, then 'Action:'."),
+            Message("assistant", "OK"), Message("user", f"Task {i}: put a mug in the sink.")]
+
+
+def check_hf(model: str, device: str, dtype: str) -> list[str]:
+    """The hf backend checks; returns the failures (empty: all passed)."""
+    from eval_agent.agents.hf import HFPolicy
+    from eval_agent.agents.policy import SamplingParams
+
+    failures = []
+    policy = HFPolicy(model, device=device, dtype=dtype, max_batch_size=8)
+    batch = [_conversation(i) for i in range(4)]
+    greedy = SamplingParams(max_new_tokens=12)
+    first, second = policy.generate(batch, greedy), policy.generate(batch, greedy)
+    if first != second:
+        failures.append("greedy: two calls differ")
+    alone = [policy.generate([c], greedy)[0] for c in batch]
+    if alone != first:
+        failures.append(f"greedy: batched != one at a time ({sum(a != b for a, b in zip(alone, first))} rows)")
+    seeded = [SamplingParams(temperature=1.0, max_new_tokens=12, seed=100 + i) for i in range(len(batch))]
+    s1 = policy.generate(batch, seeded)
+    s2 = policy.generate(list(reversed(batch)), list(reversed(seeded)))[::-1]
+    if s1 != s2:
+        failures.append("sampling: a row's sample depends on its batch")
+    if len(set(s1)) < 2:
+        failures.append("sampling: every row drew the same text")
+    words = [t.split()[0] for t in first if t.split()]
+    if words:
+        stop = SamplingParams(max_new_tokens=12, stop=(words[0],))
+        cut = policy.generate(batch[:1], stop)[0]
+        if words[0] in cut:
+            failures.append(f"stop string {words[0]!r} not cut: {cut!r}")
+    logger.info("hf on %s: greedy %r..., sampled %r...", policy.device, first[0][:40], s1[0][:40])
+    return failures
+
+
+def build_model(sft_file: Path, out: Path, size: str) -> Path:
+    """Bootstrap a model, then untie its output embedding and keep ``use_cache`` true (Llama-2's layout)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from steca.training.bootstrap import bootstrap_model, sft_texts
+
+    bootstrap_model(sft_texts(sft_file), out, size=size, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.config.tie_word_embeddings = False
+    model.config.use_cache = True
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.save_pretrained(out)
+    again = AutoModelForCausalLM.from_pretrained(out)
+    assert again.lm_head.weight.data_ptr() != again.get_input_embeddings().weight.data_ptr()
+    return out
+
+
+def write_pairs(sft_file: Path, out: Path) -> Path:
+    """Pair i: trajectory i's prompt and turns as chosen, trajectory i+8's turns as rejected, reward 1 + i/10."""
+    data = json.loads(sft_file.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for i in range(8):
+            c, other = data[i]["conversations"], data[i + 8]["conversations"]
+            f.write(json.dumps({"id": data[i]["id"], "prompt": c[:3], "chosen": c[3:11], "rejected": other[3:9],
+                                "reward": 1.0 + 0.1 * i}) + "\n")
+    return out
+
+
+def wheel_list(lock_path: Path) -> list[str]:
+    """``name==version`` of the closure of :data:`WHEEL_ROOTS` in the lock's GPU resolution (see module doc)."""
+    from packaging.requirements import Requirement
+
+    lock = json.loads(lock_path.read_text())
+    name = next(k for k in sorted(lock["resolutions"]) if k.startswith("gpu-"))
+    packages = lock["resolutions"][name]["packages"]
+    env = {"python_version": "3.12", "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix"}
+    todo, seen = list(WHEEL_ROOTS), set()
+    while todo:
+        pkg = todo.pop()
+        if pkg in seen or pkg not in packages or pkg.startswith(WHEEL_EXCLUDE_PREFIXES):
+            continue
+        seen.add(pkg)
+        for line in packages[pkg]["requires"]:
+            req = Requirement(line)
+            extras = packages[pkg]["extras"] or [""]
+            if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in extras):
+                todo.append(req.name.lower().replace("_", "-").replace(".", "-"))
+    return [f"{p}=={packages[p]['version']}" for p in sorted(seen)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    hf = sub.add_parser("hf")
+    hf.add_argument("--model", required=True)
+    hf.add_argument("--device", default="cuda")
+    hf.add_argument("--dtype", default="auto")
+    model = sub.add_parser("model")
+    model.add_argument("--sft_file", required=True)
+    model.add_argument("--out", required=True)
+    model.add_argument("--size", default="tiny")
+    pairs = sub.add_parser("pairs")
+    pairs.add_argument("--sft_file", required=True)
+    pairs.add_argument("--out", required=True)
+    wheels = sub.add_parser("wheels")
+    wheels.add_argument("--lock", default=str(Path(__file__).resolve().parent.parent / "requirements-lock.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "wheels":
+        sys.stdout.write("\n".join(wheel_list(Path(args.lock))) + "\n")
+        return 0
+    if args.cmd == "model":
+        build_model(Path(args.sft_file), Path(args.out), args.size)
+        return 0
+    if args.cmd == "pairs":
+        write_pairs(Path(args.sft_file), Path(args.out))
+        return 0
+    failures = check_hf(args.model, args.device, args.dtype)
+    for f in failures:
+        logger.error("FAIL %s", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

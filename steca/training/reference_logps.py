@@ -1,0 +1,173 @@
+"""Reference log-probabilities of every pair, computed once before training and stored beside the run.
+
+For ``beta > 0`` (STeCa's DPO term, SFT + DPO) the loss needs ``lp_ref(y) = sum_t log pi_ref(y_t | x, y_<t)``
+of both sides of every pair under the frozen starting model (the same assistant-token sums as the
+policy's, :func:`steca.training.losses.sequence_logprobs`). Computing them inside a multi-process run
+goes wrong: under FSDP with ``fsdp_cpu_ram_efficient_loading`` a model loaded after the process group
+starts has real weights on rank 0 only, and under ZeRO-3 it is partitioned at load. So they are
+computed here in one process, with the whole model, and written to a JSONL file that every rank
+reads; training then holds no second model. ``Reinfoced_train/steca_train.sh`` runs this step before
+training when ``BETA > 0``; a single-process run computes the file itself when it is missing.
+
+    python -m steca.training.reference_logps --model_name_or_path out/sft --data_path pairs.json \\
+        --output_file out/steca/reference_logps.jsonl [--max_length 4096]
+
+The first line of the file is a header naming the data file (sha256), the reference model and the
+token lengths of every tokenised pair, so values computed for other data or other truncation are
+refused with an error naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
+from steca.training.losses import sequence_logprobs
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "reference_logps.jsonl"
+COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def dataset_fingerprint(data_path: str | os.PathLike, dataset) -> dict[str, Any]:
+    """What the stored values belong to: the data file's sha256 and a sha256 of every row's token lengths."""
+    lengths = [[len(r["chosen_input_ids"]), len(r["rejected_input_ids"])] for r in dataset]
+    return {"data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest(), "n_pairs": len(lengths),
+            "lengths_sha256": hashlib.sha256(json.dumps(lengths).encode()).hexdigest()}
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    n = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+
+
+def compute_reference_logps(model, dataset, pad_token_id: int, batch_size: int = 4) -> tuple[list[float], list[float]]:
+    """``(lp_ref(chosen), lp_ref(rejected))`` per row of a tokenised pair dataset (``with_rejected``)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen: list[float] = []
+    rejected: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            for side, out in (("chosen", chosen), ("rejected", rejected)):
+                ids = [r[f"{side}_input_ids"] for r in rows]
+                labels = _pad([r[f"{side}_labels"] for r in rows], IGNORE_INDEX).to(device)
+                mask = _pad([[1] * len(s) for s in ids], 0).to(device)
+                logits = model(input_ids=_pad(ids, pad_token_id).to(device), attention_mask=mask,
+                               use_cache=False).logits
+                out.extend(sequence_logprobs(logits.float(), labels).tolist())
+    model.train(was_training)
+    return chosen, rejected
+
+
+def write_reference_logps(path: str | os.PathLike, header: dict[str, Any], chosen: Sequence[float],
+                          rejected: Sequence[float]) -> Path:
+    """Header line, then one ``{"index", "ref_chosen_logps", "ref_rejected_logps"}`` line per pair (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps({"header": header}) + "\n")
+        for i, (c, r) in enumerate(zip(chosen, rejected)):
+            f.write(json.dumps({"index": i, COLUMNS[0]: c, COLUMNS[1]: r}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_reference_logps(path: str | os.PathLike, fingerprint: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The stored values, after checking that they belong to this data and tokenisation."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty reference log-probability file")
+    header = json.loads(lines[0]).get("header", {})
+    for key, want in fingerprint.items():
+        if header.get(key) != want:
+            raise ValueError(f"{path}: field {key!r} is {header.get(key)!r} but this run has {want!r} "
+                             "(computed for other data or other truncation): delete it or recompute it")
+    chosen, rejected = [], []
+    for n, line in enumerate(lines[1:], start=1):
+        rec = json.loads(line)
+        c, r = rec.get(COLUMNS[0]), rec.get(COLUMNS[1])
+        if not isinstance(c, (int, float)) or not isinstance(r, (int, float)) or not (math.isfinite(c) and math.isfinite(r)):
+            raise ValueError(f"{path}: line {n + 1} (pair {rec.get('index')}): reference log-probabilities must be finite numbers")
+        chosen.append(float(c))
+        rejected.append(float(r))
+    if len(chosen) != fingerprint["n_pairs"]:
+        raise ValueError(f"{path}: {len(chosen)} pairs stored, the data has {fingerprint['n_pairs']}")
+    return chosen, rejected
+
+
+def world_size() -> int:
+    """Processes of this run (torchrun / accelerate set ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def attach_reference_logps(dataset, data_path: str | os.PathLike, ref_path: str | os.PathLike, file: str | os.PathLike,
+                           load_reference, pad_token_id: int):
+    """``dataset`` with the two reference columns, read from ``file`` or (one process only) computed and written.
+
+    ``load_reference()`` returns the reference model; it is called only when the file is missing.
+    """
+    fingerprint = dataset_fingerprint(data_path, dataset)
+    file = Path(file)
+    if not file.is_file():
+        if world_size() > 1:
+            raise ValueError(
+                f"beta > 0 in a run of {world_size()} processes needs the reference log-probabilities computed "
+                f"beforehand in one process: python -m steca.training.reference_logps --model_name_or_path {ref_path} "
+                f"--data_path {data_path} --output_file {file} (Reinfoced_train/steca_train.sh does this)")
+        logger.info("computing reference log-probabilities of %d pairs with %s", len(dataset), ref_path)
+        model = load_reference()
+        chosen, rejected = compute_reference_logps(model, dataset, pad_token_id)
+        del model
+        write_reference_logps(file, {**fingerprint, "reference_model": str(ref_path)}, chosen, rejected)
+    chosen, rejected = read_reference_logps(file, fingerprint)
+    logger.info("reference log-probabilities of %d pairs from %s", len(chosen), file)
+    return dataset.add_column(COLUMNS[0], chosen).add_column(COLUMNS[1], rejected)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    from steca.training.trainer_setup import ModelArguments, load_model, load_tokenizer
+    from steca.training.reinforced import build_pair_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model_name_or_path", required=True, help="the reference (frozen starting) model")
+    ap.add_argument("--data_path", required=True)
+    ap.add_argument("--output_file", required=True)
+    ap.add_argument("--max_prompt_length", type=int, default=None, help="as the training run's (default: off)")
+    ap.add_argument("--max_target_length", type=int, default=None, help="as the training run's (default: off)")
+    ap.add_argument("--max_length", type=int, default=RELEASED_MAX_LENGTH, help="as the training run's")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default=None, help="default: cuda when available")
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--strict_data", action="store_true")
+    ap.add_argument("--skip_invalid", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    dataset = build_pair_dataset(args.data_path, tokenizer, args.max_prompt_length, args.max_target_length,
+                                 with_rejected=True, strict=args.strict_data, skip_invalid=args.skip_invalid,
+                                 max_length=args.max_length)
+    model = load_model(ModelArguments(args.model_name_or_path, dtype=args.dtype))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen, rejected = compute_reference_logps(model.to(device), dataset, tokenizer.pad_token_id, args.batch_size)
+    header = {**dataset_fingerprint(args.data_path, dataset), "reference_model": args.model_name_or_path}
+    out = write_reference_logps(args.output_file, header, chosen, rejected)
+    logger.info("wrote %d reference log-probability pairs to %s", len(chosen), out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The transformers adapter: the hf backend's fast path (transformers internals) and its public-API
+fallback give the same greedy and seeded outputs; an untested transformers falls back with one warning."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from eval_agent.agents.policy import SamplingParams
+from eval_agent.types import Message
+
+from engine_fixtures import build_tiny_chat_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, alfworld_sft_sample) -> Path:
+    return build_tiny_chat_model(tmp_path_factory.getbasetemp() / "tiny_chat_model", alfworld_sft_sample)
+
+
+@pytest.fixture(scope="module")
+def chats(alfworld_sft_sample) -> list[list[Message]]:
+    records = json.loads(Path(alfworld_sft_sample).read_text())[:4]
+    return [[Message(m["role"], m["content"]) for m in r["conversations"]] for r in records]
+
+
+def test_fast_path_and_public_fallback_generate_the_same(model_dir, chats):
+    from eval_agent.agents.hf import HFPolicy
+    from eval_agent.agents.shared_prefix import ATTENTION_NAME
+    from eval_agent.agents.transformers_adapter import attention_implementation, growing_layer_class
+
+    fast = HFPolicy(str(model_dir), device="cpu", transformers_internals=True)
+    slow = HFPolicy(str(model_dir), device="cpu", transformers_internals=False)
+    assert fast.shared_prefix and attention_implementation(fast.model) == ATTENTION_NAME
+    assert not slow.shared_prefix and attention_implementation(slow.model) == "sdpa"
+    assert slow.reuse_cache  # the fallback keeps conversation reuse, on plain cache layers
+    assert not isinstance(slow.internals.new_cache(slow.model.config, 4).layers[0], growing_layer_class())
+    batch = [chats[0][:5], chats[1][:3], chats[2][:7], chats[3][:3], chats[0][:5]]
+    turns = [chats[0][:7], chats[2][:9]]  # continue two conversations: served from the kept caches
+    for params in (SamplingParams(max_new_tokens=12),
+                   [SamplingParams(temperature=1.0, max_new_tokens=12, seed=s) for s in range(len(batch))]):
+        got = fast.generate(batch, params), slow.generate(batch, params)
+        assert got[0] == got[1]
+        assert len(set(got[0])) > 2
+    greedy = SamplingParams(max_new_tokens=12)
+    assert fast.generate(turns, greedy) == slow.generate(turns, greedy)
+    assert fast.n_reused_tokens > 0 and slow.n_reused_tokens > 0
+
+
+def test_untested_transformers_falls_back_with_one_warning(monkeypatch, caplog):
+    import transformers
+
+    from eval_agent.agents import transformers_adapter as adapter
+
+    adapter.fast_path_supported.cache_clear()
+    assert adapter.fast_path_supported()  # the pinned release is in the tested range
+    monkeypatch.setattr(transformers, "__version__", "9.0.0")
+    adapter.fast_path_supported.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=adapter.__name__):
+        assert not adapter.internals().enabled
+        assert not adapter.internals().enabled
+    assert len([r for r in caplog.records if "outside the tested range" in r.message]) == 1
+    adapter.fast_path_supported.cache_clear()
+
+
+def test_cache_argument_follows_the_models_signature(model_dir):
+    import inspect
+
+    from transformers import AutoModelForCausalLM
+
+    from eval_agent.agents.transformers_adapter import cache_kwargs
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    (name,) = cache_kwargs(model, None)
+    assert name in inspect.signature(type(model).forward).parameters
