@@ -244,6 +244,8 @@ def test_prompt_length_and_step_pairing():
     u, a = (lambda c: Message("user", c)), (lambda c: Message("assistant", c))
     assert prompt_length([u("instr"), a("OK"), u("obs"), a("Action: go")]) == 3
     assert prompt_length([u("instr"), a("OK"), u("obs")]) == 3
+    # the STeCa layout decides, not the first acting turn (an assistant turn without an action comes first)
+    assert prompt_length([u("instr"), a("OK"), u("obs"), a("no action"), u("x"), a("Action: go")]) == 3
     assert prompt_length([u("instr"), a("Action: go"), u("obs")]) == 1  # no "OK": the first acting turn
     assert prompt_length([a("OK"), u("instr"), a("hmm"), u("x"), a("Action: go")]) == 4
     assert prompt_length([u("Action: not an assistant"), a("no action")]) == 2
