@@ -35,7 +35,7 @@ from typing import Iterable, Mapping
 
 from eval_agent.types import Message
 from steca.records import PairRecord, SFTRecord, StepRecord
-from steca.method.trajectories import exploration_from_step, split_expert
+from steca.method.trajectories import expert_at, exploration_from_step, split_expert
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,8 @@ def build_rft(sft: Mapping[str, SFTRecord], explored_steps: Iterable[StepRecord]
         if not succeeded(rec.agent_final_reward):
             res.rejected["exploration_failed"] += 1
             continue
-        exp = sft.get(rec.id)
-        if exp is None:
-            res.problem("missing_expert_trajectory", rec.id, rec.iteration, "no expert trajectory with this id in the SFT file")
-            continue
-        traj = split_expert(exp)
-        if rec.iteration >= len(traj.steps):
-            res.problem("step_out_of_range", rec.id, rec.iteration, f"expert trajectory has only {len(traj.steps)} steps")
+        traj = expert_at(sft, rec.id, rec.iteration, res.problem)
+        if traj is None:
             continue
         try:
             conv = traj.prefix(rec.iteration) + exploration_from_step(rec)
@@ -217,13 +212,8 @@ def build_ipr(sft: Mapping[str, SFTRecord], expert_steps: Iterable[StepRecord], 
             if not exp_rec.mc_step_reward - rec.mc_step_reward > cfg.margin:
                 res.rejected["agent_step_not_worse"] += 1
                 continue
-            exp = sft.get(rec.id)
-            if exp is None:
-                res.problem("missing_expert_trajectory", rec.id, t, "no expert trajectory with this id in the SFT file")
-                continue
-            traj = split_expert(exp)
-            if t >= len(traj.steps):
-                res.problem("step_out_of_range", rec.id, t, f"expert trajectory has only {len(traj.steps)} steps")
+            traj = expert_at(sft, rec.id, t, res.problem)
+            if traj is None:
                 continue
             try:
                 rejected = exploration_from_step(rec)

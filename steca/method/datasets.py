@@ -29,7 +29,7 @@ from steca.method.dtw import trajectory_distance
 from steca.method.encoders import ActionEncoder
 from steca.method.reflection import ReflectionRequest, Reflector, calibrated_turn
 from steca.method.rewards import WeightScheme
-from steca.method.trajectories import (exploration_from_step, exploration_continuation, split_expert,
+from steca.method.trajectories import (expert_at, exploration_from_step, exploration_continuation, split_expert,
                                        step_turns)
 from steca.records import PairRecord, SFTRecord, StepRecord
 
@@ -103,13 +103,8 @@ def build_calibrated(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecor
     res.counts["deviated"] = len(dev.deviations)
     staged = []
     for d in dev.deviations:
-        exp = sft.get(d.task_id)
-        if exp is None:
-            res.problem("missing_expert_trajectory", d.task_id, d.t, "no expert trajectory with this id in the SFT file")
-            continue
-        traj = split_expert(exp)
-        if d.t >= len(traj.steps):
-            res.problem("step_out_of_range", d.task_id, d.t, f"expert trajectory has only {len(traj.steps)} steps")
+        traj = expert_at(sft, d.task_id, d.t, res.problem)
+        if traj is None:
             continue
         try:
             turn, obs = step_turns(d.explored)
@@ -239,13 +234,8 @@ def build_expert(sft: dict[str, SFTRecord], expert_steps: Iterable[StepRecord], 
                 continue
             rule = step_rule
             used = {"r_expert": exp_rec.mc_step_reward, "r_explore": rec.mc_step_reward}
-        exp = sft.get(rec.id)
-        if exp is None:
-            res.problem("missing_expert_trajectory", rec.id, t, "no expert trajectory with this id in the SFT file")
-            continue
-        traj = split_expert(exp)
-        if t >= len(traj.steps):
-            res.problem("step_out_of_range", rec.id, t, f"expert trajectory has only {len(traj.steps)} steps")
+        traj = expert_at(sft, rec.id, t, res.problem)
+        if traj is None:
             continue
         chosen = traj.suffix(t)
         try:

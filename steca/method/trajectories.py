@@ -8,7 +8,7 @@ Step indices ``t`` are 0-based: the expert prefix of step ``t`` is ``a_0 .. a_{t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from eval_agent.types import parse_action
 from eval_agent.types import Message
@@ -141,3 +141,18 @@ def exploration_from_step(record: StepRecord) -> list[Message]:
     """The scored step's turns followed by :func:`exploration_continuation` (``â_t, o_t, â_{t+1}, ...``)."""
     turn, obs = step_turns(record)
     return [turn] + ([obs] if obs is not None else []) + exploration_continuation(record)
+
+
+def expert_at(sft: Mapping[str, SFTRecord], task_id: str, t: int,
+              problem: Callable[[str, str, int | None, str], None]) -> SplitTrajectory | None:
+    """The expert trajectory of ``task_id`` when it has a step ``t``; otherwise ``None``, after reporting
+    ``missing_expert_trajectory`` or ``step_out_of_range`` through ``problem(kind, task_id, t, message)``."""
+    exp = sft.get(task_id)
+    if exp is None:
+        problem("missing_expert_trajectory", task_id, t, "no expert trajectory with this id in the SFT file")
+        return None
+    traj = split_expert(exp)
+    if t >= len(traj.steps):
+        problem("step_out_of_range", task_id, t, f"expert trajectory has only {len(traj.steps)} steps")
+        return None
+    return traj
