@@ -28,6 +28,7 @@ from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, 
                                    save_final)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs
 from steca.training.preference_losses import LEVEL_CODES, ipr_loss, level_scales
+from steca.training.chat import RELEASED_MAX_LENGTH
 from steca.training.reinforced import PairCollator, TrainResult, _trainer_class, encode_pairs
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class IPRArguments:
     outcome_weight: float = field(default=1.0, metadata={"help": "lambda of the outcome-level DPO term"})
     step_weight: float = field(default=1.0, metadata={"help": "lambda of the step-level DPO term"})
     sft_weight: float = field(default=1.0, metadata={"help": "lambda of the SFT term"})
+    max_length: int | None = field(default=RELEASED_MAX_LENGTH, metadata={
+        "help": "prompt + continuation tokens kept (cut on the right); a longer prompt alone skips the record"})
     max_prompt_length: int | None = field(default=None, metadata={"help": "prompt tokens kept (None: all)"})
     max_target_length: int | None = field(default=None, metadata={"help": "continuation tokens kept (None: all)"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
@@ -66,7 +69,8 @@ def build_ipr_dataset(path: str | os.PathLike, tokenizer, args: IPRArguments, st
         if level not in LEVEL_CODES:
             raise ValueError(f"{path}, record {i} (id={rec.id!r}), field 'level': expected one of "
                              f"{sorted(LEVEL_CODES)}, got {level!r}")
-        enc = encode_pairs([rec], tokenizer, args.max_prompt_length, args.max_target_length, True, path, strict, [i])
+        enc = encode_pairs([rec], tokenizer, args.max_prompt_length, args.max_target_length, True, path, strict, [i],
+                           args.max_length)
         if enc:
             rows.append({**enc[0], "level": LEVEL_CODES[level]})
             levels.append(level)
