@@ -1,8 +1,8 @@
 """Read, from a vLLM release's own source, the signatures that eval_agent/agents/vllm_backend.py calls, and
 write them to tests/vllm_signatures.json (tests/test_vllm_signatures.py checks our calls against it offline).
 
-    pip download --no-deps --only-binary=:all: vllm==0.32.0 -d /tmp/vllm
-    python scripts/extract_vllm_signatures.py /tmp/vllm/vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl
+    pip download --no-deps --only-binary=:all: vllm==0.32.0 -d WHEEL_DIR
+    python scripts/extract_vllm_signatures.py WHEEL_DIR/vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl
 
 Nothing is imported or run from the wheel (it needs CUDA): its Python files are parsed with ``ast``.
 Recorded: ``LLM.__init__`` and ``LLM.generate`` parameters (and whether extra keywords are accepted),

@@ -4,7 +4,7 @@ the episode driver, against the fast tests only.
     python scripts/mutation.py            # prints "mutation score: K/N = P% ..." and exits 1 below --goal
 
 mutmut (3.8.1) goes into its own virtual environment (``--venv``, default
-``/tmp/steca-mutation-venv``, created with ``--system-site-packages`` so it sees the project's
+``<temp dir>/steca-mutation-venv``, created with ``--system-site-packages`` so it sees the project's
 packages; nothing is installed into the system Python). The checkout's files (tracked and untracked,
 not ignored) are copied to a scratch folder, where mutmut writes its ``mutants/`` tree, so the
 checkout is never touched. The score counts a mutant as killed when a test failed or timed out;
@@ -97,7 +97,7 @@ def _env() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--venv", type=Path, default=Path(os.environ.get("MUTATION_VENV", "/tmp/steca-mutation-venv")))
+    p.add_argument("--venv", type=Path, default=Path(os.environ.get("MUTATION_VENV", Path(tempfile.gettempdir()) / "steca-mutation-venv")))
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     p.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
     p.add_argument("--paths", nargs="+", default=MUTATED, help="files or folders to mutate")
