@@ -63,11 +63,11 @@ def test_shell_form_sets_every_variable_of_the_stage(tmp_path):
 
 
 def test_stage_script_helper_keeps_what_the_script_set(tmp_path):
-    script = (f'cd "{REPO}"; source scripts/stage_common.sh; OUT_DIR=/tmp/x; MAX_STEPS=; '
+    script = (f'cd "{REPO}"; source scripts/stage_common.sh; OUT_DIR=runs/x; MAX_STEPS=; '
               'stage_defaults alfworld sampling; echo "$EXPLORE_MC $MAX_STEPS $MODEL_PATH"')
     env = {**os.environ, "PYTHONPATH": str(REPO), "OUTPUT_ROOT": "runs/o", "PROFILE": "gpu"}
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=env).stdout.split()
-    assert out == ["/tmp/x/explore_steps_mc.jsonl", "40", "runs/o/sft/alfworld"]
+    assert out == ["runs/x/explore_steps_mc.jsonl", "40", "runs/o/sft/alfworld"]
 
 
 def test_download_unpacks_a_single_top_folder_where_the_configuration_looks(tmp_path):
