@@ -329,9 +329,11 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     return out
 
 
-def apply_defaults(parser, defaults: dict[str, Any]) -> None:
-    """Set parser defaults only for options the parser knows."""
-    known = {a.dest for a in parser._actions}
+def apply_defaults(parser, arg_classes: tuple, defaults: dict[str, Any]) -> None:
+    """Set parser defaults only for options that the dataclasses ``arg_classes`` (the parser's) declare."""
+    import dataclasses
+
+    known = {f.name for c in arg_classes for f in dataclasses.fields(c)}
     parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
 
 
@@ -356,7 +358,7 @@ def parse_trainer_args(arg_classes: tuple, defaults: dict[str, Any], argv: Seque
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(arg_classes)
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, **defaults})
+    apply_defaults(parser, arg_classes, {**CPU_FRIENDLY_DEFAULTS, **defaults})
     return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
 
 
