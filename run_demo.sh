@@ -20,6 +20,7 @@
 # Every variable below can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
+source scripts/stage_common.sh
 
 # ------------------------------------------------------------------ editable variables
 SEED=${SEED:-0}
@@ -118,27 +119,29 @@ MODELS=$OUT_DIR/models
 # each stage's start and end, with the count of finished stages, and the end of the log when one fails
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
-# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed
-side_pids=(); side_names=()
+# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
+# Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
+side_names=()
+stop_parts_on_signals run_demo.sh
 side() {
   mkdir -p "$OUT_DIR/logs"
   if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
   echo "started $1 (log: $OUT_DIR/logs/$1.log)"
-  "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1 &
-  side_pids+=($!); side_names+=("$1")
-  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
+  start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
+  side_names+=("$1")
+  if [[ ${#part_pids[@]} -ge "$JOBS" ]]; then joined; fi
 }
 joined() {
   local rc=0 i
-  for i in "${!side_pids[@]}"; do
-    if wait "${side_pids[$i]}"; then
+  for i in "${!part_pids[@]}"; do
+    if wait "${part_pids[$i]}"; then
       echo "finished ${side_names[$i]}"
     else
       rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
       tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
     fi
   done
-  side_pids=(); side_names=()
+  part_pids=(); side_names=()
   return $rc
 }
 # The two sampling chains of one environment side by side: expert steps then their Monte Carlo rewards,
