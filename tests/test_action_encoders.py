@@ -65,3 +65,45 @@ def test_minilm_encoder_offline_and_its_thresholds():
     assert enc.cosine("go to desk 1", "go to shelf 1") < thr
     assert enc.cosine("take mug 1 from desk 1", "heat mug 1 with microwave 1") < thr
     assert trajectory_distance(_turns(VH_ACTIONS), _turns(VH_ACTIONS), enc) == 0.0
+
+
+def test_action_pairs_cli_on_small_files(tmp_path, capsys):
+    import json
+    import math
+
+    import numpy as np
+
+    from steca.method.action_pairs import main
+
+    (tmp_path / "alfworld").mkdir()
+    (tmp_path / "virtualhome").mkdir()
+    sft = [{"id": "a", "conversations": [
+               {"from": "human", "value": "Observation: ok\nAction: take pen 1"},  # a user turn: not an action
+               {"from": "gpt", "value": "Thought: t\nAction: go to desk 1"},
+               {"from": "gpt", "value": "Thought: t\nAction: Go to desk 2"},
+               {"from": "gpt", "value": "Thought: no action line"}]},
+           {"id": "b", "conversations": [
+               {"role": "assistant", "content": "Thought: t\nAction: go to desk 1"},
+               {"role": "assistant", "content": "Action: go to shelf 1"},
+               {"role": "assistant", "content": "Action: open drawer 1"}]}]
+    (tmp_path / "alfworld" / "alfworld_sft_sample.json").write_text(json.dumps(sft))
+    (tmp_path / "virtualhome" / "vh_seen_test.jsonl").write_text(
+        json.dumps({"action_list": ["Walk to bedroom", " walk to BEDROOM ", "Open dresser", " "]}) + "\n\n"
+        + json.dumps({"action_list": ["Walk to kitchen"]}) + "\n")
+    out = main(["--data_dir", str(tmp_path), "--encoder", "hashing"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out))
+    assert (out["encoder"], out["max_similarity"]) == ("hashing", ENCODER_THRESHOLDS["hashing"].max_similarity)
+    enc = HashingEncoder()
+    alf = out["alfworld"]
+    assert alf["actions"] == 4 and [alf[k]["pairs"] for k in ("number", "object", "verb")] == [1, 2, 3]
+    objects = [enc.cosine("go to desk 1", "go to shelf 1"), enc.cosine("go to desk 2", "go to shelf 1")]
+    assert alf["object"]["percentiles"] == {p: round(float(np.percentile(objects, p)), 3)
+                                             for p in (0, 5, 50, 95, 100)}
+    assert alf["object"]["share_different"] == round(float(np.mean(np.array(objects) < 0.7)), 3)
+    assert alf["one_object_change_distance_10_steps"] == round((1 - (objects[0] + objects[1]) / 2) / math.sqrt(200), 4)
+    number = enc.cosine("go to desk 1", "go to desk 2")
+    assert alf["number"]["percentiles"] == {p: round(number, 3) for p in (0, 5, 50, 95, 100)}
+    vh = out["virtualhome"]
+    assert vh["actions"] == 3 and vh["number"] == {"pairs": 0} and [vh[k]["pairs"] for k in ("object", "verb")] == [1, 2]
+    strict = main(["--data_dir", str(tmp_path), "--encoder", "hashing", "--max_similarity", "-1"])
+    assert strict["max_similarity"] == -1 and strict["alfworld"]["verb"]["share_different"] == 0.0

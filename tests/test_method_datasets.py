@@ -94,9 +94,54 @@ def test_failed_reflection_is_reported_not_dropped(tmp_path):
     res = build_calibrated({"t1": expert_sft()}, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE,
                            HashingEncoder(), PolicyReflector(Flaky(reply), "flaky", batch_size=4), ALFWORLD_WEIGHTS)
     assert [p.id for p in res.pairs] == ["t1_calibrated_4"]
-    assert len(res.problems) == 1
-    assert res.problems[0]["kind"] == "reflection_failed" and res.problems[0]["iteration"] == 2
-    assert "503" in res.problems[0]["error"]
+    assert res.problems == [{"kind": "reflection_failed", "id": "t1", "iteration": 2,
+                             "error": "ConnectionError: server said 503"}]
+
+
+def test_each_failed_reflection_is_counted_and_logged(caplog):
+    def reply(msgs):
+        raise ConnectionError("server said 503")
+
+    with caplog.at_level("WARNING", logger="steca.method.datasets"):
+        res = build_calibrated({"t1": expert_sft()}, expert_rewards(), list(explored_fixture().values()),
+                               RELEASED_RULE, HashingEncoder(), PolicyReflector(ScriptedPolicy(reply), "down"),
+                               ALFWORLD_WEIGHTS)
+    assert res.pairs == [] and [(p["id"], p["iteration"]) for p in res.problems] == [("t1", 2), ("t1", 4)]
+    assert res.counts["problem:reflection_failed"] == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "steca.method.datasets"] == [
+        f"reflection_failed: task t1 step {t}: ConnectionError: server said 503" for t in (2, 4)]
+
+
+def test_reflections_stop_after_consecutive_failures_and_a_success_resets_the_count(caplog):
+    failing = {0, 2, 4, 5}  # step 6 would succeed but comes after two failures in a row
+    seen_params = []
+
+    class Outage(ScriptedPolicy):
+        def generate(self, batch, params):
+            seen_params.append(params)
+            return super().generate(batch, params)
+
+    def reply(msgs):
+        i = int(msgs[0].content.split('most recent action, "step ')[1].split('"')[0])
+        if i in failing:
+            raise ConnectionError(f"server down for step {i}")
+        return f"Thought: step {i} was wrong.\nAction: x"
+
+    policy = Outage(reply)
+    refl = PolicyReflector(policy, "outage", params=SamplingParams(temperature=0.5, max_new_tokens=7),
+                           batch_size=8, max_consecutive_failures=2)
+    reqs = [ReflectionRequest(f"k{i}", tuple(expert_prefix(1)), f"step {i}", "go to drawer 1") for i in range(7)]
+    with caplog.at_level("WARNING", logger="steca.method.reflection"):
+        out = refl.reflect(reqs)
+    assert [r.ok for r in out] == [False, True, False, True, False, False, False]
+    assert [r.thought for r in out if r.ok] == ["step 1 was wrong.", "step 3 was wrong."]
+    assert out[0].error == "ConnectionError: server down for step 0"
+    assert out[6].error == ("RuntimeError: not attempted: 2 reflections in a row failed "
+                            "(last: ConnectionError: server down for step 5)")
+    # one batch call that failed, then one call per request up to the second failure in a row
+    assert policy.calls == 7 and seen_params == [refl.params] * 7
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("reflection request failed")] == [
+        f"reflection request failed: server down for step {i}" for i in (0, 2, 4, 5)]
 
 
 def test_reflection_prompt_and_parse():

