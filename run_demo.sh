@@ -20,6 +20,7 @@
 # Every variable below can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
+source scripts/stage_common.sh
 
 # ------------------------------------------------------------------ editable variables
 SEED=${SEED:-0}
@@ -118,28 +119,42 @@ MODELS=$OUT_DIR/models
 # each stage's start and end, with the count of finished stages, and the end of the log when one fails
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
-# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed
-side_pids=(); side_names=()
+# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
+# Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
+side_names=()
+stop_parts_on_signals run_demo.sh
 side() {
   mkdir -p "$OUT_DIR/logs"
   if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
   echo "started $1 (log: $OUT_DIR/logs/$1.log)"
-  "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1 &
-  side_pids+=($!); side_names+=("$1")
-  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
+  start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
+  side_names+=("$1")
+  if [[ ${#part_pids[@]} -ge "$JOBS" ]]; then joined; fi
 }
 joined() {
   local rc=0 i
-  for i in "${!side_pids[@]}"; do
-    if wait "${side_pids[$i]}"; then
+  for i in "${!part_pids[@]}"; do
+    if wait "${part_pids[$i]}"; then
       echo "finished ${side_names[$i]}"
     else
       rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
       tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
     fi
   done
-  side_pids=(); side_names=()
+  part_pids=(); side_names=()
   return $rc
+}
+# The base agent of one environment: the Monte Carlo task subset, the tiny model bootstrapped from the
+# SFT file (tokenizer + random Llama), then SFT (checkpoints every SAVE_STEPS: an interrupted SFT resumes).
+# base_agent STAGE_PREFIX SFT_FILE MC_TASKS DATA_DIR MODELS_DIR MODEL_SIZE EPOCHS LR BATCH MAX_LENGTH SAVE_STEPS
+base_agent() {
+  local pre=$1 sft=$2 models=$5
+  stage "${pre}subset" python -m steca.demo subset --sft "$sft" --n "$3" --seed "$SEED" --output "$4/mc_tasks.json"
+  stage "${pre}bootstrap" python -m steca.training.bootstrap --sft_file "$sft" --output_dir "$models/bootstrap" \
+    --size "$6" --seed "$SEED"
+  stage "${pre}sft" env MODEL_PATH="$models/bootstrap" SFT_DATA="$sft" OUTPUT_DIR="$models/sft" EPOCHS="$7" LR="$8" \
+    PER_DEVICE_BATCH="$9" MAX_LENGTH="${10}" SEED="$SEED" NPROC="$SFT_NPROC" SAVE_STEPS="${11}" \
+    bash sft/my_sft.sh --report_to "$REPORT_TO"
 }
 # The two sampling chains of one environment side by side: expert steps then their Monte Carlo rewards,
 # explored steps then theirs. sample_both STAGE_PREFIX SCRIPT_DIR VAR=VALUE... (the scripts' variables)
@@ -266,15 +281,10 @@ if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them re
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
   --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
-stage subset python -m steca.demo subset --sft "$BENCH/sft_train.json" --n "$MC_TASKS" --seed "$SEED" \
-  --output "$DATA/mc_tasks.json"
 
-# 2. bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
-stage bootstrap python -m steca.training.bootstrap --sft_file "$BENCH/sft_train.json" \
-  --output_dir "$MODELS/bootstrap" --size "$MODEL_SIZE" --seed "$SEED"
-stage sft env MODEL_PATH="$MODELS/bootstrap" SFT_DATA="$BENCH/sft_train.json" OUTPUT_DIR="$MODELS/sft" \
-  EPOCHS="$SFT_EPOCHS" LR="$SFT_LR" PER_DEVICE_BATCH="$SFT_BATCH" MAX_LENGTH="$MAX_LENGTH" SEED="$SEED" \
-  NPROC="$SFT_NPROC" SAVE_STEPS=100 bash sft/my_sft.sh --report_to "$REPORT_TO"   # checkpoints: an interrupted SFT resumes
+# 2. the MC task subset; bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
+base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE" "$SFT_EPOCHS" "$SFT_LR" "$SFT_BATCH" \
+  "$MAX_LENGTH" 100
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
@@ -304,13 +314,8 @@ virtualhome_block() {
   stage vh_generate python -m steca.generators.virtualhome_tasks --out "$bench" --seed "$SEED" --n_homes "$VH_HOMES" \
     --n_unseen_homes "$VH_UNSEEN_HOMES" --tasks_per_home "$VH_TASKS_PER_HOME" --seen_per_home "$VH_SEEN_PER_HOME" \
     --instruction "$VH_INSTRUCTION"
-  stage vh_subset python -m steca.demo subset --sft "$bench/vh_sft_train.json" --n "$VH_MC_TASKS" --seed "$SEED" \
-    --output "$data/mc_tasks.json"
-  stage vh_bootstrap python -m steca.training.bootstrap --sft_file "$bench/vh_sft_train.json" \
-    --output_dir "$models/bootstrap" --size "$VH_MODEL_SIZE" --seed "$SEED"
-  stage vh_sft env MODEL_PATH="$models/bootstrap" SFT_DATA="$bench/vh_sft_train.json" OUTPUT_DIR="$models/sft" \
-    EPOCHS="$VH_SFT_EPOCHS" LR="$VH_SFT_LR" PER_DEVICE_BATCH="$VH_SFT_BATCH" MAX_LENGTH="$VH_MAX_LENGTH" SEED="$SEED" \
-    NPROC="$SFT_NPROC" SAVE_STEPS=50 bash sft/my_sft.sh --report_to "$REPORT_TO"
+  base_agent vh_ "$bench/vh_sft_train.json" "$VH_MC_TASKS" "$data" "$models" "$VH_MODEL_SIZE" "$VH_SFT_EPOCHS" \
+    "$VH_SFT_LR" "$VH_SFT_BATCH" "$VH_MAX_LENGTH" 50
 
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
   local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"

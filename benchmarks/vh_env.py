@@ -22,7 +22,7 @@ from pathlib import Path
 
 from eval_agent.envs.virtualhome import VirtualHomeEnv
 from eval_agent.envs.virtualhome.graph import build_initial_graph, load_scene
-from eval_agent.envs.virtualhome.sim import load_simulator
+from eval_agent.envs.virtualhome.evolving_graph_adapter import load_simulator
 
 
 def quadratic_cleanup(edges: list[dict]) -> list[dict]:

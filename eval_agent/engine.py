@@ -102,6 +102,8 @@ class RolloutResult:
         return self.episode.to_output()
 
 
+# Same shape as steca.sampling.replay.ReplaySummary (a dataclass of counters), on purpose: the two count
+# different things in packages that do not import each other, and a shared base would only share "= 0".
 @dataclass
 class EngineStats:
     generate_calls: int = 0

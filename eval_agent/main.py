@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from eval_agent.envs import ENVIRONMENTS, make_env
 from eval_agent.envs.task_env import TaskEnv
-from eval_agent.storage import write_json_atomic
+from eval_agent.storage import OutputLockedError, lock_output, write_json_atomic
 from eval_agent.types import MAX_STEPS, EpisodeState, Message
 
 logger = logging.getLogger("eval_agent.main")
@@ -150,8 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    """Run the evaluation; the output folder is locked (``<folder>.lock``, :func:`lock_output`) while it
+    runs, so a second evaluation writing the same folder exits with a message naming it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    name = Path(args.model_name).name if args.model_name else args.agent_config
+    out_dir = Path(args.output_path or Path("outputs") / f"{args.exp_config}_{name}_{args.split}")
+    try:
+        lock = lock_output(out_dir)
+    except OutputLockedError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        return evaluate(args, out_dir)
+    finally:
+        lock.close()
+
+
+def evaluate(args: argparse.Namespace, out_dir: Path) -> dict[str, object]:
+    """The evaluation of :func:`main` into ``out_dir``: episodes, ``summary.json`` and the printed rates."""
     env_factory = functools.partial(make_env, args.exp_config, args.split, data_dir=args.data_dir,
                                     task_file=args.test_path, max_steps=args.max_steps)
     env = env_factory()
@@ -163,8 +179,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     task_ids = env.task_ids()[: args.max_tasks] if args.max_tasks else env.task_ids()
     if not task_ids:
         raise SystemExit(f"no tasks in split {args.split!r} of {args.exp_config}")
-    name = Path(args.model_name).name if args.model_name else args.agent_config
-    out_dir = Path(args.output_path or Path("outputs") / f"{args.exp_config}_{name}_{args.split}")
     if args.agent_config == "expert":
         from eval_agent.prompts import prompt_for
 

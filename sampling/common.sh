@@ -31,9 +31,12 @@ sampling_stage() {
 #   GPU_IDS        the GPUs to use, comma-separated (default: CUDA_VISIBLE_DEVICES, else every GPU
 #                  nvidia-smi lists, else none: CPU runs leave CUDA_VISIBLE_DEVICES alone)
 #   HF_BATCH       BACKEND=hf: rows per generation call (empty: the backend's default, 64)
+#   BATCH_INVARIANT  true | false: a sampled episode depends only on its seed, not on MAX_ACTIVE (empty: the
+#                  default of sampling/run_sampling.py: hf on, vllm on for the Monte Carlo stages; see the README)
 TP=${TP:-1}
 GPUS_PER_PART=${GPUS_PER_PART:-$TP}
 HF_BATCH=${HF_BATCH:-}
+BATCH_INVARIANT=${BATCH_INVARIANT:-}
 if [[ -z "${GPU_IDS:-}" ]]; then
   if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
     GPU_IDS=$CUDA_VISIBLE_DEVICES
@@ -67,45 +70,27 @@ run_parts() {
   if [[ -n "$GPU_IDS" ]] && (( PART_NUM * GPUS_PER_PART > $(tr ',' '\n' <<< "$GPU_IDS" | wc -l) )); then
     echo "warning: $PART_NUM parts x $GPUS_PER_PART GPU(s) > GPUs in GPU_IDS=$GPU_IDS: parts share GPUs" >&2
   fi
-  _PART_PIDS=()
-  # Ctrl-C or a kill of this script stops every part (background processes of a script ignore
-  # SIGINT), waits for them, and leaves resumable outputs; each part runs in its own process group,
-  # so its environment workers stop with it
-  trap '_stop_parts INT 130' INT
-  trap '_stop_parts TERM 143' TERM
-  local launcher=()
-  if command -v setsid >/dev/null; then launcher=(setsid); fi  # a process group per part (util-linux)
+  part_pids=()
+  # Ctrl-C or a kill of this script stops every part (each in its own process group, so its
+  # environment workers stop with it), waits for them, and leaves resumable outputs
+  stop_parts_on_signals sampling
   for ((i = 0; i < PART_NUM; i++)); do
     local part="${output%.jsonl}.part${i}of${PART_NUM}.jsonl"
     parts+=("$part")
     devices=$(part_devices "$i")
-    ${devices:+env CUDA_VISIBLE_DEVICES="$devices"} ${launcher[@]+"${launcher[@]}"} python sampling/run_sampling.py "$stage" --env "$ENV_NAME" --env_data "$ENV_DATA" --split "$SPLIT" \
-      --output "$part" --part_num "$PART_NUM" --part_idx "$i" ${TASK_FILE:+--task_file "$TASK_FILE"} "$@" &
-    _PART_PIDS+=($!)
+    start_part ${devices:+env CUDA_VISIBLE_DEVICES="$devices"} python sampling/run_sampling.py "$stage" --env "$ENV_NAME" \
+      --env_data "$ENV_DATA" --split "$SPLIT" --output "$part" --part_num "$PART_NUM" --part_idx "$i" \
+      ${TASK_FILE:+--task_file "$TASK_FILE"} "$@"
   done
   local failed=0 pid
-  for pid in "${_PART_PIDS[@]}"; do wait "$pid" || failed=1; done
+  for pid in "${part_pids[@]}"; do wait "$pid" || failed=1; done
   trap - INT TERM
-  _PART_PIDS=()
+  part_pids=()
   if [[ $failed -ne 0 ]]; then
     echo "a part of $stage failed; rerun this script to resume" >&2
     exit 1
   fi
   python -m steca.sampling.join_parts --output "$output" "${parts[@]}"
-}
-
-# _stop_parts SIGNAL STATUS: forward SIGTERM to every running part's process group, wait until the
-# groups are empty, exit with STATUS
-_stop_parts() {
-  trap - INT TERM
-  local pid
-  echo "sampling: got SIG$1; stopping ${#_PART_PIDS[@]} part(s); rerun this script to resume" >&2
-  for pid in "${_PART_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${_PART_PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-    while kill -0 -- "-$pid" 2>/dev/null; do sleep 0.2; done
-  done
-  exit "$2"
 }
 
 # model arguments shared by the stages that generate. They sample with the evaluation prompt
@@ -117,5 +102,6 @@ model_args() {
   if [[ -n "${API_BASE:-}" ]]; then args+=(--api_base "$API_BASE"); fi
   if [[ "$BACKEND" == vllm ]]; then args+=(--tensor_parallel_size "$TP"); fi
   if [[ "$BACKEND" == hf && -n "$HF_BATCH" ]]; then args+=(--max_batch_size "$HF_BATCH"); fi
+  if [[ -n "$BATCH_INVARIANT" ]]; then args+=(--batch_invariant "$BATCH_INVARIANT"); fi
   echo "${args[@]}"
 }

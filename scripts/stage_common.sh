@@ -36,3 +36,36 @@ launch_trainer() {
     python "$@"
   fi
 }
+
+# Background parts that never outlive their script. A script run without a terminal starts background
+# commands with SIGINT ignored, so Ctrl-C alone would leave them running and writing.
+#   start_part CMD...         run CMD (a command or a function) in the background, in a process group of
+#                             its own, and append its pid to part_pids
+#   stop_parts_on_signals WHO on SIGINT or SIGTERM, call stop_parts (WHO names the script in its message)
+#   stop_parts SIGNAL STATUS WHO
+#                             send SIGTERM to every part's process group (the part and everything it
+#                             started in the foreground), wait until every group is empty, exit STATUS
+part_pids=()
+start_part() {
+  local monitor=0
+  if [[ $- == *m* ]]; then monitor=1; fi
+  set -m  # job control for this fork only: the part gets a process group of its own
+  "$@" &
+  part_pids+=($!)
+  if [[ $monitor -eq 0 ]]; then set +m; fi
+}
+stop_parts_on_signals() {
+  trap "stop_parts INT 130 '$1'" INT
+  trap "stop_parts TERM 143 '$1'" TERM
+}
+stop_parts() {
+  trap - INT TERM
+  local pid
+  echo "$3: got SIG$1; stopping ${#part_pids[@]} part(s); rerun this script to resume" >&2
+  for pid in "${part_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${part_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+    while kill -0 -- "-$pid" 2>/dev/null; do sleep 0.2; done
+  done
+  exit "$2"
+}

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from steca.method.baselines import (LEVEL_OUTCOME, LEVEL_SFT, LEVEL_STEP, RULE_OUTCOME, RULE_RFT_EXPERT,
-                                    RULE_RFT_SUCCESS, IPRConfig, build_eto, build_ipr, build_rft, rule_step_short)
+                                    RULE_RFT_SUCCESS, RULE_SFT, IPRConfig, build_eto, build_ipr, build_rft, rule_step_short)
 from steca.training.preference_losses import (LEVEL_CODES, dpo_loss, ipr_loss, level_scales, token_mean_nll)
-from tests.method_fixtures import (EXPERT_ACTIONS, expert_prefix, expert_sft, expert_step, explored_step, prompt,
-                                   turn)
+from tests.method_fixtures import (EXPERT_ACTIONS, INSTRUCTION, expert_prefix, expert_sft, expert_step, explored_step,
+                                   obs, prompt, turn)
 
 EXPERT_R = [0.2, 0.4, 0.6, 0.8, 1.0]
 
@@ -128,7 +128,7 @@ def test_dpo_loss_value_and_gradient_by_hand():
     # dl/d lp_w = -beta * sigmoid(-beta * margin) = -0.5 / (1 + e)
     assert pc.grad.item() == pytest.approx(-0.5 / (1 + math.e), rel=1e-6)
     assert pr.grad.item() == pytest.approx(0.5 / (1 + math.e), rel=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^DPO needs beta > 0, got 0.0$"):
         dpo_loss(pc, pr, rc, rr, beta=0.0)
 
 
@@ -143,7 +143,7 @@ def test_token_mean_nll_by_hand():
 def test_level_scales_make_the_batch_mean_estimate_the_sum_of_levels():
     assert level_scales({"outcome": 1, "step": 2, "sft": 1}) == {"outcome": 4.0, "step": 2.0, "sft": 4.0}
     assert level_scales({"outcome": 0, "step": 3, "sft": 1}, {"sft": 0.5}) == {"step": 4 / 3, "sft": 2.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown IPR level 'token' \(expected one of \['outcome', 'sft', 'step'\]\)$"):
         level_scales({"token": 1})
 
 
@@ -162,3 +162,111 @@ def test_ipr_loss_value_and_gradient_by_hand():
     s = 1 / (1 + math.e)  # sigmoid(-beta * margin) of the outcome pair (margin 2); 0.5 for the step pair (margin 0)
     assert pc.grad.tolist() == pytest.approx([4 / 3 * -0.5 * s, 2 / 3 * -0.5 * 0.5, 4 / 3 * -1 / 3], rel=1e-6)
     assert pr.grad.tolist() == pytest.approx([4 / 3 * 0.5 * s, 2 / 3 * 0.5 * 0.5, 0.0], rel=1e-6)
+
+
+# ---------------------------------------------------------------- counts, problems and written fields
+def _bad(rec):
+    """A step record whose ``agent_step_conversations`` does not end with the step's assistant turn."""
+    rec.agent_step_conversations = expert_prefix(rec.iteration) + [obs("Nothing happens.")]
+    return rec
+
+
+def _sft_with_t4_sharegpt():
+    t4 = expert_sft("t4")
+    t4.style = "sharegpt"  # a released-format expert file: RFT writes its trajectory back in that style
+    return {**_sft(), "t4": t4}
+
+
+def test_rft_counts_every_candidate_and_reports_each_bad_record(caplog):
+    explored = _explored() + _explored()[:1] * 2 + [
+        _bad(explored_step(1, "go to shelf 1", 0.0, 1.0, "t2")),   # success, but its step turn is missing
+        explored_step(1, "look", 0.0, 1.0, "t3"),                   # success on a task with no expert trajectory
+        explored_step(3, "open drawer 1", 0.8, 1.0, "t4"),          # success after the expert prefix
+    ]
+    with caplog.at_level("WARNING", logger="steca.method.baselines"):
+        res = build_rft(_sft_with_t4_sharegpt(), explored, from_start_only=False)
+    assert [r.id for r in res.records] == ["t1", "t2", "t4", "t1_rft_0", "t1_rft_3", "t4_rft_3"]
+    assert res.summary() == {
+        "records": 6,
+        "counts": {"rule:" + RULE_RFT_EXPERT: 3, "rule:" + RULE_RFT_SUCCESS: 3, "candidates": 12,
+                   "problem:bad_step_record": 1, "problem:missing_expert_trajectory": 1, "records": 6},
+        "turned_away": {"duplicate_trajectory": 2, "exploration_failed": 5},
+        "problems": 2}
+    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+        ("bad_step_record", "t2", 1), ("missing_expert_trajectory", "t3", 1)]
+    assert "'agent_step_conversations'" in res.problems[0]["error"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"bad_step_record: task t2 step 1: {res.problems[0]['error']}",
+        "missing_expert_trajectory: task t3 step 1: no expert trajectory with this id in the SFT file"]
+    expert_t4, explored_t4 = res.records[2].to_dict(), res.records[5].to_dict()
+    assert expert_t4["conversations"][0] == {"from": "human", "value": INSTRUCTION}
+    assert {k: v for k, v in expert_t4.items() if k != "conversations"} == {
+        "id": "t4", "game_file": "games/t4/game.tw-pddl", "source_id": "t4", "set": "rft", "rule": RULE_RFT_EXPERT}
+    assert explored_t4["conversations"][0] == {"role": "user", "content": INSTRUCTION}
+    assert {k: v for k, v in explored_t4.items() if k != "conversations"} == {
+        "id": "t4_rft_3", "game_file": "games/t4/game.tw-pddl", "source_id": "t4", "iteration": 3, "set": "rft",
+        "rule": RULE_RFT_SUCCESS}
+
+
+def test_outcome_pairs_count_candidates_and_report_each_bad_record():
+    no_outcome = [explored_step(0, "look", 0.0, 0.0, task) for task in ("t0", "t6")]
+    for rec in no_outcome:
+        rec.agent_final_reward = None
+    explored = _explored() + no_outcome + [
+        explored_step(0, "look", 0.0, 0.0, "t3"),              # failed, no expert trajectory
+        _bad(explored_step(0, "look", 0.0, 0.0, "t4")),        # failed, its step turn is missing
+        explored_step(0, "examine shelf 1", 0.0, 0.5, "t5"),   # a partial outcome below 1 is a failure
+        explored_step(0, "go to desk 1", 1.0, 1.0, "t7"),      # succeeded
+    ]
+    sft = {**_sft(), "t4": expert_sft("t4"), "t5": expert_sft("t5"), "t7": expert_sft("t7")}
+    for build, set_name in ((build_eto, "eto"), (lambda s, e: build_ipr(s, [], e, IPRConfig(step_level=False,
+                                                                                             sft_level=False)), "ipr")):
+        res = build(sft, explored)
+        assert [p.id for p in res.records] == [f"t2_{set_name}_outcome", f"t5_{set_name}_outcome"]
+        assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+            ("missing_expert_trajectory", "t3", 0), ("bad_step_record", "t4", 0)]
+        assert res.problems[0]["error"] == "no expert trajectory with this id in the SFT file"
+        assert "'agent_step_conversations'" in res.problems[1]["error"]
+        assert res.counts["outcome_candidates"] == 8 and res.counts["rule:" + RULE_OUTCOME] == 2
+        assert res.counts["records"] == 2 and res.rejected == {"exploration_succeeded": 2, "missing_outcome": 2}
+        pair = res.records[1].to_dict()
+        assert pair["chosen"] == [m.to_dict() for m in expert_sft("t5").conversations[3:]]
+        assert {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")} == {
+            "id": f"t5_{set_name}_outcome", "reward": 1.0, "set": set_name, "rule": RULE_OUTCOME, "source_id": "t5",
+            "iteration": 0, "game_file": "games/t5/game.tw-pddl", "r_explore_outcome": 0.5,
+            **({"level": LEVEL_OUTCOME} if set_name == "ipr" else {})}
+
+
+def test_ipr_step_pairs_count_candidates_and_report_each_bad_record():
+    no_reward = [explored_step(2, "look", 0.0, 0.0, task) for task in ("t1", "t2")]
+    for rec in no_reward:
+        rec.mc_step_reward = None
+    explored = [explored_step(1, "go to shelf 1", 0.3, 0.0, "t1"), no_reward[0],
+                _bad(explored_step(3, "look", 0.1, 0.0, "t1")),   # worse than the expert, its step turn is missing
+                explored_step(4, "look", 0.0, 0.0, "t1"), no_reward[1],
+                explored_step(4, "look", 0.0, 0.0, "t2"),         # worse, but t2 has no expert trajectory
+                explored_step(4, "look", 0.0, 0.0, "t3")]
+    expert = [expert_step(t, r, task) for task in ("t1", "t2", "t3") for t, r in enumerate(EXPERT_R)]
+    res = build_ipr({"t1": expert_sft("t1"), "t3": expert_sft("t3")}, expert, explored,
+                    IPRConfig(outcome_level=False, sft_level=False))
+    assert [p.id for p in res.records] == ["t1_ipr_step_1", "t1_ipr_step_4", "t3_ipr_step_4"]
+    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+        ("bad_step_record", "t1", 3), ("missing_expert_trajectory", "t2", 4)]
+    assert "'agent_step_conversations'" in res.problems[0]["error"]
+    assert res.counts["step_candidates"] == 7 and res.counts["rule:" + rule_step_short(0.0)] == 3
+    assert res.rejected == {"missing_explore_reward": 2}
+    pair = res.records[0].to_dict()
+    assert {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")} == {
+        "id": "t1_ipr_step_1", "reward": 1.0, "set": "ipr", "level": LEVEL_STEP, "rule": rule_step_short(0.0),
+        "source_id": "t1", "iteration": 1, "game_file": "games/t1/game.tw-pddl", "r_expert": 0.4, "r_explore": 0.3}
+    assert res.counts["level:step"] == 3 and res.counts["level:outcome"] == 0 and res.counts["records"] == 3
+
+
+def test_ipr_sft_part_records():
+    res = build_ipr(_sft(), [], [], IPRConfig(outcome_level=False, step_level=False))
+    assert [r.to_dict() for r in res.records] == [
+        {"id": f"{task}_ipr_sft", "prompt": [m.to_dict() for m in prompt()],
+         "chosen": [m.to_dict() for m in expert_sft(task).conversations[3:]], "rejected": [], "reward": 1.0,
+         "set": "ipr", "level": LEVEL_SFT, "rule": RULE_SFT, "source_id": task, "iteration": 0,
+         "game_file": f"games/{task}/game.tw-pddl"} for task in ("t1", "t2")]
+    assert res.counts == {"rule:" + RULE_SFT: 2, "level:sft": 2, "level:step": 0, "level:outcome": 0, "records": 2}

@@ -33,9 +33,11 @@ def chats(alfworld_sft_sample) -> list[list[Message]]:
 
 
 def _policy(model_dir: Path, **kw):
+    """A policy whose sampled rows go through the batched, cached path these tests check (with the
+    default ``batch_invariant`` they are computed alone: tests/test_reliability_sampling.py)."""
     from eval_agent.agents.hf import HFPolicy
 
-    return HFPolicy(str(model_dir), device="cpu", **kw)
+    return HFPolicy(str(model_dir), device="cpu", **{"batch_invariant": False, **kw})
 
 
 def test_common_prefix_len():
@@ -78,8 +80,8 @@ def test_engine_episodes_identical_with_and_without_reuse(model_dir, alfworld_da
     assert len(set(replies)) > len(replies) // 2, "replies should vary between turns and episodes"
     # later turns were served from the kept caches: most tokens were not prefilled again
     assert on.n_reused_tokens > 3 * on.n_prefilled_tokens
-    assert len(on._conv_store) == 3  # one entry per episode: each turn replaced the entry it continued
-    assert off.n_reused_tokens == 0 and len(off._conv_store) == 0
+    assert len(on.kv_store.conversations) == 3  # one entry per episode: each turn replaced the entry it continued
+    assert off.n_reused_tokens == 0 and len(off.kv_store.conversations) == 0
 
 
 def test_mixed_cached_lengths_in_one_batch_and_bounded_store(model_dir, chats):
@@ -90,19 +92,19 @@ def test_mixed_cached_lengths_in_one_batch_and_bounded_store(model_dir, chats):
     on = _policy(model_dir, max_batch_size=4, conv_cache_size=5)
     for conv in warm:
         on.generate([conv], params)
-    assert len(on._conv_store) == 3
+    assert len(on.kv_store.conversations) == 3
     reused_before = on.n_reused_tokens
     got = on.generate(batch, params)
     assert on.n_reused_tokens > reused_before
-    assert len(on._conv_store) <= 5  # bounded; the three continued entries were replaced, not added to
+    assert len(on.kv_store.conversations) <= 5  # bounded; the three continued entries were replaced, not added to
     off = _policy(model_dir, reuse_cache=False)
     expected = [off.generate([c], params)[0] for c in batch]
     assert got == expected
     assert len(set(got)) > 3
     # a conversation that continues from an entry replaces it: the store does not grow
-    size = len(on._conv_store)
+    size = len(on.kv_store.conversations)
     on.generate([chats[0][:11]], params)
-    assert len(on._conv_store) == size
+    assert len(on.kv_store.conversations) == size
 
 
 def test_reuse_is_off_without_prompt_cache_and_configurable(model_dir):

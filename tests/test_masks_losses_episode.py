@@ -17,7 +17,7 @@ from eval_agent.episode import (INVALID_FORMAT_OBSERVATION, format_observation, 
 from eval_agent.types import Message, StepOutcome
 from steca.training.bootstrap import BOS, EOT, train_tokenizer, wrap_tokenizer
 from steca.training.chat import (FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, ChatTemplateError, EncodedChat,
-                                 assistant_spans, encode_chat, encode_prompt_continuation, ensure_chat_template,
+                                 PromptTooLongError, assistant_spans, encode_chat, encode_prompt_continuation, ensure_chat_template,
                                  render, truncate_keep_start)
 from steca.training.losses import sequence_logprobs, steca_loss
 from tests.method_fixtures import EXPERT_ACTIONS, EXPERT_OBS, FIRST_OBS, INSTRUCTION, expert_sft
@@ -135,10 +135,57 @@ def test_prompt_continuation_truncation_keeps_bos_and_the_prompt_end(tok):
     assert same == full
 
 
-def test_ensure_chat_template_fills_template_and_pad(tok):
+def test_text_after_the_eos_token_is_not_trained(tok):
+    t = _with_template(tok, LLAMA2_STYLE.replace("' ' + eos_token", "' ' + eos_token + ' (end)'"))
+    conv = _chat()
+    text, spans = assistant_spans(t, conv)
+    assert [text[s:e] for s, e in spans] == [f" {m.content} {EOT}" for m in conv if m.role == "assistant"]
+    assert text[spans[0][1]:spans[0][1] + 6] == " (end)"
+
+
+def test_two_assistant_turns_in_a_row_are_both_trained_whole(tok):
+    t = _with_template(tok, LLAMA2_STYLE)
+    conv = [Message("user", FIRST_OBS), Message("assistant", EXPERT_ACTIONS[0]), Message("assistant", EXPERT_ACTIONS[1])]
+    text, spans = assistant_spans(t, conv)
+    assert spans[0][1] == spans[1][0] and spans[1][1] == len(text)
+    enc = encode_chat(t, conv)
+    first = next(i for i, x in enumerate(enc.labels) if x != IGNORE_INDEX)
+    assert t.decode(enc.input_ids[:first]) == t.decode(t(text[:spans[0][0]], add_special_tokens=False)["input_ids"])
+    assert enc.labels[first:] == enc.input_ids[first:]  # every token of both turns, none left out between them
+
+
+def test_a_tokenizer_that_adds_bos_itself_gets_no_second_bos(tok):
+    from tokenizers.processors import TemplateProcessing
+
+    t = _with_template(tok, tok.chat_template)
+    t._tokenizer.post_processor = TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, t.bos_token_id)])
+    assert t("go")["input_ids"][0] == t.bos_token_id  # a Llama-style tokenizer: its own bos on every call
+    conv = _chat()
+    assert encode_chat(t, conv) == encode_chat(tok, conv)
+    assert encode_chat(t, conv).input_ids.count(t.bos_token_id) == 1
+
+
+def test_prompt_continuation_limits_at_their_edges(tok):
+    conv = _chat()
+    full = encode_prompt_continuation(tok, conv[:5], conv[5:])
+    first = next(i for i, x in enumerate(full.labels) if x != IGNORE_INDEX)
+    prompt_ids = encode_chat(tok, conv[:5]).input_ids
+    assert encode_prompt_continuation(tok, conv[:5], []) == EncodedChat(prompt_ids, [IGNORE_INDEX] * len(prompt_ids))
+    two = encode_prompt_continuation(tok, conv[:5], conv[5:], max_prompt_length=2)
+    assert two.input_ids == [full.input_ids[0], full.input_ids[first - 1]] + full.input_ids[first:]
+    capped = encode_prompt_continuation(tok, conv[:5], conv[5:], max_length=first + 3)
+    assert capped == EncodedChat(full.input_ids[:first + 3], full.labels[:first + 3])
+    with pytest.raises(PromptTooLongError, match=f"^the prompt alone has {first} tokens, more than max_length {first}$") as e:
+        encode_prompt_continuation(tok, conv[:5], conv[5:], max_length=first)
+    assert (e.value.n_prompt, e.value.max_length) == (first, first)
+
+
+def test_ensure_chat_template_fills_template_and_pad(tok, caplog):
     t = _with_template(tok, "")
     t.pad_token = None
-    ensure_chat_template(t)
+    with caplog.at_level("WARNING", logger="steca.training.chat"):
+        ensure_chat_template(t)
+    assert caplog.messages == ["tokenizer has no chat template; using the project's fallback template"]
     assert t.chat_template == FALLBACK_CHAT_TEMPLATE and t.pad_token == t.unk_token
     kept = _with_template(tok, LLAMA2_STYLE)
     ensure_chat_template(kept)

@@ -114,11 +114,17 @@ def test_unreadable_files_are_errors_naming_the_file(tmp_path: Path, kind: str, 
     assert str(p) in str(e.value)
 
 
-def test_a_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+def test_a_byte_order_mark_is_an_error_naming_the_file_with_a_hint(tmp_path: Path) -> None:
+    """Failure 4: a UTF-8 BOM was accepted silently; now it is refused like any other encoding problem."""
     plain = tmp_path / "plain.json"
     write_records(plain, [expert_sft()])
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    for loader in (load_sft, load_steps, load_pairs):
+        with pytest.raises(RecordError, match="byte-order mark") as e:
+            loader(bom)
+        assert str(bom) in str(e.value) and "sed -i" in str(e.value)
+    subprocess.run(["sed", "-i", "1s/^\\xEF\\xBB\\xBF//", str(bom)], check=True)  # the hint's command
     assert load_sft(bom, strict=True).records == load_sft(plain, strict=True).records
 
 
@@ -134,7 +140,7 @@ def test_bad_record_warnings_are_summarised(tmp_path: Path, caplog) -> None:
 
 
 @pytest.mark.parametrize("stage", ["expert_steps", "explore_steps", "mc"])
-@pytest.mark.parametrize("content", [b"", b"[]", b'{\n "a": 1\n}'])
+@pytest.mark.parametrize("content", [b"", b"[]", b'{\n "a": 1\n}', b'\xef\xbb\xbf[{"id": "a"}]'])
 def test_sampling_stages_refuse_inputs_that_yield_nothing(tmp_path: Path, stage: str, content: bytes) -> None:
     """Failure 4: an empty step file into ``mc`` or the explore scripts gave exit 0 and an empty output."""
     src = tmp_path / "input.json"
@@ -208,7 +214,7 @@ def test_data_check_learns_an_unwritable_report_path_before_the_replay(alfworld_
                         "--report", str(blocker / "report.jsonl")])
 
 
-@pytest.mark.parametrize("content", [b"", b"[]", "\u00e9t\u00e9".encode("latin-1")])
+@pytest.mark.parametrize("content", [b"", b"[]", "\u00e9t\u00e9".encode("latin-1"), b"\xef\xbb\xbf[]"])
 def test_data_check_refuses_an_input_that_yields_nothing(alfworld_data: Path, tmp_path: Path, content: bytes) -> None:
     from steca.data.datacheck import main as datacheck_main
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,6 +59,26 @@ def test_a_stage_run_on_a_locked_output_exits_with_a_clear_message(tmp_path: Pat
     finally:
         held.close()
     assert not out.exists() or out.read_text() == ""
+
+
+def test_a_second_evaluation_of_one_output_folder_exits_with_a_clear_message(tmp_path: Path,
+                                                                            virtualhome_data: Path) -> None:
+    from eval_agent.main import main as eval_main
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text((virtualhome_data / "vh_seen_test.jsonl").read_text().splitlines()[0] + "\n")
+    out = tmp_path / "eval"
+    args = ["--exp_config", "virtualhome", "--split", "dev", "--agent_config", "expert", "--data_dir",
+            str(virtualhome_data), "--test_path", str(tasks), "--num_workers", "0", "--output_path", str(out)]
+    held = lock_output(out)  # another evaluation writing this folder
+    try:
+        with pytest.raises(SystemExit, match=f"{out} is being written by another process"):
+            eval_main(args)
+    finally:
+        held.close()
+    assert not out.exists()
+    assert eval_main(args)["n_tasks"] == 1 and (out / "summary.json").exists()
+    lock_output(out).close()  # released when the evaluation ends
 
 
 def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
@@ -221,3 +242,50 @@ def test_ctrl_c_stops_every_part_and_the_rerun_writes_no_duplicate(tmp_path: Pat
     keys = Counter((o["id"], o["iteration"]) for o in map(json.loads, (out_dir / "explore_steps.jsonl").open()))
     # (with MAX_STEPS=2 the prefixes t >= 2 leave no step to explore: they go to the problems file)
     assert set(keys) == {(r.id, t) for r in load_sft(sft).records for t in range(2)} and max(keys.values()) == 1
+
+
+# ------------------------------------------------------------------ every script with background parts
+# (run_demo.sh's side-by-side stages use the same start_part; the demo itself is too long to run here)
+PARTS_SCRIPT = """
+source scripts/stage_common.sh
+stop_parts_on_signals parts_test
+chain() { touch "$1.started"; sleep 300; echo "not stopped" > "$1.end"; }  # a function: a part that runs stages
+start_part chain "$OUT/a" > "$OUT/a.log" 2>&1
+start_part python -c "import pathlib, time; pathlib.Path('$OUT/b.started').touch(); time.sleep(300)"
+echo "pids ${part_pids[*]}"
+for pid in "${part_pids[@]}"; do wait "$pid"; done
+"""
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: Path, sig: signal.Signals,
+                                                                       status: int) -> None:
+    proc = subprocess.Popen(["bash", "-c", PARTS_SCRIPT], cwd=REPO, env={**os.environ, "OUT": str(tmp_path)},
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = {int(p) for p in proc.stdout.readline().split()[1:]}
+        assert len(pids) == 2
+        while not all((tmp_path / f"{n}.started").exists() for n in "ab"):
+            assert proc.poll() is None
+            time.sleep(0.05)
+        os.kill(proc.pid, sig)  # the script alone, as a non-interactive parent sends it
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status and f"parts_test: got {sig.name}; stopping 2 part(s)" in err
+    assert _processes_in_groups(pids) == []  # each part and the `sleep` it ran in the foreground
+    assert not (tmp_path / "a.end").exists()
+
+
+def test_every_script_starts_its_background_parts_with_start_part() -> None:
+    """A bare ``cmd &`` in a stage script would ignore Ctrl-C and outlive the script."""
+    bare = []
+    for script in sorted(REPO.rglob("*.sh")):
+        if script.name == "stage_common.sh" or ".git" in script.parts:
+            continue
+        for n, line in enumerate(script.read_text().splitlines(), 1):
+            code = line.split("#")[0].replace("&&", "").replace("2>&1", "").replace(">&2", "").replace("&>", "")
+            if "&" in code:
+                bare.append(f"{script.relative_to(REPO)}:{n}: {line.strip()}")
+    assert bare == []

@@ -49,7 +49,7 @@ each row's own tokens per row; the model's attention is switched to
 :mod:`eval_agent.agents.shared_prefix`, which computes attention over the prompt with one matrix
 product for all rows and merges it with each row's own part (cascade attention; outputs equal
 ordinary attention up to rounding, tests compare the two). With reuse the chunk is decoded by
-:meth:`HFPolicy._decode`, a loop of the policy's own that does what ``model.generate`` does for
+:func:`~eval_agent.agents.hf_decode.decode_loop`, a loop of our own that does what ``model.generate`` does for
 this case (greedy or :class:`RowSampler` draws, EOS, stop strings, padding of stopped rows)
 without its per-step bookkeeping; without reuse (the default on GPUs) ``model.generate`` decodes.
 
@@ -62,6 +62,25 @@ compares batched and one-at-a-time greedy outputs, and cached against uncached p
 on GPUs the rounding is coarser and a near-tie can flip; use ``dtype=float32`` when bit-exact
 agreement matters more than speed.
 
+Batch invariance (``batch_invariant=True``, the default). A row's numbers depend on the shapes
+they are computed in: on a CPU a matrix product of ``M`` rows rounds each row differently for
+different ``M`` (MKL picks its kernel by shape; ``M = 1`` is a matrix-vector product), and a padded
+row's attention sums over columns at other offsets. So a batched row can differ in the last bits
+from the same row alone, and a sampled token near a boundary of the inverse CDF can flip: the
+episode would depend on ``--max_active``. Sampled rows (``temperature > 0``) therefore never share a
+forward pass or a per-conversation cache entry: each is computed as the prompt's KV (batch 1,
+cached: a function of the prompt alone), one forward pass at batch 1 over the rest but its last
+token, then batch-1 decoding with its own seed. The N identical rows of a Monte Carlo state share
+the first two steps (the same bits as computing them N times). Greedy rows keep every batching and
+cache above, so evaluation keeps its speed; ``benchmarks/batch_invariance.py`` measures what
+invariance costs sampling. On GPUs use the ``vllm`` backend for sampling (its own batch-invariant
+mode: :mod:`eval_agent.agents.vllm_backend`).
+
+Where each part lives: :class:`HFPolicy` (this module) tokenises, groups rows into chunks and runs
+them; :mod:`eval_agent.agents.hf_kv_store` keeps the prompt and conversation KV caches between calls;
+:mod:`eval_agent.agents.hf_batch_layout` lays out a chunk whose rows have cached parts;
+:mod:`eval_agent.agents.hf_decode` holds :class:`RowSampler` and the decode loop.
+
 A prompt whose length plus ``max_new_tokens`` exceeds the model's context
 (``max_model_len``, default the config's ``max_position_embeddings``) is not generated: the
 call raises :class:`~eval_agent.agents.errors.RowErrors` carrying the other rows' answers.
@@ -71,18 +90,22 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.backend_utils import RowParams, group_key, params_per_row, to_chat, truncate_at_stop
 from eval_agent.agents.errors import FatalPolicyError, RowErrors
+from eval_agent.agents.hf_batch_layout import BatchLayout, lay_out, shared_prefix_len
+from eval_agent.agents.hf_decode import RowSampler, decode_loop, row_sampler
+from eval_agent.agents.hf_kv_store import KVEntry, KVStore, common_prefix_len, row_kv
+from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.shared_prefix import ATTENTION_NAME, shared_prefix_attention
-from eval_agent.agents.transformers_adapter import attention_implementation, cache_kwargs, internals
+from eval_agent.agents.transformers_adapter import cache_kwargs, internals
+from eval_agent.bounded_cache import BoundedCache
 from eval_agent.types import Message
+
+__all__ = ["HFPolicy", "RowSampler", "common_prefix_len"]  # the last two re-exported for callers of this module
 
 logger = logging.getLogger(__name__)
 
@@ -91,94 +114,6 @@ def _torch():
     import torch
 
     return torch
-
-
-class RowSampler:
-    """A logits processor that samples each row with its own generator (temperature + nucleus).
-
-    For row ``i`` with temperature ``T_i > 0``: ``p = softmax(z / T_i)``, restricted to the
-    smallest set of most likely tokens whose mass reaches ``top_p_i`` (renormalised), then one
-    token drawn by inverse transform sampling: ``u ~ U[0, 1)`` from generator ``i`` and
-    ``k = min{j : sum_{l <= j} p_l > u}``. The row's scores become ``0`` at ``k`` and ``-inf``
-    elsewhere, so the greedy step of ``generate`` picks exactly ``k``. Rows with ``T_i == 0`` are
-    left alone (greedy). The arithmetic runs on all sampled rows at once; only the uniform draws
-    are per row, so a row's tokens depend on its seed and its logits, not on its batch.
-    """
-
-    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int], device: Any):
-        torch = _torch()
-        self.temperatures = list(temperatures)
-        self.top_ps = list(top_ps)
-        self.rows = [i for i, t in enumerate(self.temperatures) if t > 0]
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s) % (2**63))
-            self.generators.append(g)
-        self._index = torch.tensor(self.rows, dtype=torch.long, device=device)
-        self._temps = torch.tensor([self.temperatures[i] for i in self.rows], dtype=torch.float32, device=device)
-        self._top_p = torch.tensor([self.top_ps[i] for i in self.rows], dtype=torch.float32, device=device)
-        self._nucleus = any(self.top_ps[i] < 1.0 for i in self.rows)
-        self._device = device
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        torch = _torch()
-        if not self.rows:
-            return scores
-        idx = self._index
-        probs = torch.softmax(scores.index_select(0, idx).float() / self._temps[:, None], dim=-1)
-        if self._nucleus:
-            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-            keep_sorted = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < self._top_p[:, None]
-            keep_sorted[:, 0] = True
-            keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
-            probs = torch.where(keep, probs, torch.zeros_like(probs))
-        cdf = torch.cumsum(probs, dim=-1)
-        u = torch.stack([torch.rand((), generator=self.generators[i], device=self._device) for i in self.rows])
-        k = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous(), right=True).clamp_(max=cdf.shape[1] - 1)
-        out = scores.clone()
-        out[idx] = float("-inf")
-        out[idx, k.squeeze(1)] = 0.0
-        return out
-
-
-def row_kv(cache: Any, r: int, cols: Any) -> list[tuple[Any, Any]]:
-    """Per layer ``(keys, values)`` ``[1, kv_heads, len(cols), d]`` of row ``r`` at batch columns ``cols``.
-
-    ``cols`` are columns of the whole batch layout (ascending). With a shared prefix of ``P``
-    columns (every row sees all of them, so ``cols`` starts with ``0 .. P-1``) the prefix comes
-    from the layer's single copy and the other columns from the row part, shifted by ``P``.
-    """
-    torch = _torch()
-    out = []
-    for layer in cache.layers:
-        p = int(layer.prefix_keys.shape[-2]) if hasattr(layer, "prefix_keys") else 0
-        own = cols[p:] - p
-        k = layer.keys[r:r + 1].index_select(2, own)
-        v = layer.values[r:r + 1].index_select(2, own)
-        if p:
-            k = torch.cat([layer.prefix_keys, k], dim=2)
-            v = torch.cat([layer.prefix_values, v], dim=2)
-        out.append((k, v))
-    return out
-
-
-@dataclass
-class _KVEntry:
-    """The KV cache of one token sequence: ``kv[layer] = (keys, values)``, each ``[1, heads, len, dim]``."""
-
-    tokens: np.ndarray
-    kv: list[tuple[Any, Any]]
-    prompt_len: int  # tokens that were the row's input (the rest were generated)
-
-
-def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the longest common prefix of two token arrays: the largest ``l`` with ``a[:l] == b[:l]``."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    eq = a[:n] == b[:n]
-    return n if bool(eq.all()) else int(np.argmin(eq))
 
 
 class HFPolicy(Policy):
@@ -191,10 +126,12 @@ class HFPolicy(Policy):
     keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
     ``2 x max_batch_size``); ``shared_prefix``: with reuse, keep a chunk's common prompt once and
     attend to it with shared-prefix attention (models using ``sdpa`` or ``eager`` attention); see
-    the module docstring. ``batch_invariant``: answer every row in a call of its own, without any
-    cache shared across rows or calls, so that a sampled reply depends only on the conversation and
-    its seed, bit for bit (batched rows differ from single rows by float rounding, which can flip a
-    sampled token once in many thousands); slower, off by default.
+    the module docstring. ``batch_invariant`` (default on): answer every *sampled* row
+    (``temperature > 0``) by a computation of its own (see "Batch invariance" in the module
+    docstring), so that a sampled reply depends only on the conversation and its seed, bit for
+    bit, whatever else is in flight; greedy rows keep the batched path. Off: sampled rows are
+    batched too (faster; batched rows round differently from single rows, which can flip a sampled
+    token now and then).
     ``transformers_internals``: use transformers' internals for speed
     (:mod:`eval_agent.agents.transformers_adapter`; default: on the tested releases only); the
     outputs are the same either way.
@@ -206,7 +143,7 @@ class HFPolicy(Policy):
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
                  min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
-                 shared_prefix: bool = True, batch_invariant: bool = False,
+                 shared_prefix: bool = True, batch_invariant: bool = True,
                  transformers_internals: bool | None = None):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,8 +167,6 @@ class HFPolicy(Policy):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_invariant = batch_invariant
-        if batch_invariant:
-            max_batch_size, prefix_cache_size, reuse_cache = 1, 0, False
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 4096))
         gc = self.model.generation_config
@@ -242,9 +177,10 @@ class HFPolicy(Policy):
         self.n_generate_calls = 0
         self.prefix_cache_size = prefix_cache_size
         self.min_prefix_tokens = min_prefix_tokens
-        self._prefix_store: "OrderedDict[tuple[int, ...], Any]" = OrderedDict()
-        self._prompt_tokens: "OrderedDict[tuple[Message, ...], list[int]]" = OrderedDict()
+        self._prompt_tokens: BoundedCache[tuple[Message, ...], list[int]] = BoundedCache(64)
         self.conv_cache_size = conv_cache_size if conv_cache_size is not None else 2 * max_batch_size
+        # the prompts' and the conversations' KV caches kept between calls (hf_kv_store.py)
+        self.kv_store = KVStore(prefix_cache_size, self.conv_cache_size)
         if reuse_cache == "auto":  # on for CPU; on a GPU the stored caches of a 7B model can exceed its memory
             reuse_cache = self.device.type == "cpu"
         self.reuse_cache = bool(reuse_cache) and prefix_cache_size > 0 and self.conv_cache_size > 0
@@ -256,8 +192,6 @@ class HFPolicy(Policy):
         # rows of a batch share the instruction prompt's KV once (cascade attention); see shared_prefix.py
         self.shared_prefix = bool(self.reuse_cache and shared_prefix
                                   and self.internals.use_attention(self.model, ATTENTION_NAME, shared_prefix_attention))
-        self._conv_store: "OrderedDict[int, _KVEntry]" = OrderedDict()
-        self._entry_ids = itertools.count()
         self.n_reused_tokens = 0
         self.n_prefilled_tokens = 0
         logger.info("hf policy: %s on %s (%s), context %d", model_path, self.device, torch_dtype, self.max_model_len)
@@ -286,12 +220,17 @@ class HFPolicy(Policy):
         errors: dict[int, str] = {}
         splits = [self._prompt_split(m, x) for m, x in zip(batch, ids)]
         groups: dict[tuple[Any, ...], list[int]] = {}
+        alone: list[int] = []
         for i, p in enumerate(rows):
             if len(ids[i]) + p.max_new_tokens > self.max_model_len:
                 errors[i] = (f"prompt of {len(ids[i])} tokens + max_new_tokens {p.max_new_tokens} exceeds the "
                              f"model context of {self.max_model_len} tokens")
                 continue
+            if self.batch_invariant and p.temperature > 0:
+                alone.append(i)
+                continue
             groups.setdefault((group_key(p), tuple(ids[i][:splits[i]])), []).append(i)
+        self._generate_invariant(ids, rows, splits, alone, outputs)
         if self.reuse_cache:
             self._generate_reusing(ids, rows, splits, groups, outputs)
         else:
@@ -312,19 +251,12 @@ class HFPolicy(Policy):
         self._fallback_seed += 1
         return SamplingParams(p.temperature, p.top_p, p.max_new_tokens, p.stop, self._fallback_seed)
 
-    def _prefix_kv(self, prefix: tuple[int, ...]) -> Any:
-        """The KV cache of ``prefix`` (batch 1), computed once and kept in a small LRU."""
+    def _forward_prefix(self, prefix: tuple[int, ...]) -> Any:
+        """The KV cache of ``prefix`` (batch 1), by one forward pass (kept by :attr:`kv_store`)."""
         torch = _torch()
-        cache = self._prefix_store.get(prefix)
-        if cache is None:
-            with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-            cache = out.past_key_values
-            self._prefix_store[prefix] = cache
-            while len(self._prefix_store) > self.prefix_cache_size:
-                self._prefix_store.popitem(last=False)
-        self._prefix_store.move_to_end(prefix)
-        return cache
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        return out.past_key_values
 
     def _prompt_split(self, messages: Sequence[Message], ids: list[int]) -> int:
         """Tokens of the conversation's prompt (the turns up to its first assistant turn) when cacheable.
@@ -338,13 +270,11 @@ class HFPolicy(Policy):
         if first_assistant is None or first_assistant == len(messages) - 1:
             return 0
         key = tuple(messages[: first_assistant + 1])
-        prefix = self._prompt_tokens.get(key)
+        prefix = self._prompt_tokens.peek(key)
         if prefix is None:
             text = self.tokenizer.apply_chat_template(to_chat(key), tokenize=False)
             prefix = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            self._prompt_tokens[key] = prefix
-            while len(self._prompt_tokens) > 64:
-                self._prompt_tokens.popitem(last=False)
+            self._prompt_tokens.put(key, prefix)
         k = len(prefix)
         if k < self.min_prefix_tokens or k >= len(ids) or ids[:k] != prefix:
             return 0
@@ -370,16 +300,14 @@ class HFPolicy(Policy):
             mask[r, width - len(suffix):] = 1
         kwargs: dict[str, Any] = {}
         if shared:
-            cache = copy.deepcopy(self._prefix_kv(tuple(ids[0][:shared])))
+            cache = copy.deepcopy(self.kv_store.prefix_kv(tuple(ids[0][:shared]), self._forward_prefix))
             if len(ids) > 1:
                 cache.batch_repeat_interleave(len(ids))
             kwargs.update(cache_kwargs(self.model, cache))
         config = GenerationConfig(max_new_tokens=p0.max_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=self.eos_token_id, num_beams=1, use_cache=True)
         if p0.temperature > 0:
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [RowSampler([p.temperature for p in rows], [p.top_p for p in rows],
-                            [int(p.seed or 0) for p in rows], self.device)])
+            kwargs["logits_processor"] = LogitsProcessorList([row_sampler(rows, self.device)])
         if p0.stop:
             config.stop_strings = list(p0.stop)
             kwargs["tokenizer"] = self.tokenizer
@@ -395,24 +323,6 @@ class HFPolicy(Policy):
         return texts
 
     # ------------------------------------------------------------------ conversation KV reuse
-    def _best_source(self, ids: list[int], split: int) -> tuple[int, list[tuple[Any, Any]] | None, int | None]:
-        """The longest reusable KV for ``ids``: ``(length, kv, continued)``, at most ``len(ids) - 1`` tokens.
-
-        ``continued`` is the id of the entry when ``ids`` continues that entry's conversation (it
-        starts with the entry's whole input), else None: only such an entry is superseded by the
-        row's new one. An entry sharing just the instruction prompt stays for its own conversation.
-        """
-        x = np.asarray(ids, dtype=np.int64)
-        best, kv, key = 0, None, None
-        for k, entry in self._conv_store.items():
-            n = common_prefix_len(entry.tokens, x)
-            if n > best:
-                best, kv, key = n, entry.kv, (k if n >= entry.prompt_len else None)
-        if split > best:
-            cache = self._prefix_kv(tuple(ids[:split]))
-            best, kv, key = split, [(layer.keys, layer.values) for layer in cache.layers], None
-        return min(best, len(ids) - 1), kv, key
-
     def _generate_reusing(self, ids: list[list[int]], rows: list[SamplingParams], splits: list[int],
                           groups: dict[tuple[Any, ...], list[int]], outputs: list[str | None]) -> None:
         """Answer every grouped row, each reusing the longest cached KV of its tokens (see the module docstring)."""
@@ -423,82 +333,25 @@ class HFPolicy(Policy):
             members.sort(key=lambda i: len(ids[i]))
             for start in range(0, len(members), self.max_batch_size):
                 chunk = members[start:start + self.max_batch_size]
-                sources = [self._best_source(ids[i], splits[i]) for i in chunk]
+                sources = [self.kv_store.best_source(ids[i], splits[i], self._forward_prefix) for i in chunk]
                 chunk_ids = [ids[i] for i in chunk]
                 kvs = self._prefill_shared(chunk_ids, [(n, kv) for n, kv, _ in sources])
                 texts, entries = self._generate_chunk_reusing(chunk_ids, [rows[i] for i in chunk], kvs)
                 for i, t in zip(chunk, texts):
                     outputs[i] = t
-                for (_, _, used), entry in zip(sources, entries):
-                    if used is not None:
-                        self._conv_store.pop(used, None)
-                    self._conv_store[next(self._entry_ids)] = entry
-                while len(self._conv_store) > self.conv_cache_size:
-                    self._conv_store.popitem(last=False)
+                self.kv_store.store([used for _, _, used in sources], entries)
 
     def _layout(self, ids: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]],
-                reserve: int = 1) -> tuple[Any, Any, Any, int]:
-        """Input ids, attention mask and batch KV cache of rows whose first ``sources[r][0]`` tokens are cached.
-
-        ``P``: the tokens every row has cached and shares with every other row (the instruction
-        prompt), kept once when shared-prefix attention is on (else ``P = 0``). Row ``r`` with
-        ``c_r`` cached and ``s_r`` new tokens, ``C = P + max (c - P)``, ``S = max s``: columns
-        ``[0, P)`` hold the shared prefix, ``[C - c_r + P, C)`` the rest of its cached keys/values,
-        ``[C + S - s_r, C + S)`` its new tokens; all other columns are masked padding. Returns
-        ``(input_ids, mask, cache, C)``; the cache has room for ``S + reserve`` more columns
-        before it reallocates.
-        """
-        torch = _torch()
-
-        pad = self.tokenizer.pad_token_id
-        n = len(ids)
-        cached = [c for c, _ in sources]
-        shared = self._shared_prefix_len(ids, cached)
-        width_c = shared + max(c - shared for c in cached)
-        width_s = max(len(x) - c for x, c in zip(ids, cached))
-        width = width_c + width_s
-        input_ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, (x, c) in enumerate(zip(ids, cached)):
-            input_ids[r, :shared] = torch.tensor(x[:shared], dtype=torch.long)
-            mask[r, :shared] = 1
-            if c > shared:
-                input_ids[r, width_c - (c - shared):width_c] = torch.tensor(x[shared:c], dtype=torch.long)
-                mask[r, width_c - (c - shared):width_c] = 1
-            suffix = x[c:]
-            input_ids[r, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
-            mask[r, width - len(suffix):] = 1
-        self.n_reused_tokens += sum(cached)
-        self.n_prefilled_tokens += sum(len(x) for x in ids) - sum(cached)
-        ref = next((kv for c, kv in sources if c), None)
-        if shared:
-            prefix = [(k0[:, :, :shared], v0[:, :, :shared]) for k0, v0 in ref]
-            cache = self.internals.new_cache(self.model.config, width_s + reserve, prefix)
-        else:
-            cache = self.internals.new_cache(self.model.config, width_s + reserve)
-        own = width_c - shared
-        if own:
-            for layer, (k0, v0) in enumerate(ref):
-                keys = k0.new_zeros((n, k0.shape[1], own, k0.shape[3]))
-                values = v0.new_zeros((n, v0.shape[1], own, v0.shape[3]))
-                for r, (c, kv) in enumerate(sources):
-                    if c > shared:
-                        keys[r, :, own - (c - shared):] = kv[layer][0][0, :, shared:c]
-                        values[r, :, own - (c - shared):] = kv[layer][1][0, :, shared:c]
-                cache.update(keys, values, layer)
-        return input_ids, mask, cache, width_c
-
-    def _shared_prefix_len(self, ids: list[list[int]], cached: list[int]) -> int:
-        """Leading tokens that every row has cached and that are the same in every row (0: none or off)."""
-        if not self.shared_prefix or len(ids) < 2:
-            return 0
-        first = np.asarray(ids[0], dtype=np.int64)
-        n = min(cached)
-        for x in ids[1:]:
-            if n == 0:
-                break
-            n = min(n, common_prefix_len(first, np.asarray(x, dtype=np.int64)))
-        return n if n >= self.min_prefix_tokens else 0
+                reserve: int = 1) -> BatchLayout:
+        """:func:`~eval_agent.agents.hf_batch_layout.lay_out` of a chunk, the shared prompt kept once when
+        shared-prefix attention is on; counts the reused and prefilled tokens."""
+        shared = (shared_prefix_len(ids, [c for c, _ in sources], self.min_prefix_tokens)
+                  if self.shared_prefix else 0)
+        batch = lay_out(ids, sources, self.tokenizer.pad_token_id, shared,
+                        lambda room, prefix: self.internals.new_cache(self.model.config, room, prefix), reserve)
+        self.n_reused_tokens += batch.reused
+        self.n_prefilled_tokens += batch.prefilled
+        return batch
 
     def _prefill_shared(self, ids: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]]
                         ) -> list[tuple[int, list[tuple[Any, Any]] | None]]:
@@ -509,7 +362,6 @@ class HFPolicy(Policy):
         group then starts ``generate`` from that KV with one token left to prefill, and samples
         with its own seed from there. Other rows keep their sources.
         """
-        torch = _torch()
         groups: dict[tuple[int, ...], list[int]] = {}
         for r, x in enumerate(ids):
             groups.setdefault(tuple(x), []).append(r)
@@ -519,39 +371,77 @@ class HFPolicy(Policy):
             return sources
         lead = [rows[0] for rows in shared]
         xs = [ids[r][:-1] for r in lead]
-        input_ids, mask, cache, width_c = self._layout(xs, [sources[r] for r in lead])
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        with torch.inference_mode():
-            self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
-                       position_ids=positions[:, width_c:].to(self.device), use_cache=True,
-                       logits_to_keep=1, **cache_kwargs(self.model, cache))
+        kvs = self._prefill(xs, [sources[r] for r in lead])
         out = list(sources)
         for i, rows in enumerate(shared):
-            cols = mask[i].nonzero().flatten().to(self.device)
-            kv = row_kv(cache, i, cols)
             for r in rows:
-                out[r] = (len(xs[i]), kv)
+                out[r] = (len(xs[i]), kvs[i])
         # the lead rows' tokens were counted here (cached + prefilled); the generate call would count them
         # again as reused
         self.n_reused_tokens -= sum(len(x) for x in xs)
         return out
 
+    def _prefill(self, xs: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                 ) -> list[list[tuple[Any, Any]]]:
+        """Per row, the KV of all of ``xs[r]``, computed by one forward pass over the tokens after its source."""
+        torch = _torch()
+        batch = self._layout(xs, sources)
+        input_ids, mask, cache, width_c = batch.input_ids, batch.mask, batch.cache, batch.width_c
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        with torch.inference_mode():
+            self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
+                       position_ids=positions[:, width_c:].to(self.device), use_cache=True,
+                       logits_to_keep=1, **cache_kwargs(self.model, cache))
+        return [row_kv(cache, i, mask[i].nonzero().flatten().to(self.device)) for i in range(len(xs))]
+
+    # ------------------------------------------------------------------ batch invariance (sampled rows)
+    def _generate_invariant(self, ids: list[list[int]], rows: list[SamplingParams], splits: list[int],
+                            alone: list[int], outputs: list[str | None]) -> None:
+        """Answer rows ``alone`` each by the same computation whatever else is in the call or in flight.
+
+        Row ``x`` with prompt split ``k`` (a function of its conversation alone): the prompt's KV
+        (batch 1, cached), then one forward pass at batch 1 over ``x[k:-1]``, then decoding at
+        batch 1 from the last token with the row's own seed. Rows with identical tokens (the N
+        Monte Carlo rollouts of one state) compute the first two steps once: the bits are the same
+        as computing them per row, since the steps do not depend on the row's seed.
+        """
+        if not alone:
+            return
+        if not self.internals.plain_kv_cache(self.model.config):  # no KV to copy: generate() per row
+            for i in alone:
+                outputs[i] = self._generate_chunk([ids[i]], [rows[i]], splits[i])[0]
+            return
+        for _, same in itertools.groupby(sorted(alone, key=lambda i: ids[i]), key=lambda i: ids[i]):
+            members = list(same)
+            x, k = ids[members[0]], splits[members[0]]
+            source: tuple[int, list[tuple[Any, Any]] | None] = (0, None)
+            if k:
+                prompt = self.kv_store.prefix_kv(tuple(x[:k]), self._forward_prefix)
+                source = (k, [(layer.keys, layer.values) for layer in prompt.layers])
+            if len(x) - 1 > source[0]:
+                source = (len(x) - 1, self._prefill([x[:-1]], [source])[0])
+            for i in members:
+                texts, _ = self._generate_chunk_reusing([x], [rows[i]], [source], keep=False)
+                outputs[i] = texts[0]
+
     def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
-                                sources: list[tuple[int, list[tuple[Any, Any]] | None]]
-                                ) -> tuple[list[str], list[_KVEntry]]:
+                                sources: list[tuple[int, list[tuple[Any, Any]] | None]], keep: bool = True
+                                ) -> tuple[list[str], list[KVEntry]]:
         """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
 
         Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
         columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
         tokens; all other columns are masked padding. Returns the texts and, per row, the entry
-        holding the KV of its tokens plus the generated tokens whose KV was computed.
+        holding the KV of its tokens plus the generated tokens whose KV was computed (none when not ``keep``).
         """
         torch = _torch()
 
         p0 = rows[0]
-        input_ids, mask, cache, width_c = self._layout(ids, sources, reserve=p0.max_new_tokens)
+        batch = self._layout(ids, sources, reserve=p0.max_new_tokens)
+        input_ids, mask, cache = batch.input_ids, batch.mask, batch.cache
         width = input_ids.shape[1]
-        new = self._decode(input_ids, mask, cache, width_c, rows)
+        new = decode_loop(self.model, self.tokenizer, self.eos_token_id, input_ids, mask, cache, batch.width_c, rows,
+                          self.device)
         self.n_generate_calls += 1
         computed = cache.get_seq_length() - width  # generated tokens whose KV is in the cache
         eos = set(self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id])
@@ -559,74 +449,14 @@ class HFPolicy(Policy):
         for r, seq in enumerate(new):
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
             texts.append(truncate_at_stop(text, p0.stop).strip() if p0.stop else text.strip())
+            if not keep:
+                continue
             real = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
             keep = max(0, min(real, computed))
             cols = torch.cat([mask[r].nonzero().flatten(), torch.arange(width, width + keep)]).to(self.device)
             kv = row_kv(cache, r, cols)
-            entries.append(_KVEntry(np.asarray(ids[r] + seq[:keep], dtype=np.int64), kv, len(ids[r])))
+            entries.append(KVEntry(np.asarray(ids[r] + seq[:keep], dtype=np.int64), kv, len(ids[r])))
         return texts, entries
-
-    def _decode(self, input_ids: Any, mask: Any, cache: Any, width_c: int, rows: list[SamplingParams]) -> list[list[int]]:
-        """Prefill each row's new columns, then decode one token per row per step; the generated ids per row.
-
-        What ``model.generate`` does for this case (greedy, or :class:`RowSampler` draws; a row
-        stops at EOS or at a stop string and is padded from there; the call ends when every row
-        stopped or ``max_new_tokens`` were drawn; the last drawn token is not fed back), in a loop
-        of its own: per step it feeds one token per row with positions and a boolean mask kept
-        up to date in place, which saves ``generate``'s per-step bookkeeping (a large share of a
-        small model's decoding time on a CPU).
-        """
-        torch = _torch()
-        p0 = rows[0]
-        n, width = input_ids.shape
-        steps = p0.max_new_tokens
-        dev = self.device
-        pad = self.tokenizer.pad_token_id
-        eos = torch.tensor(self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id], device=dev)
-        sampler = (RowSampler([p.temperature for p in rows], [p.top_p for p in rows], [int(p.seed or 0) for p in rows], dev)
-                   if p0.temperature > 0 else None)
-        full = torch.zeros((n, width + steps), dtype=torch.bool, device=dev)
-        full[:, :width] = mask.to(dev).bool()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
-        # a 4D boolean mask is passed through as is by sdpa-style attention; other implementations get the 2D mask
-        four_d = attention_implementation(self.model) in ("sdpa", ATTENTION_NAME)
-        out = torch.full((n, steps), pad, dtype=torch.long, device=dev)
-        running = torch.ones(n, dtype=torch.bool, device=dev)
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids[:, width_c:].to(dev), attention_mask=full[:, :width].long(),
-                                position_ids=positions[:, width_c:], use_cache=True,
-                                logits_to_keep=1, **cache_kwargs(self.model, cache)).logits[:, -1, :]
-            last = positions[:, -1:]
-            for t in range(steps):
-                scores = logits.float()
-                if sampler is not None:
-                    scores = sampler(None, scores)
-                tok = torch.where(running, scores.argmax(-1), torch.full_like(running, pad, dtype=torch.long))
-                out[:, t] = tok
-                running &= ~torch.isin(tok, eos)
-                if p0.stop:
-                    self._stop_at_strings(out[:, :t + 1], running, p0.stop)
-                if t == steps - 1 or not bool(running.any()):
-                    break
-                full[:, width + t] = True
-                last = last + 1
-                step_mask = full[:, None, None, :width + t + 1] if four_d else full[:, :width + t + 1].long()
-                logits = self.model(input_ids=tok[:, None], attention_mask=step_mask, position_ids=last,
-                                    use_cache=True, **cache_kwargs(self.model, cache)).logits[:, -1, :]
-        return out[:, :t + 1].tolist()
-
-    def _stop_at_strings(self, generated: Any, running: Any, stop: Sequence[str]) -> None:
-        """Stop the running rows whose generated text now ends a stop string.
-
-        Called after every token, so a stop string that appears must end in the newest token: only
-        the last ``max bytes of a stop string + 1`` tokens are decoded (a token holds at least one byte).
-        """
-        window = max(len(x.encode("utf-8")) for x in stop) + 1
-        tail = generated[:, -window:]
-        for r in running.nonzero().flatten().tolist():
-            text = self.tokenizer.decode(tail[r].tolist(), skip_special_tokens=True)
-            if any(x in text for x in stop):
-                running[r] = False
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

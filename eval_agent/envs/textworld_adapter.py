@@ -50,7 +50,6 @@ from __future__ import annotations
 import ast
 import copy
 import functools
-import importlib.metadata
 import logging
 import sys
 import weakref
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from eval_agent.bounded_cache import BoundedCache
+from eval_agent.package_versions import untested_versions
 from eval_agent.types import StepOutcome
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,7 @@ TESTED_VERSIONS = {"textworld": ("1.7.0",), "alfworld": ("0.4.2",), "fast-downwa
 def internals_supported() -> bool:
     """True when the installed engine packages are versions the fast path was tested with; otherwise
     logs one warning (once per process) and the environment takes the public-API path."""
-    wrong = []
-    for package, versions in TESTED_VERSIONS.items():
-        try:
-            installed = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            installed = "not installed"
-        if installed not in versions:
-            wrong.append(f"{package} {installed} (tested: {', '.join(versions)})")
+    wrong = untested_versions(TESTED_VERSIONS)
     if wrong:
         logger.warning("ALFWorld runs on the public TextWorld API (slower: every reset reloads and replays): "
                        "untested engine versions %s", "; ".join(wrong))

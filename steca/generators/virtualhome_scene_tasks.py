@@ -17,8 +17,8 @@ initial graph, to test that reconstruction and the simulator on situations the s
 
 Per task: a *reference* initial graph (the scene with VirtualHome's default states, the added
 objects and the character in a start room), a program that the evolving-graph simulator (with the
-fixes of :mod:`eval_agent.envs.virtualhome.sim`) plays to the end on that graph (programs that do not
-play are dropped, as VirtualHome's program set keeps executable programs only), and a record in
+fixes of :mod:`eval_agent.envs.virtualhome.evolving_graph_adapter`) plays to the end on that graph
+(programs that do not play are dropped, as VirtualHome's program set keeps executable programs only), and a record in
 STeCa's jsonl format: ``ObserANDState`` written as STeCa's environment writes its observations
 (every node of a class the character is close to, with its states; ``a ON b`` relations among the
 close objects; ``You have X.``), and ``revised_graph`` from the difference between the reference
@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 from eval_agent.envs.virtualhome.actions import program_line_to_text
 from eval_agent.envs.virtualhome.graph import (ROOM_CATEGORY, Resources, default_node_states, load_resources,
                                                load_scene)
-from eval_agent.envs.virtualhome.sim import Simulator, load_simulator
+from eval_agent.envs.virtualhome.evolving_graph_adapter import Simulator, load_simulator
 from eval_agent.envs.virtualhome.task_files import Edge, ProgramLine
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from eval_agent.envs.virtualhome.actions import program_line_to_text
-from eval_agent.envs.virtualhome.sim import Simulator, load_simulator
+from eval_agent.envs.virtualhome.evolving_graph_adapter import Simulator, load_simulator
 from eval_agent.envs.virtualhome.task_files import Goal, ProgramLine
 from eval_agent.prompts import builtin_instruction
 

@@ -35,7 +35,8 @@ from typing import Iterable, Mapping
 
 from eval_agent.types import Message
 from steca.records import PairRecord, SFTRecord, StepRecord
-from steca.method.trajectories import expert_at, exploration_from_step, split_expert
+from steca.method.trajectories import (expert_and_exploration, expert_at, exploration_from_step,
+                                       explorations_from_start, split_expert)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +133,10 @@ def _outcome_pairs(sft: Mapping[str, SFTRecord], explored_steps: Iterable[StepRe
 
     Kept when ``R_expert > R_explore`` with ``R_expert = 1`` (the expert trajectories succeed).
     """
-    for rec in _ordered(explored_steps):
-        if rec.iteration != 0:
-            continue
+    # Same loop head as datasets.build_explored, on purpose: the shared part is explorations_from_start and
+    # expert_and_exploration; the outcome test (failed explorations here, successful ones there) and the
+    # counters differ.
+    for rec in explorations_from_start(explored_steps):
         res.counts["outcome_candidates"] += 1
         if rec.agent_final_reward is None:
             res.rejected["missing_outcome"] += 1
@@ -142,16 +144,10 @@ def _outcome_pairs(sft: Mapping[str, SFTRecord], explored_steps: Iterable[StepRe
         if not 1.0 > rec.agent_final_reward:
             res.rejected["exploration_succeeded"] += 1
             continue
-        exp = sft.get(rec.id)
-        if exp is None:
-            res.problem("missing_expert_trajectory", rec.id, 0, "no expert trajectory with this id in the SFT file")
+        got = expert_and_exploration(sft, rec, res.problem)
+        if got is None:
             continue
-        traj = split_expert(exp)
-        try:
-            rejected = exploration_from_step(rec)
-        except ValueError as e:
-            res.problem("bad_step_record", rec.id, 0, str(e))
-            continue
+        traj, rejected = got
         extra = {"set": set_name, "rule": RULE_OUTCOME, "source_id": rec.id, "iteration": 0,
                  "game_file": rec.game_file, "r_explore_outcome": rec.agent_final_reward}
         if level is not None:

@@ -29,8 +29,8 @@ from steca.method.dtw import trajectory_distance
 from steca.method.encoders import ActionEncoder
 from steca.method.reflection import ReflectionRequest, Reflector, calibrated_turn
 from steca.method.rewards import WeightScheme
-from steca.method.trajectories import (expert_at, exploration_from_step, exploration_continuation, split_expert,
-                                       step_turns)
+from steca.method.trajectories import (expert_and_exploration, expert_at, exploration_continuation,
+                                       exploration_from_step, explorations_from_start, step_turns)
 from steca.records import PairRecord, SFTRecord, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -154,20 +154,20 @@ def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecor
     Paper: arXiv 2502.14276, Sec. 3, reinforced training (successful trajectories, weight ``1 - scale * d``).
     """
     res = BuildResult()
-    for rec in sorted(explored_steps, key=lambda r: (r.id, r.iteration)):
-        if rec.iteration != 0:
-            continue
+    # Same loop head as baselines._outcome_pairs (ETO), on purpose: the shared part is explorations_from_start
+    # and expert_and_exploration; the outcome test (successful explorations here, failed ones there) and the
+    # counters differ.
+    for rec in explorations_from_start(explored_steps):
         res.counts["candidates"] += 1
         if rec.agent_final_reward is None or rec.agent_final_reward < 1.0:
             res.rejected["exploration_failed"] += 1
             continue
-        exp = sft.get(rec.id)
-        if exp is None:
-            res.problem("missing_expert_trajectory", rec.id, 0, "no expert trajectory with this id in the SFT file")
+        got = expert_and_exploration(sft, rec, res.problem)
+        if got is None:
             continue
-        traj = split_expert(exp)
+        traj, explored = got
         try:
-            chosen = continuation.trim(exploration_from_step(rec))
+            chosen = continuation.trim(explored)
             dist = _distance(chosen, traj.suffix(0), encoder)
         except ValueError as e:
             res.problem("bad_step_record", rec.id, 0, str(e))

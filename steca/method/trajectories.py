@@ -8,7 +8,7 @@ Step indices ``t`` are 0-based: the expert prefix of step ``t`` is ``a_0 .. a_{t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from eval_agent.types import parse_action
 from eval_agent.types import Message
@@ -143,16 +143,44 @@ def exploration_from_step(record: StepRecord) -> list[Message]:
     return [turn] + ([obs] if obs is not None else []) + exploration_continuation(record)
 
 
-def expert_at(sft: Mapping[str, SFTRecord], task_id: str, t: int,
-              problem: Callable[[str, str, int | None, str], None]) -> SplitTrajectory | None:
-    """The expert trajectory of ``task_id`` when it has a step ``t``; otherwise ``None``, after reporting
-    ``missing_expert_trajectory`` or ``step_out_of_range`` through ``problem(kind, task_id, t, message)``."""
+Problem = Callable[[str, str, int | None, str], None]
+"""Where a builder reports a record it passes over: ``problem(kind, task_id, t, message)``."""
+
+
+def expert_of(sft: Mapping[str, SFTRecord], task_id: str, t: int, problem: Problem) -> SplitTrajectory | None:
+    """The expert trajectory of ``task_id``, or ``None`` after reporting ``missing_expert_trajectory``."""
     exp = sft.get(task_id)
     if exp is None:
         problem("missing_expert_trajectory", task_id, t, "no expert trajectory with this id in the SFT file")
         return None
-    traj = split_expert(exp)
-    if t >= len(traj.steps):
+    return split_expert(exp)
+
+
+def expert_at(sft: Mapping[str, SFTRecord], task_id: str, t: int, problem: Problem) -> SplitTrajectory | None:
+    """The expert trajectory of ``task_id`` when it has a step ``t``; otherwise ``None``, after reporting
+    ``missing_expert_trajectory`` or ``step_out_of_range`` through ``problem(kind, task_id, t, message)``."""
+    traj = expert_of(sft, task_id, t, problem)
+    if traj is not None and t >= len(traj.steps):
         problem("step_out_of_range", task_id, t, f"expert trajectory has only {len(traj.steps)} steps")
         return None
     return traj
+
+
+def explorations_from_start(steps: Iterable[StepRecord]) -> list[StepRecord]:
+    """The explorations that start at ``t = 0`` (iteration 0), in task-id order."""
+    return sorted((r for r in steps if r.iteration == 0), key=lambda r: r.id)
+
+
+def expert_and_exploration(sft: Mapping[str, SFTRecord], rec: StepRecord,
+                           problem: Problem) -> tuple[SplitTrajectory, list[Message]] | None:
+    """For an exploration from ``t = 0`` (ETO's rejected side, D_e's chosen side): the task's expert
+    trajectory and the exploration's turns (:func:`exploration_from_step`); ``None`` after reporting
+    ``missing_expert_trajectory`` or ``bad_step_record``."""
+    traj = expert_of(sft, rec.id, 0, problem)
+    if traj is None:
+        return None
+    try:
+        return traj, exploration_from_step(rec)
+    except ValueError as e:
+        problem("bad_step_record", rec.id, 0, str(e))
+        return None

@@ -51,6 +51,8 @@ def replay_calibration(env: TaskEnv, game: str, prefix: Sequence[str], deviated:
     return ReplayResult(True, False)
 
 
+# Same shape as eval_agent.engine.EngineStats (a dataclass of counters), on purpose: the two count
+# different things, and a shared base would only share "= 0".
 @dataclass
 class ReplaySummary:
     checked: int = 0

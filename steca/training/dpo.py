@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,14 +23,14 @@ import torch
 
 from steca.records import load_pairs
 from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
-from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
-                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
-                                   save_final)
+from steca.training.trainer_setup import (DataArguments, ModelArguments, TrainResult, load_model, load_tokenizer,
+                                          lora_config, max_prompt_length_field, max_target_length_field,
+                                          parse_trainer_args, record_indices, run_trainer_main, train_and_save)
 from steca.training.losses import sequence_logprobs
 from steca.training.reference_logps import COLUMNS as REF_COLUMNS
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
 from steca.training.reference_logps import attach_reference_logps
-from steca.training.reinforced import PairCollator, TrainResult, build_pair_dataset, encode_pairs
+from steca.training.reinforced import PairCollator, build_pair_dataset, encode_pairs
 from steca.training.trl_adapter import pretokenised_dpo_trainer_class, trl_fast_path
 
 logger = logging.getLogger(__name__)
@@ -46,10 +45,8 @@ class DPODataArguments:
     Both default to None, the released trainer's behaviour: prompt and continuation kept whole.
     """
 
-    max_prompt_length: int | None = field(default=None, metadata={
-        "help": "option, not released: keep only the prompt's last N tokens (released: whole prompt)"})
-    max_target_length: int | None = field(default=None, metadata={
-        "help": "option, not released: keep only the continuation's first N tokens"})
+    max_prompt_length: int | None = max_prompt_length_field()
+    max_target_length: int | None = max_target_length_field()
     ref_logps_file: str | None = field(default=None, metadata={
         "help": "steca.training.reference_logps output (default: output_dir/reference_logps.jsonl)"})
 
@@ -183,28 +180,18 @@ def train_dpo(model_args: ModelArguments, data_args: DataArguments, dpo_data: DP
                                    lambda: load_model(model_args), tokenizer.pad_token_id)
     logger.info("DPO on %d pairs (beta=%g)", len(pairs), config.beta)
     trainer = make_dpo_trainer(load_model(model_args), tokenizer, pairs, config, lora_config(model_args), callbacks)
-    run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
-    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(Path(out), trainer.state.global_step, losses, float(run.metrics.get('train_runtime', 0.0)))
+    return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from transformers import HfArgumentParser
     from trl import DPOConfig
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, DPODataArguments, DPOConfig))
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "max_length": RELEASED_MAX_LENGTH,
-                            "num_train_epochs": 1.0})
-    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return parse_trainer_args((ModelArguments, DataArguments, DPODataArguments, DPOConfig),
+                              {"max_length": RELEASED_MAX_LENGTH, "num_train_epochs": 1.0}, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, dpo_data, config = parse_args(argv if argv is not None else sys.argv[1:])
-    result = train_dpo(model_args, data_args, dpo_data, config)
-    logger.info("DPO done: %d steps, model saved to %s", result.global_step, result.output_dir)
-    return result
+    return run_trainer_main(parse_args, train_dpo, "DPO", argv)
 
 
 if __name__ == "__main__":

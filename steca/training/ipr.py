@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -23,29 +22,24 @@ from typing import Any, Sequence
 import torch
 
 from steca.records import load_pairs
-from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
-                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
-                                   save_final)
+from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLengthArguments, TrainResult,
+                                          load_model, load_tokenizer, lora_config, parse_trainer_args,
+                                          record_indices, run_trainer_main, train_and_save)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs
 from steca.training.preference_losses import LEVEL_CODES, ipr_loss, level_scales
-from steca.training.chat import RELEASED_MAX_LENGTH
-from steca.training.reinforced import PairCollator, TrainResult, _trainer_class, encode_pairs
+from steca.training.reinforced import PairCollator, _trainer_class, encode_pairs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class IPRArguments:
-    """Options of IPR's mixture objective."""
+class IPRArguments(PairLengthArguments):
+    """Options of IPR's mixture objective (and the cuts of :class:`PairLengthArguments`)."""
 
     beta: float = field(default=0.1, metadata={"help": "DPO temperature of both preference levels"})
     outcome_weight: float = field(default=1.0, metadata={"help": "lambda of the outcome-level DPO term"})
     step_weight: float = field(default=1.0, metadata={"help": "lambda of the step-level DPO term"})
     sft_weight: float = field(default=1.0, metadata={"help": "lambda of the SFT term"})
-    max_length: int | None = field(default=RELEASED_MAX_LENGTH, metadata={
-        "help": "prompt + continuation tokens kept (cut on the right); a longer prompt alone skips the record"})
-    max_prompt_length: int | None = field(default=None, metadata={"help": "prompt tokens kept (None: all)"})
-    max_target_length: int | None = field(default=None, metadata={"help": "continuation tokens kept (None: all)"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
         "help": "reference model without LoRA (default: --model_name_or_path)"})
 
@@ -135,26 +129,18 @@ def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IP
     trainer = _ipr_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                    data_collator=LevelCollator(tokenizer.pad_token_id), beta=ipr_args.beta,
                                    ref_model=ref_model, callbacks=callbacks)
-    run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
-    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(out, trainer.state.global_step, losses, float(run.metrics.get("train_runtime", 0.0)))
+    return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, IPRArguments, TrainingArguments))
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "num_train_epochs": 1.0})
-    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return parse_trainer_args((ModelArguments, DataArguments, IPRArguments, TrainingArguments),
+                              {"num_train_epochs": 1.0}, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, ipr_args, config = parse_args(argv if argv is not None else sys.argv[1:])
-    result = train_ipr(model_args, data_args, ipr_args, config)
-    logger.info("IPR training done: %d steps, model saved to %s", result.global_step, result.output_dir)
-    return result
+    return run_trainer_main(parse_args, train_ipr, "IPR training", argv)
 
 
 if __name__ == "__main__":

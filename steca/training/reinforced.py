@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,11 @@ from typing import Any, Sequence
 
 import torch
 
-from steca.records import PairRecord, RecordError, load_pairs, log_summary
+from steca.records import PairRecord, RecordError, load_pairs
 from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH, PromptTooLongError, encode_prompt_continuation
-from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
-                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
-                                   save_final)
+from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLengthArguments, TrainResult,
+                                          encode_records, load_model, load_tokenizer, lora_config,
+                                          parse_trainer_args, record_indices, run_trainer_main, train_and_save)
 from steca.training.losses import sequence_logprobs, steca_loss
 from steca.training.reference_logps import COLUMNS as REF_COLUMNS
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
@@ -39,32 +38,16 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ReinforcedArguments:
-    """Options of STeCa's objective."""
+class ReinforcedArguments(PairLengthArguments):
+    """Options of STeCa's objective (and the cuts of :class:`PairLengthArguments`)."""
 
     beta: float = field(default=0.0, metadata={"help": "weight of the DPO term; 0 (released) = reward-weighted NLL"})
     no_reward_weighting: bool = field(default=False, metadata={"help": "ablation: every pair weighs 1"})
-    max_length: int | None = field(default=RELEASED_MAX_LENGTH, metadata={
-        "help": "prompt + continuation tokens kept (cut on the right); a longer prompt alone skips the record"})
-    max_prompt_length: int | None = field(default=None, metadata={
-        "help": "option, not released: keep only the prompt's last N tokens (released: whole prompt)"})
-    max_target_length: int | None = field(default=None, metadata={
-        "help": "option, not released: keep only the continuation's first N tokens"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
         "help": "reference model for beta > 0 (default: --model_name_or_path)"})
     ref_logps_file: str | None = field(default=None, metadata={
         "help": "beta > 0: the reference log-probabilities (python -m steca.training.reference_logps); "
                 "default output_dir/reference_logps.jsonl, computed when missing in a one-process run"})
-
-
-@dataclass
-class TrainResult:
-    """What a finished training run produced."""
-
-    output_dir: Path
-    global_step: int
-    losses: list[float] = field(default_factory=list)
-    train_runtime: float = 0.0
 
 
 def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: int | None,
@@ -78,45 +61,23 @@ def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: in
     ``max_length``, that the chat template refuses, or with no chosen assistant token left after
     truncation is skipped with a warning naming its id (``strict``: raised).
     """
-    from tqdm import tqdm
-
-    rows: list[dict[str, Any]] = []
-    skipped: list[RecordError] = []
-    for k, rec in enumerate(tqdm(records, desc="tokenising pairs", disable=len(records) < 200)):
-        i = indices[k] if indices is not None else k
-        field_name = "chosen"
-        try:
-            row: dict[str, Any] = {"reward": float(rec.reward)}
-            enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.chosen, max_prompt_length, max_target_length,
-                                             max_length)
-            if enc.n_trained == 0:
-                raise RecordError(path, i, "chosen", "no assistant token left to train after truncation", rec.id)
-            row["chosen_input_ids"], row["chosen_labels"] = enc.input_ids, enc.labels
-            if with_rejected:
-                field_name = "rejected"
-                enc = encode_prompt_continuation(tokenizer, rec.prompt, rec.rejected, max_prompt_length,
+    def encode(rec: PairRecord, i: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"reward": float(rec.reward)}
+        for side in ("chosen", "rejected") if with_rejected else ("chosen",):
+            try:
+                enc = encode_prompt_continuation(tokenizer, rec.prompt, getattr(rec, side), max_prompt_length,
                                                  max_target_length, max_length)
-                row["rejected_input_ids"], row["rejected_labels"] = enc.input_ids, enc.labels
-        except RecordError as e:
-            if strict:
-                raise
-            skipped.append(e)
-            continue
-        except PromptTooLongError as e:
-            err = RecordError(path, i, "prompt", f"{e}; the record is skipped (a prompt is never cut)", rec.id)
-            if strict:
-                raise err from e
-            skipped.append(err)
-            continue
-        except Exception as e:  # the chat template refused the conversation
-            err = RecordError(path, i, field_name, f"cannot render with the chat template: {e}", rec.id)
-            if strict:
-                raise err from e
-            skipped.append(err)
-            continue
-        rows.append(row)
-    log_summary(f"{path} (tokenising)", skipped, len(records))
-    return rows
+            except PromptTooLongError as e:
+                raise RecordError(path, i, "prompt", f"{e}; the record is skipped (a prompt is never cut)",
+                                  rec.id) from e
+            except Exception as e:  # the chat template refused the conversation
+                raise RecordError(path, i, side, f"cannot render with the chat template: {e}", rec.id) from e
+            if side == "chosen" and enc.n_trained == 0:
+                raise RecordError(path, i, "chosen", "no assistant token left to train after truncation", rec.id)
+            row[f"{side}_input_ids"], row[f"{side}_labels"] = enc.input_ids, enc.labels
+        return row
+
+    return encode_records(records, encode, path, strict, indices, "pairs")
 
 
 def build_pair_dataset(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
@@ -262,27 +223,19 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
         model = get_peft_model(model, peft_cfg)
     trainer = make_reinforced_trainer(model, tokenizer, dataset, config, rl_args.beta,
                                       not rl_args.no_reward_weighting, None, callbacks)
-    run = trainer.train(resume_from_checkpoint=resolve_resume(data_args.resume, config.output_dir))
-    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(out, trainer.state.global_step, losses, float(run.metrics.get('train_runtime', 0.0)))
+    return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, ReinforcedArguments, TrainingArguments))
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "lr_scheduler_type": "constant_with_warmup",
-                            "warmup_steps": 0.1, "num_train_epochs": 1.0})
-    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return parse_trainer_args((ModelArguments, DataArguments, ReinforcedArguments, TrainingArguments),
+                              {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.1,
+                               "num_train_epochs": 1.0}, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, rl_args, config = parse_args(argv if argv is not None else sys.argv[1:])
-    result = train_reinforced(model_args, data_args, rl_args, config, None)
-    logger.info("reinforced training done: %d steps, model saved to %s", result.global_step, result.output_dir)
-    return result
+    return run_trainer_main(parse_args, train_reinforced, "reinforced training", argv)
 
 
 if __name__ == "__main__":

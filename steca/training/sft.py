@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 from eval_agent.types import Message
-from steca.records import RecordError, SFTRecord, load_sft, log_summary
+from steca.records import RecordError, SFTRecord, load_sft
 from steca.training.chat import EncodedChat, encode_chat, truncate_keep_start
-from steca.training.trainer_setup import (CPU_FRIENDLY_DEFAULTS, DataArguments, ModelArguments, apply_defaults,
-                                   load_model, load_tokenizer, lora_config, record_indices, resolve_resume,
-                                   save_final)
+from steca.training.trainer_setup import (DataArguments, ModelArguments, TrainResult, encode_records, load_model,
+                                          load_tokenizer, lora_config, parse_trainer_args, record_indices,
+                                          run_trainer_main, train_and_save)
 
 logger = logging.getLogger(__name__)
 
@@ -69,46 +66,22 @@ def encode_truncated(tokenizer, messages: Sequence[Message], max_length: int | N
         budget *= 2
 
 
-@dataclass
-class SFTResult:
-    """What a finished SFT run produced."""
-
-    output_dir: Path
-    global_step: int
-    losses: list[float] = field(default_factory=list)
-    train_runtime: float = 0.0
-
-
 def encode_sft_records(records: Sequence[SFTRecord], tokenizer, max_length: int | None,
                        path: str | os.PathLike | None = None, strict: bool = False,
                        indices: Sequence[int] | None = None) -> list[EncodedChat]:
     """Tokenise SFT records with assistant-only labels; a record the template rejects, or with nothing
     left to train after truncation, is skipped with a warning naming it (or raises with ``strict``)."""
-    from tqdm import tqdm
-
-    out: list[EncodedChat] = []
-    skipped: list[RecordError] = []
-    for k, rec in enumerate(tqdm(records, desc="tokenising SFT data", disable=len(records) < 200)):
-        i = indices[k] if indices is not None else k
+    def encode(rec: SFTRecord, i: int) -> EncodedChat:
         try:
             enc = encode_truncated(tokenizer, rec.conversations, max_length)
-            if enc.n_trained == 0:
-                raise RecordError(path, i, "conversations", "no assistant token left to train after truncation "
-                                  f"to {max_length} tokens", rec.id)
-        except RecordError as e:
-            if strict:
-                raise
-            skipped.append(e)
-            continue
         except Exception as e:  # the chat template refused the conversation (e.g. roles do not alternate)
-            err = RecordError(path, i, "conversations", f"cannot render with the chat template: {e}", rec.id)
-            if strict:
-                raise err from e
-            skipped.append(err)
-            continue
-        out.append(enc)
-    log_summary(f"{path} (tokenising)", skipped, len(records))
-    return out
+            raise RecordError(path, i, "conversations", f"cannot render with the chat template: {e}", rec.id) from e
+        if enc.n_trained == 0:
+            raise RecordError(path, i, "conversations", "no assistant token left to train after truncation "
+                              f"to {max_length} tokens", rec.id)
+        return enc
+
+    return encode_records(records, encode, path, strict, indices, "SFT data")
 
 
 def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None = None, strict: bool = False,
@@ -131,7 +104,7 @@ def build_sft_dataset(path: str | os.PathLike, tokenizer, max_length: int | None
     return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
 
 
-def train_sft(model_args: ModelArguments, data_args: DataArguments, config, callbacks: list | None = None) -> SFTResult:
+def train_sft(model_args: ModelArguments, data_args: DataArguments, config, callbacks: list | None = None) -> TrainResult:
     """Run SFT with trl's ``SFTTrainer``; ``config`` is a ``trl.SFTConfig``. Resumes per ``data_args.resume``."""
     from trl import SFTTrainer
 
@@ -143,28 +116,17 @@ def train_sft(model_args: ModelArguments, data_args: DataArguments, config, call
     model = load_model(model_args)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(model_args), callbacks=callbacks)
-    resume = resolve_resume(data_args.resume, config.output_dir)
-    run = trainer.train(resume_from_checkpoint=resume)
-    out = save_final(trainer, tokenizer, config.output_dir, model_args.merge_lora)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return SFTResult(out, trainer.state.global_step, losses, float(run.metrics.get('train_runtime', 0.0)))
+    return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from transformers import HfArgumentParser
     from trl import SFTConfig
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, SFTConfig))
-    apply_defaults(parser, {**CPU_FRIENDLY_DEFAULTS, "max_length": 4096})
-    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return parse_trainer_args((ModelArguments, DataArguments, SFTConfig), {"max_length": 4096}, argv)
 
 
-def main(argv: Sequence[str] | None = None) -> SFTResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, config = parse_args(argv if argv is not None else sys.argv[1:])
-    result = train_sft(model_args, data_args, config)
-    logger.info("SFT done: %d steps, model saved to %s", result.global_step, result.output_dir)
-    return result
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    return run_trainer_main(parse_args, train_sft, "SFT", argv)
 
 
 if __name__ == "__main__":

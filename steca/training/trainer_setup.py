@@ -6,11 +6,18 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
+
+from steca.records import RecordError, log_summary
+from steca.training.chat import RELEASED_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 # Trainer defaults that suit a CPU and the tiny model; the shell scripts pass the released GPU settings.
 CPU_FRIENDLY_DEFAULTS: dict[str, Any] = {
@@ -53,6 +60,61 @@ class DataArguments:
         "help": "drop records whose reward/weight is not finite or out of range (counted) instead of stopping"})
     resume: str = field(default="auto", metadata={
         "help": "auto: continue from the last checkpoint in output_dir if any; never; or a checkpoint path"})
+
+
+PROMPT_CUT_HELP = "option, not released: keep only the prompt's last N tokens (released: whole prompt)"
+TARGET_CUT_HELP = "option, not released: keep only the continuation's first N tokens"
+
+
+@dataclass
+class PairLengthArguments:
+    """How the reinforced and IPR trainers cut a tokenised pair (see
+    :func:`~steca.training.chat.encode_prompt_continuation`). DPO takes ``max_length`` from ``DPOConfig``
+    and the other two from :func:`max_prompt_length_field` and :func:`max_target_length_field`."""
+
+    max_length: int | None = field(default=RELEASED_MAX_LENGTH, metadata={
+        "help": "prompt + continuation tokens kept (cut on the right); a longer prompt alone skips the record"})
+    max_prompt_length: int | None = field(default=None, metadata={"help": PROMPT_CUT_HELP})
+    max_target_length: int | None = field(default=None, metadata={"help": TARGET_CUT_HELP})
+
+
+def max_prompt_length_field() -> Any:
+    """:class:`PairLengthArguments`' ``max_prompt_length`` option, for an arguments class that cannot extend it."""
+    return field(default=None, metadata={"help": PROMPT_CUT_HELP})
+
+
+def max_target_length_field() -> Any:
+    """:class:`PairLengthArguments`' ``max_target_length`` option, for an arguments class that cannot extend it."""
+    return field(default=None, metadata={"help": TARGET_CUT_HELP})
+
+
+def encode_records(records: Sequence[R], encode: Callable[[R, int], T], path: str | os.PathLike | None,
+                   strict: bool = False, indices: Sequence[int] | None = None, what: str = "records") -> list[T]:
+    """``encode(record, file_position)`` for every record; a record whose ``encode`` raises
+    :class:`~steca.records.RecordError` is skipped (one summary warning) or, with ``strict``, stops the run."""
+    from tqdm import tqdm
+
+    out: list[T] = []
+    skipped: list[RecordError] = []
+    for k, rec in enumerate(tqdm(records, desc=f"tokenising {what}", disable=len(records) < 200)):
+        try:
+            out.append(encode(rec, indices[k] if indices is not None else k))
+        except RecordError as e:
+            if strict:
+                raise
+            skipped.append(e)
+    log_summary(f"{path} (tokenising)", skipped, len(records))
+    return out
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced (every trainer: SFT, reinforced, DPO, IPR)."""
+
+    output_dir: Path
+    global_step: int
+    losses: list[float] = field(default_factory=list)
+    train_runtime: float = 0.0
 
 
 def torch_dtype(name: str):
@@ -267,9 +329,11 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     return out
 
 
-def apply_defaults(parser, defaults: dict[str, Any]) -> None:
-    """Set parser defaults only for options the parser knows."""
-    known = {a.dest for a in parser._actions}
+def apply_defaults(parser, arg_classes: tuple, defaults: dict[str, Any]) -> None:
+    """Set parser defaults only for options that the dataclasses ``arg_classes`` (the parser's) declare."""
+    import dataclasses
+
+    known = {f.name for c in arg_classes for f in dataclasses.fields(c)}
     parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
 
 
@@ -278,3 +342,30 @@ def record_indices(n_records: int, errors: list) -> list[int]:
     bad = {e.index for e in errors if e.index is not None}
     return [i for i in range(n_records + len(bad)) if i not in bad][:n_records]
 
+
+
+def train_and_save(trainer, tokenizer, resume: str, output_dir: str | os.PathLike,
+                   merge_lora: bool = True) -> TrainResult:
+    """Train (resuming per :func:`resolve_resume`), save with :func:`save_final` and report the run."""
+    run = trainer.train(resume_from_checkpoint=resolve_resume(resume, output_dir))
+    out = save_final(trainer, tokenizer, output_dir, merge_lora)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainResult(Path(out), trainer.state.global_step, losses, float(run.metrics.get("train_runtime", 0.0)))
+
+
+def parse_trainer_args(arg_classes: tuple, defaults: dict[str, Any], argv: Sequence[str] | None = None) -> tuple:
+    """``HfArgumentParser`` over ``arg_classes`` with :data:`CPU_FRIENDLY_DEFAULTS` updated by ``defaults``."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(arg_classes)
+    apply_defaults(parser, arg_classes, {**CPU_FRIENDLY_DEFAULTS, **defaults})
+    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+
+
+def run_trainer_main(parse_args: Callable[[Sequence[str]], tuple], train: Callable[..., TrainResult], name: str,
+                     argv: Sequence[str] | None = None) -> TrainResult:
+    """A trainer module's ``main``: set up logging, parse the command line, train, log where the model went."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = train(*parse_args(argv if argv is not None else sys.argv[1:]))
+    logger.info("%s done: %d steps, model saved to %s", name, result.global_step, result.output_dir)
+    return result

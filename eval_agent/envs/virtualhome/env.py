@@ -2,7 +2,7 @@
 
 One instance plays the tasks of one jsonl file. Per step: the text action is parsed
 (:mod:`.actions`), its object names are resolved to node ids, the script line runs in the
-(fixed, see :mod:`.sim`) simulator, and the goal (:class:`~.task_files.Goal`) is checked.
+(fixed, see :mod:`.evolving_graph_adapter`) simulator, and the goal (:class:`~.task_files.Goal`) is checked.
 
 Object resolution, in order: the task's ``object_id_dict``; the last object the agent used, if of
 that class; objects of that class close to the agent; any node of that class (or of an equivalent
@@ -33,7 +33,8 @@ from eval_agent.envs.task_env import TaskEnv
 from eval_agent.envs.virtualhome.actions import TextAction, parse_text_action, program_line_to_text
 from eval_agent.envs.virtualhome.graph import (ROOM_CATEGORY, Resources, build_initial_graph, load_real_init_graph,
                                                load_resources, load_scene, unreachable_reason)
-from eval_agent.envs.virtualhome.sim import ALL_FIXES, Simulator, load_simulator
+from eval_agent.envs.virtualhome.evolving_graph_adapter import (ALL_FIXES, Simulator, copy_state, internals_supported,
+                                                               load_simulator)
 from eval_agent.envs.virtualhome.task_files import Goal, TaskFileError, VHTask, load_tasks
 from eval_agent.types import MAX_STEPS, StepOutcome
 
@@ -75,6 +76,10 @@ class VirtualHomeEnv(TaskEnv):
     ``<data_dir>/init_graphs`` when it exists) optionally holds real initial graphs
     (``<scene>_graph/<subset>/<file>.json`` with an ``init_graph`` key, as in STeCa's
     ``init_and_final_graphs``), used for the tasks that have one.
+
+    ``internals`` (default on): copy episode states through the simulator's internals when the installed
+    version is a tested one (:mod:`.evolving_graph_adapter`); off, or with an untested version, through
+    its public API (``self.fast`` says which). Both give the same episodes.
     """
 
     name = "virtualhome"
@@ -83,7 +88,8 @@ class VirtualHomeEnv(TaskEnv):
     def __init__(self, test_path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  seed: int = 0, max_steps: int = MAX_STEPS, split: str | None = None,
                  init_graph_dir: str | os.PathLike | None = None, cache_size: int = 32,
-                 prefix_cache_size: int = 1024, fixes: Sequence[str] = tuple(sorted(ALL_FIXES))):
+                 prefix_cache_size: int = 1024, fixes: Sequence[str] = tuple(sorted(ALL_FIXES)),
+                 internals: bool = True):
         if data_dir is None and test_path is not None and Path(test_path).is_dir():
             data_dir, test_path = test_path, None  # VirtualHomeEnv(data_dir, split=...)
         data_dir = data_dir or os.environ.get("STECA_VH_DATA")
@@ -114,6 +120,7 @@ class VirtualHomeEnv(TaskEnv):
             init_graph_dir = self.data_dir / "init_graphs"
         self.init_graph_dir = Path(init_graph_dir) if init_graph_dir else None
         self.sim: Simulator = load_simulator(fixes)
+        self.fast = internals and internals_supported()
         self._cache: BoundedCache[str, _Prepared] = BoundedCache(cache_size)
         self._prefix_cache: PrefixCache[_Episode] = PrefixCache(prefix_cache_size)
         self._ep: _Episode | None = None
@@ -205,16 +212,9 @@ class VirtualHomeEnv(TaskEnv):
         return prep
 
     def _copy_episode(self, ep: _Episode) -> _Episode:
-        """An independent copy of ``ep``: overlay dicts copied, edge sets copied (nodes are immutable)."""
-        s = ep.state
-        new = self.sim.environment.EnvironmentState(s._graph, s._name_equivalence, s.instance_selection)
-        new._new_nodes = dict(s._new_nodes)
-        new._removed_edges_from = {k: set(v) for k, v in s._removed_edges_from.items()}
-        new._new_edges_from = {k: set(v) for k, v in s._new_edges_from.items()}
-        new._script_objects = dict(s._script_objects)
-        new.executor_data = dict(s.executor_data)
-        new._max_node_id = s._max_node_id
-        return _Episode(ep.task_id, new, ep.first_observation, ep.last_object, ep.steps, ep.won, list(ep.outcomes))
+        """An independent copy of ``ep`` (its simulator state through :func:`copy_state`)."""
+        return _Episode(ep.task_id, copy_state(ep.state, self.fast), ep.first_observation, ep.last_object, ep.steps,
+                        ep.won, list(ep.outcomes))
 
     # ------------------------------------------------------------------ stepping
     def _step(self, prep: _Prepared, ep: _Episode, action: str) -> StepOutcome:

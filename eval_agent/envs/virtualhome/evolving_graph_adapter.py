@@ -1,6 +1,7 @@
-"""Import shim for VirtualHome's symbolic ``evolving_graph`` simulator, plus three small bug fixes.
+"""The one place that touches VirtualHome's ``evolving_graph`` simulator internals: loading it without
+the Unity client, three small bug fixes, and the fast copy of an episode's state.
 
-Why a shim: the ``virtualhome`` 2.3.0 wheel's top-level ``__init__`` edits ``sys.path`` and imports
+Loading: the ``virtualhome`` 2.3.0 wheel's top-level ``__init__`` edits ``sys.path`` and imports
 the Unity client (``unity_simulator``), which fails without Unity's dependencies. The symbolic
 simulator itself (``virtualhome/simulation/evolving_graph``) needs only numpy. We therefore never
 import the ``virtualhome`` package: we locate it with :func:`importlib.util.find_spec` (which does
@@ -22,16 +23,34 @@ The fixes (each one small; see the functions ``_fix_*``):
 * ``putoff``: ``PutOffExecutor.execute`` calls ``check_putoff`` without ``char_index`` and
   ``check_putoff`` calls ``_get_character_node`` with one argument too many, so every ``[PUTOFF]``
   raises ``TypeError``. The fix installs an executor whose check passes the character index.
+
+The fixes have no public-API alternative (they repair the simulator); with an untested version a fix
+whose target is missing is skipped with a warning naming it.
+
+State copies (:func:`copy_state`): the fast path copies the state's overlay dicts over the shared
+base graph (O(changes)); the public path is the simulator's own copy, ``state.change_state([],
+in_place=False)`` (a deep copy of the same overlays). :func:`internals_supported` checks the installed
+version against :data:`TESTED_VERSIONS`; with another one the public path is taken and one warning is
+logged. ``tests/test_evolving_graph_adapter.py`` plays the same episodes both ways and compares.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
+import logging
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from eval_agent.package_versions import untested_versions
+
+logger = logging.getLogger(__name__)
+
+TESTED_VERSIONS: dict[str, tuple[str, ...]] = {"virtualhome": ("2.3.0",)}
+"""The versions whose internals the tests cover (``scripts/install.sh`` pins ``virtualhome==2.3.0``)."""
 
 ALL_FIXES: frozenset[str] = frozenset({"find", "char_state", "putoff"})
 _MODULES = ("common", "scripts", "environment", "execution")
@@ -47,6 +66,37 @@ class Simulator:
     execution: types.ModuleType
     scripts: types.ModuleType
     fixes: frozenset[str]
+
+
+@functools.cache
+def internals_supported() -> bool:
+    """True when the installed ``virtualhome`` is a version the fast path was tested with; otherwise
+    logs one warning (once per process) and :func:`copy_state` takes the public-API path."""
+    wrong = untested_versions(TESTED_VERSIONS)
+    if wrong:
+        logger.warning("evolving_graph internals untested with %s: VirtualHome states are copied through the "
+                       "public API (slower, same results)", "; ".join(wrong))
+    return not wrong
+
+
+def copy_state(state: Any, fast: bool | None = None) -> Any:
+    """An independent copy of an ``EnvironmentState`` (the base graph stays shared: nodes are immutable).
+
+    ``fast`` (default :func:`internals_supported`): copy the overlay dicts directly; otherwise the
+    simulator's public copy, ``change_state([], in_place=False)``. Both give states that execute the
+    same; the public one starts ``get_max_node_id`` again from the base graph, as every state that
+    ``change_state`` returns does (no action the environment runs adds nodes).
+    """
+    if not (internals_supported() if fast is None else fast):
+        return state.change_state([], in_place=False)
+    new = type(state)(state._graph, state._name_equivalence, state.instance_selection)
+    new._new_nodes = dict(state._new_nodes)
+    new._removed_edges_from = {k: set(v) for k, v in state._removed_edges_from.items()}
+    new._new_edges_from = {k: set(v) for k, v in state._new_edges_from.items()}
+    new._script_objects = dict(state._script_objects)
+    new.executor_data = dict(state.executor_data)
+    new._max_node_id = state._max_node_id
+    return new
 
 
 def evolving_graph_dir() -> Path:
@@ -85,12 +135,14 @@ def load_simulator(fixes: Iterable[str] = ALL_FIXES) -> Simulator:
         setattr(pkg, name, mod)
         mods[name] = mod
     sim = Simulator(mods["environment"], mods["execution"], mods["scripts"], key)
-    if "find" in key:
-        _fix_find(sim)
-    if "char_state" in key:
-        _fix_char_state(sim)
-    if "putoff" in key:
-        _fix_putoff(sim)
+    for name, fix in (("find", _fix_find), ("char_state", _fix_char_state), ("putoff", _fix_putoff)):
+        if name in key:
+            try:
+                fix(sim)
+            except AttributeError as e:  # an untested virtualhome without the fixed code
+                if internals_supported():
+                    raise
+                logger.warning("evolving_graph fix %r not applied: %s", name, e)
     _cache[key] = sim
     return sim
 

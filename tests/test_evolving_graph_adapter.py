@@ -1,10 +1,14 @@
-"""The evolving-graph import shim and its three fixes: each test shows the bug in an unfixed copy
-of the real simulator and the fixed behaviour in a copy with only that fix missing or present."""
+"""The evolving-graph adapter: its import shim and three fixes (each test shows the bug in an unfixed copy
+of the real simulator and the fixed behaviour in a copy with only that fix missing or present), and its
+state copy, whose fast path (simulator internals) and public-API fallback give the same episodes."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from eval_agent.envs.virtualhome.sim import ALL_FIXES, load_simulator
+from eval_agent.envs.virtualhome import VirtualHomeEnv, evolving_graph_adapter
+from eval_agent.envs.virtualhome.evolving_graph_adapter import ALL_FIXES, copy_state, load_simulator
 
 CHAR, KITCHEN, BEDROOM, TABLE, BED, SHIRT = 1, 10, 20, 11, 21, 22
 
@@ -84,3 +88,49 @@ def test_fix_putoff():
     assert not _has(sim, state, SHIRT, "ON", CHAR)
     oks, _ = _run(sim, line + line)  # not worn any more: the second one fails cleanly
     assert oks == [True, False]
+
+
+def test_fast_and_public_state_copies_are_equal_and_independent():
+    sim = load_simulator()
+    graph = _graph(sim)
+    state = sim.environment.EnvironmentState(graph, {}, instance_selection=True)
+    executor = sim.execution.ScriptExecutor(graph, {})
+    for text in (f"[WALK] <bed> ({BED})", f"[LIE] <bed> ({BED})"):
+        ok, state = executor.execute_one_step(sim.scripts.read_script_from_list_string([text]), state)
+        assert ok
+    before = state.to_dict()
+    fast, public = copy_state(state, fast=True), copy_state(state, fast=False)
+    assert fast.to_dict() == public.to_dict() == before
+    stood = []
+    for copy in (fast, public):  # a step on a copy leaves the original as it was, and both copies step alike
+        ok, after = executor.execute_one_step(sim.scripts.read_script_from_list_string(["[STANDUP]"]), copy)
+        assert ok and "LYING" not in {s.name for s in after.get_node(CHAR).states}
+        stood.append(after.to_dict())
+    assert stood[0] == stood[1] != before
+    assert state.to_dict() == before
+
+
+def test_fast_path_and_public_fallback_play_the_same_episodes(virtualhome_data: Path):
+    fast = VirtualHomeEnv(virtualhome_data / "vh_seen_test.jsonl", virtualhome_data)
+    public = VirtualHomeEnv(virtualhome_data / "vh_seen_test.jsonl", virtualhome_data, internals=False)
+    assert fast.fast and not public.fast
+    for tid in ("132", "1651", "132"):  # a task again after another (restored from a cached snapshot)
+        actions = fast.expert_actions(tid) + ["walk to bed", "grab towel"]
+        for t in (0, len(actions) // 2, len(actions)):
+            assert fast.reset_to_prefix(tid, actions[:t]) == public.reset_to_prefix(tid, actions[:t])
+            assert fast.execute("walk to dresser") == public.execute("walk to dresser")
+
+
+def test_an_untested_virtualhome_takes_the_public_path(virtualhome_data: Path, monkeypatch, caplog):
+    assert evolving_graph_adapter.internals_supported()  # the pinned version is the tested one
+    monkeypatch.setitem(evolving_graph_adapter.TESTED_VERSIONS, "virtualhome", ("0.0.1",))
+    evolving_graph_adapter.internals_supported.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=evolving_graph_adapter.__name__):
+            env = VirtualHomeEnv(virtualhome_data / "vh_seen_test.jsonl", virtualhome_data)
+        assert not env.fast
+        assert "virtualhome 2.3.0 (tested: 0.0.1)" in caplog.text
+    finally:
+        monkeypatch.undo()
+        evolving_graph_adapter.internals_supported.cache_clear()
+    assert VirtualHomeEnv(virtualhome_data / "vh_seen_test.jsonl", virtualhome_data).fast
