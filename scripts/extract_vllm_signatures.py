@@ -7,7 +7,8 @@ write them to tests/vllm_signatures.json (tests/test_vllm_signatures.py checks o
 Nothing is imported or run from the wheel (it needs CUDA): its Python files are parsed with ``ast``.
 Recorded: ``LLM.__init__`` and ``LLM.generate`` parameters (and whether extra keywords are accepted),
 the attributes ``LLM.__init__`` sets, ``EngineArgs`` fields (where ``LLM``'s extra keywords go),
-``SamplingParams`` fields, ``TokensPrompt`` keys, and ``LLMEngine``'s ``model_config`` attribute.
+``SamplingParams`` fields, ``TokensPrompt`` keys, ``LLMEngine``'s ``model_config`` attribute, and the
+environment variables vLLM reads (the keys of ``environment_variables`` in ``vllm/envs.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "tests" / "vllm_signatures.json"
 FILES = {"llm": "vllm/entrypoints/llm.py", "sampling": "vllm/sampling_params.py", "inputs": "vllm/inputs/llm.py",
          "engine_args": "vllm/engine/arg_utils.py", "engine": "vllm/v1/engine/llm_engine.py",
-         "version": "vllm/_version.py"}
+         "version": "vllm/_version.py", "envs": "vllm/envs.py"}
 
 
 def _class(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -53,6 +54,19 @@ def _self_attributes(fn: ast.FunctionDef) -> list[str]:
     return sorted(out)
 
 
+def _env_variables(tree: ast.Module) -> list[str]:
+    """The string keys of the module-level ``environment_variables`` dict."""
+    for node in tree.body:
+        target = None
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        elif isinstance(node, ast.Assign):
+            target = node.targets[0]
+        if isinstance(target, ast.Name) and target.id == "environment_variables" and isinstance(node.value, ast.Dict):
+            return sorted(k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    raise ValueError("vllm/envs.py: no environment_variables dict")
+
+
 def extract(sources: dict[str, str]) -> dict[str, Any]:
     trees = {k: ast.parse(v) for k, v in sources.items()}
     llm = _class(trees["llm"], "LLM")
@@ -68,6 +82,7 @@ def extract(sources: dict[str, str]) -> dict[str, Any]:
         "SamplingParams": _fields(_class(trees["sampling"], "SamplingParams")),
         "TokensPrompt": _fields(_class(trees["inputs"], "TokensPrompt")),
         "LLMEngine.attributes": _self_attributes(_method(_class(trees["engine"], "LLMEngine"), "__init__")),
+        "envs": _env_variables(trees["envs"]),
     }
 
 

@@ -2,6 +2,7 @@
 the episode driver, against the fast tests only.
 
     python scripts/mutation.py            # prints "mutation score: K/N = P% ..." and exits 1 below --goal
+    python scripts/mutation.py --work DIR --retest   # after adding tests: re-test only DIR's survivors
 
 mutmut (3.8.1) goes into its own virtual environment (``--venv``, default
 ``<temp dir>/steca-mutation-venv``, created with ``--system-site-packages`` so it sees the project's
@@ -32,6 +33,7 @@ FAST_TESTS = ["tests/test_method_math.py", "tests/test_method_separating.py", "t
 # bar's label (a timeout counts as a kill, so these were false kills); the reflector's retries are tested without HTTP
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 KILLED = {"killed", "timeout"}
+TIMEOUT_CONSTANT = 4.0
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -56,6 +58,9 @@ def copy_checkout(dest: Path) -> None:
 
 def write_config(work: Path, mutated: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths ="] + [f"    {p}" for p in mutated]
+    # a mutant whose tests run past (their time + TIMEOUT_CONSTANT s) x 15 of wall time counts as a timeout (a kill):
+    # mutmut's default constant (1 s) turned mutants into false timeouts on a machine shared with other jobs
+    lines += [f"timeout_constant = {TIMEOUT_CONSTANT}"]
     lines += ["also_copy =", "    steca/", "    eval_agent/",
               "pytest_add_cli_args = -p no:randomly -p no:cacheprovider -q",
               "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
@@ -98,6 +103,26 @@ def _env() -> dict[str, str]:
     return env
 
 
+def module_of(mutant: str) -> str:
+    """``steca.method.baselines`` of ``steca.method.baselines.x_build_rft__mutmut_12`` (methods: ``.xǁClassǁ...``)."""
+    return mutant.split(".x_")[0].split(".xǁ")[0]
+
+
+def copy_tests(work: Path) -> None:
+    """The checkout's test files, as they are now, over the work folder's copies (``tests/`` and ``mutants/tests/``)."""
+    for src in (REPO / "tests").iterdir():
+        if src.is_file():
+            for dest in (work / "tests", work / "mutants" / "tests"):
+                if dest.is_dir():
+                    shutil.copy2(src, dest / src.name)
+
+
+def score(status: dict[str, str], equivalent: dict[str, str]) -> tuple[int, int]:
+    """(killed, counted): a listed-equivalent survivor is not counted."""
+    counted = [n for n in status if n not in equivalent or status[n] in KILLED]
+    return sum(1 for n in counted if status[n] in KILLED), len(counted)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--venv", type=Path, default=Path(os.environ.get("MUTATION_VENV", Path(tempfile.gettempdir()) / "steca-mutation-venv")))
@@ -108,38 +133,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goal", type=float, default=90.0, help="exit 1 when the score (%%) is below this")
     p.add_argument("--show", action="store_true", help="print the diff of every survivor not listed as equivalent")
     p.add_argument("--report_only", action="store_true", help="score the results already in --work, run nothing")
+    p.add_argument("--retest", action="store_true",
+                   help="in an existing --work: copy the checkout's tests again and re-test only the mutants not "
+                        "killed and not listed as equivalent (after adding tests; the mutated code must be unchanged)")
     args = p.parse_args(argv)
 
     exe = ensure_venv(args.venv)
     work = args.work or Path(tempfile.mkdtemp(prefix="steca-mutation-"))
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "mutants").exists():
+        if args.retest or args.report_only:
+            p.error(f"{work} holds no mutmut results to re-test or report")
         copy_checkout(work)
         write_config(work, args.paths, args.tests)
+    equivalent = load_equivalent(EQUIVALENT_FILE)
+    retest: list[str] = []
+    if args.retest:
+        write_config(work, args.paths, args.tests)  # same scope and tests; picks up a changed timeout setting
+        copy_tests(work)
+        retest = sorted(n for n, s in statuses(exe, work).items() if s not in KILLED and n not in equivalent)
     start = time.time()
-    if args.report_only:
+    if args.report_only or (args.retest and not retest):
         run = subprocess.CompletedProcess([], 0)
     else:
-        with (work / "mutmut.log").open("w") as log:
-            run = subprocess.run([str(exe), "run", "--max-children", str(args.jobs)], cwd=work, stdout=log,
+        with (work / "mutmut.log").open("a" if args.retest else "w") as log:
+            run = subprocess.run([str(exe), "run", "--max-children", str(args.jobs), *retest], cwd=work, stdout=log,
                                  stderr=subprocess.STDOUT, env=_env())
     wall = time.time() - start
     if run.returncode != 0:
         print(f"mutmut run failed (exit {run.returncode}); see {work / 'mutmut.log'}")
         return 2
     status = statuses(exe, work)
-    equivalent = load_equivalent(EQUIVALENT_FILE)
     survivors = sorted(n for n, s in status.items() if s not in KILLED)
-    counted = [n for n in status if n not in equivalent or status[n] in KILLED]
-    killed = sum(1 for n in counted if status[n] in KILLED)
     unlisted = [n for n in survivors if n not in equivalent]
     stale = sorted(n for n in equivalent if status.get(n) not in (None, "survived", "no tests"))
-    score = 100.0 * killed / len(counted) if counted else 0.0
+    killed, counted = score(status, equivalent)
+    pct = 100.0 * killed / counted if counted else 0.0
     by_status: dict[str, int] = {}
     for s in status.values():
         by_status[s] = by_status.get(s, 0) + 1
     print(f"mutants: {len(status)} ({', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))}); "
-          f"listed equivalent: {len(survivors) - len(unlisted)}")
+          f"listed equivalent (left out of the score): {len(survivors) - len(unlisted)}")
+    for mod in sorted({module_of(n) for n in status}):
+        part = {n: s for n, s in status.items() if module_of(n) == mod}
+        k, c = score(part, equivalent)
+        print(f"  {mod}: {k}/{c} = {100.0 * k / c if c else 0.0:.1f}% "
+              f"({sum(1 for n in part if n in equivalent and part[n] not in KILLED)} equivalent left out)")
     for n in unlisted:
         print(f"  not killed: {n} ({status[n]})")
     if stale:
@@ -147,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.show:
         for n in unlisted:
             print(subprocess.run([str(exe), "show", n], cwd=work, capture_output=True, text=True, env=_env()).stdout)
-    print(f"mutation score: {killed}/{len(counted)} = {score:.1f}% of non-equivalent mutants killed "
-          f"(goal {args.goal:g}%); mutmut run {wall:.0f} s with {args.jobs} jobs; work dir {work}")
-    return 0 if score >= args.goal else 1
+    what = "re-test of the survivors" if args.retest else "mutmut run"
+    print(f"mutation score: {killed}/{counted} = {pct:.1f}% of non-equivalent mutants killed "
+          f"(goal {args.goal:g}%); {what} {wall:.0f} s with {args.jobs} jobs; work dir {work}")
+    return 0 if pct >= args.goal else 1
 
 
 if __name__ == "__main__":

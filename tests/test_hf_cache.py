@@ -33,9 +33,11 @@ def chats(alfworld_sft_sample) -> list[list[Message]]:
 
 
 def _policy(model_dir: Path, **kw):
+    """A policy whose sampled rows go through the batched, cached path these tests check (with the
+    default ``batch_invariant`` they are computed alone: tests/test_reliability_sampling.py)."""
     from eval_agent.agents.hf import HFPolicy
 
-    return HFPolicy(str(model_dir), device="cpu", **kw)
+    return HFPolicy(str(model_dir), device="cpu", **{"batch_invariant": False, **kw})
 
 
 def test_common_prefix_len():

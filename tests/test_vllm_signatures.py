@@ -80,3 +80,9 @@ def test_token_prompts_and_attributes_exist():
     assert "llm_engine" in SIGS["LLM.attributes"] and "model_config" in SIGS["LLMEngine.attributes"]
     assert "self.llm.llm_engine.model_config.max_model_len" in SOURCE
     assert _calls("get_tokenizer") and SIGS["LLM.get_tokenizer"]["positional"] == []
+
+
+def test_the_batch_invariance_switch_is_a_variable_the_pinned_release_reads():
+    (name,) = [node.value.value for node in TREE.body if isinstance(node, ast.Assign)
+               and getattr(node.targets[0], "id", None) == "BATCH_INVARIANT_ENV"]
+    assert name == "VLLM_BATCH_INVARIANT" and name in SIGS["envs"]

@@ -62,6 +62,20 @@ compares batched and one-at-a-time greedy outputs, and cached against uncached p
 on GPUs the rounding is coarser and a near-tie can flip; use ``dtype=float32`` when bit-exact
 agreement matters more than speed.
 
+Batch invariance (``batch_invariant=True``, the default). A row's numbers depend on the shapes
+they are computed in: on a CPU a matrix product of ``M`` rows rounds each row differently for
+different ``M`` (MKL picks its kernel by shape; ``M = 1`` is a matrix-vector product), and a padded
+row's attention sums over columns at other offsets. So a batched row can differ in the last bits
+from the same row alone, and a sampled token near a boundary of the inverse CDF can flip: the
+episode would depend on ``--max_active``. Sampled rows (``temperature > 0``) therefore never share a
+forward pass or a per-conversation cache entry: each is computed as the prompt's KV (batch 1,
+cached: a function of the prompt alone), one forward pass at batch 1 over the rest but its last
+token, then batch-1 decoding with its own seed. The N identical rows of a Monte Carlo state share
+the first two steps (the same bits as computing them N times). Greedy rows keep every batching and
+cache above, so evaluation keeps its speed; ``benchmarks/batch_invariance.py`` measures what
+invariance costs sampling. On GPUs use the ``vllm`` backend for sampling (its own batch-invariant
+mode: :mod:`eval_agent.agents.vllm_backend`).
+
 Where each part lives: :class:`HFPolicy` (this module) tokenises, groups rows into chunks and runs
 them; :mod:`eval_agent.agents.hf_kv_store` keeps the prompt and conversation KV caches between calls;
 :mod:`eval_agent.agents.hf_batch_layout` lays out a chunk whose rows have cached parts;
@@ -74,6 +88,7 @@ call raises :class:`~eval_agent.agents.errors.RowErrors` carrying the other rows
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Any, Sequence
 
@@ -111,10 +126,12 @@ class HFPolicy(Policy):
     keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
     ``2 x max_batch_size``); ``shared_prefix``: with reuse, keep a chunk's common prompt once and
     attend to it with shared-prefix attention (models using ``sdpa`` or ``eager`` attention); see
-    the module docstring. ``batch_invariant``: answer every row in a call of its own, without any
-    cache shared across rows or calls, so that a sampled reply depends only on the conversation and
-    its seed, bit for bit (batched rows differ from single rows by float rounding, which can flip a
-    sampled token once in many thousands); slower, off by default.
+    the module docstring. ``batch_invariant`` (default on): answer every *sampled* row
+    (``temperature > 0``) by a computation of its own (see "Batch invariance" in the module
+    docstring), so that a sampled reply depends only on the conversation and its seed, bit for
+    bit, whatever else is in flight; greedy rows keep the batched path. Off: sampled rows are
+    batched too (faster; batched rows round differently from single rows, which can flip a sampled
+    token now and then).
     ``transformers_internals``: use transformers' internals for speed
     (:mod:`eval_agent.agents.transformers_adapter`; default: on the tested releases only); the
     outputs are the same either way.
@@ -126,7 +143,7 @@ class HFPolicy(Policy):
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
                  min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
-                 shared_prefix: bool = True, batch_invariant: bool = False,
+                 shared_prefix: bool = True, batch_invariant: bool = True,
                  transformers_internals: bool | None = None):
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,8 +167,6 @@ class HFPolicy(Policy):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_invariant = batch_invariant
-        if batch_invariant:
-            max_batch_size, prefix_cache_size, reuse_cache = 1, 0, False
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len or int(getattr(self.model.config, "max_position_embeddings", 4096))
         gc = self.model.generation_config
@@ -205,12 +220,17 @@ class HFPolicy(Policy):
         errors: dict[int, str] = {}
         splits = [self._prompt_split(m, x) for m, x in zip(batch, ids)]
         groups: dict[tuple[Any, ...], list[int]] = {}
+        alone: list[int] = []
         for i, p in enumerate(rows):
             if len(ids[i]) + p.max_new_tokens > self.max_model_len:
                 errors[i] = (f"prompt of {len(ids[i])} tokens + max_new_tokens {p.max_new_tokens} exceeds the "
                              f"model context of {self.max_model_len} tokens")
                 continue
+            if self.batch_invariant and p.temperature > 0:
+                alone.append(i)
+                continue
             groups.setdefault((group_key(p), tuple(ids[i][:splits[i]])), []).append(i)
+        self._generate_invariant(ids, rows, splits, alone, outputs)
         if self.reuse_cache:
             self._generate_reusing(ids, rows, splits, groups, outputs)
         else:
@@ -342,7 +362,6 @@ class HFPolicy(Policy):
         group then starts ``generate`` from that KV with one token left to prefill, and samples
         with its own seed from there. Other rows keep their sources.
         """
-        torch = _torch()
         groups: dict[tuple[int, ...], list[int]] = {}
         for r, x in enumerate(ids):
             groups.setdefault(tuple(x), []).append(r)
@@ -352,33 +371,68 @@ class HFPolicy(Policy):
             return sources
         lead = [rows[0] for rows in shared]
         xs = [ids[r][:-1] for r in lead]
-        batch = self._layout(xs, [sources[r] for r in lead])
+        kvs = self._prefill(xs, [sources[r] for r in lead])
+        out = list(sources)
+        for i, rows in enumerate(shared):
+            for r in rows:
+                out[r] = (len(xs[i]), kvs[i])
+        # the lead rows' tokens were counted here (cached + prefilled); the generate call would count them
+        # again as reused
+        self.n_reused_tokens -= sum(len(x) for x in xs)
+        return out
+
+    def _prefill(self, xs: list[list[int]], sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                 ) -> list[list[tuple[Any, Any]]]:
+        """Per row, the KV of all of ``xs[r]``, computed by one forward pass over the tokens after its source."""
+        torch = _torch()
+        batch = self._layout(xs, sources)
         input_ids, mask, cache, width_c = batch.input_ids, batch.mask, batch.cache, batch.width_c
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         with torch.inference_mode():
             self.model(input_ids=input_ids[:, width_c:].to(self.device), attention_mask=mask.to(self.device),
                        position_ids=positions[:, width_c:].to(self.device), use_cache=True,
                        logits_to_keep=1, **cache_kwargs(self.model, cache))
-        out = list(sources)
-        for i, rows in enumerate(shared):
-            cols = mask[i].nonzero().flatten().to(self.device)
-            kv = row_kv(cache, i, cols)
-            for r in rows:
-                out[r] = (len(xs[i]), kv)
-        # the lead rows' tokens were counted here (cached + prefilled); the generate call would count them
-        # again as reused
-        self.n_reused_tokens -= sum(len(x) for x in xs)
-        return out
+        return [row_kv(cache, i, mask[i].nonzero().flatten().to(self.device)) for i in range(len(xs))]
+
+    # ------------------------------------------------------------------ batch invariance (sampled rows)
+    def _generate_invariant(self, ids: list[list[int]], rows: list[SamplingParams], splits: list[int],
+                            alone: list[int], outputs: list[str | None]) -> None:
+        """Answer rows ``alone`` each by the same computation whatever else is in the call or in flight.
+
+        Row ``x`` with prompt split ``k`` (a function of its conversation alone): the prompt's KV
+        (batch 1, cached), then one forward pass at batch 1 over ``x[k:-1]``, then decoding at
+        batch 1 from the last token with the row's own seed. Rows with identical tokens (the N
+        Monte Carlo rollouts of one state) compute the first two steps once: the bits are the same
+        as computing them per row, since the steps do not depend on the row's seed.
+        """
+        if not alone:
+            return
+        if not self.internals.plain_kv_cache(self.model.config):  # no KV to copy: generate() per row
+            for i in alone:
+                outputs[i] = self._generate_chunk([ids[i]], [rows[i]], splits[i])[0]
+            return
+        for _, same in itertools.groupby(sorted(alone, key=lambda i: ids[i]), key=lambda i: ids[i]):
+            members = list(same)
+            x, k = ids[members[0]], splits[members[0]]
+            source: tuple[int, list[tuple[Any, Any]] | None] = (0, None)
+            if k:
+                prompt = self.kv_store.prefix_kv(tuple(x[:k]), self._forward_prefix)
+                source = (k, [(layer.keys, layer.values) for layer in prompt.layers])
+            if len(x) - 1 > source[0]:
+                source = (len(x) - 1, self._prefill([x[:-1]], [source])[0])
+            for i in members:
+                texts, _ = self._generate_chunk_reusing([x], [rows[i]], [source], keep=False)
+                outputs[i] = texts[0]
 
     def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
-                                sources: list[tuple[int, list[tuple[Any, Any]] | None]]
+                                sources: list[tuple[int, list[tuple[Any, Any]] | None]], keep: bool = True
                                 ) -> tuple[list[str], list[KVEntry]]:
         """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
 
         Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
         columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
         tokens; all other columns are masked padding. Returns the texts and, per row, the entry
-        holding the KV of its tokens plus the generated tokens whose KV was computed.
+        holding the KV of its tokens plus the generated tokens whose KV was computed (none when not ``keep``).
         """
         torch = _torch()
 
@@ -395,6 +449,8 @@ class HFPolicy(Policy):
         for r, seq in enumerate(new):
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
             texts.append(truncate_at_stop(text, p0.stop).strip() if p0.stop else text.strip())
+            if not keep:
+                continue
             real = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
             keep = max(0, min(real, computed))
             cols = torch.cat([mask[r].nonzero().flatten(), torch.arange(width, width + keep)]).to(self.device)

@@ -11,6 +11,19 @@ them, so both backends see the same tokens. Sampling follows the ``SamplingParam
 (``temperature == 0`` is greedy); row ``i`` of a call with seed ``s`` uses seed ``s + i``
 (see :func:`eval_agent.agents.backend_utils.params_per_row`).
 
+Batch invariance (``batch_invariant=True``; the sampling stages set it when they sample, see
+``steca/sampling/sampling_cli.py``). By default vLLM's kernels pick their tiling and reduction
+order from the batch, so a sampled episode can depend on what else is in flight. vLLM 0.32.0 has a
+batch-invariant mode, switched on by the environment variable ``VLLM_BATCH_INVARIANT=1`` (read in
+``vllm/envs.py``; ``vllm/model_executor/determinism/batch_invariant.py`` then installs
+batch-invariant matmul, attention and reduction kernels, fixes the all-reduce order under tensor
+parallelism and turns TF32 off). Its documentation lists NVIDIA GPUs of compute capability 8.0 or
+higher (and Intel XPUs with Triton attention), warns that it may be slower, and asks for an
+explicit seed per request, which every row here has. The option sets the variable in this process
+before the engine starts (its workers inherit it); it cannot be switched off again in the same
+process. For an OpenAI-compatible ``vllm serve`` behind the ``openai`` backend, start the server
+with ``VLLM_BATCH_INVARIANT=1`` yourself.
+
 Example::
 
     python -m eval_agent.main --agent_config vllm --model_name /models/steca-llama2-7b \\
@@ -19,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 from eval_agent.agents.policy import Policy
@@ -27,6 +41,8 @@ from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
+
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"  # vllm/envs.py of the pinned release
 
 
 def vllm_available() -> bool:
@@ -45,7 +61,10 @@ class VLLMPolicy(Policy):
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
-                 enable_prefix_caching: bool = True, trust_remote_code: bool = False, **engine_kwargs: Any):
+                 enable_prefix_caching: bool = True, trust_remote_code: bool = False, batch_invariant: bool = False,
+                 **engine_kwargs: Any):
+        if batch_invariant:
+            os.environ[BATCH_INVARIANT_ENV] = "1"  # vLLM's switch; read when the engine starts
         try:
             from vllm import LLM
         except ImportError as e:
@@ -57,8 +76,9 @@ class VLLMPolicy(Policy):
                        **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-        logger.info("vllm policy: %s, tensor_parallel_size=%d, prefix caching %s, context %d", model_path,
-                    tensor_parallel_size, enable_prefix_caching, self.max_model_len)
+        logger.info("vllm policy: %s, tensor_parallel_size=%d, prefix caching %s, context %d, batch invariant %s",
+                    model_path, tensor_parallel_size, enable_prefix_caching, self.max_model_len,
+                    os.environ.get(BATCH_INVARIANT_ENV, "0") == "1")
 
     def render(self, messages: Sequence[Message]) -> str:
         return self.tokenizer.apply_chat_template(to_chat(messages), add_generation_prompt=True, tokenize=False)

@@ -51,6 +51,23 @@ def records_instruction(records, sft_file: str | None) -> str | None:
     return first.content if first is not None and first.role == "user" else None
 
 
+def backend_overrides(args: argparse.Namespace, temperature: float) -> dict[str, object]:
+    """Constructor options of the ``--backend`` policy that the command line sets.
+
+    ``batch_invariant``: hf takes it as given (None: the agent config's, which is on; it only
+    concerns sampled rows); vllm by default only when the stage samples (``temperature > 0``), since
+    its batch-invariant mode covers every row and may be slower (:mod:`eval_agent.agents.vllm_backend`).
+    None values leave the config's option as it is.
+    """
+    invariant = None if args.batch_invariant is None else args.batch_invariant == "true"
+    if args.backend == "hf":
+        return {"max_batch_size": args.max_batch_size, "batch_invariant": invariant}
+    if args.backend == "vllm":
+        return {"tensor_parallel_size": args.tensor_parallel_size,
+                "batch_invariant": temperature > 0 if invariant is None else invariant}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="STeCa sampling stages (step records and Monte Carlo step rewards)")
     p.add_argument("stage", choices=["expert_steps", "explore_steps", "mc"])
@@ -78,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api_base", default=None, help="OpenAI-compatible base URL(s), comma-separated")
     p.add_argument("--tensor_parallel_size", type=int, default=None, help="vllm: GPUs to shard the model over")
     p.add_argument("--max_batch_size", type=int, default=None, help="hf: rows per generation call")
+    p.add_argument("--batch_invariant", default=None, choices=["true", "false"],
+                   help="a sampled episode depends only on its seed, not on --max_active (hf: sampled rows computed "
+                        "alone, default: the agent config's, true; vllm: VLLM_BATCH_INVARIANT=1, default: when the "
+                        "stage samples); false: faster, batch-dependent")
     p.add_argument("--num_rollouts", type=int, default=NUM_ROLLOUTS)
     p.add_argument("--temperature", type=float, default=None,
                    help=f"default: {EXPLORE_TEMPERATURE} (explore_steps), {MC_TEMPERATURE} (mc)")
@@ -136,10 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         records = inputs if args.stage == "mc" else []
         prompt = None if args.record_prompt else prompt_for(args.env, args.sft, args.icl_num, args.env_data,
                                                             args.prompt_layout, records_instruction(records, args.sft))
-        overrides = {"tensor_parallel_size": args.tensor_parallel_size} if args.backend == "vllm" else {}
-        if args.backend == "hf":
-            overrides["max_batch_size"] = args.max_batch_size
-        policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config, **overrides)
+        policy = build_policy(args.backend, args.model_path, args.api_base, args.agent_config,
+                              **backend_overrides(args, temperature))
         engine = RolloutEngine(policy, factory, num_workers=args.num_workers, max_active=args.max_active,
                                default_params=params, seed=args.seed, progress_desc=args.stage,
                                action_parser=args.action_parser)
