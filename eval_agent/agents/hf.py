@@ -421,18 +421,18 @@ class HFPolicy(Policy):
             if len(x) - 1 > source[0]:
                 source = (len(x) - 1, self._prefill([x[:-1]], [source])[0])
             for i in members:
-                texts, _ = self._generate_chunk_reusing([x], [rows[i]], [source], keep=False)
+                texts, _ = self._generate_chunk_reusing([x], [rows[i]], [source], keep_entries=False)
                 outputs[i] = texts[0]
 
     def _generate_chunk_reusing(self, ids: list[list[int]], rows: list[SamplingParams],
-                                sources: list[tuple[int, list[tuple[Any, Any]] | None]], keep: bool = True
+                                sources: list[tuple[int, list[tuple[Any, Any]] | None]], keep_entries: bool = True
                                 ) -> tuple[list[str], list[KVEntry]]:
         """Generate one chunk whose row ``r`` has the KV of its first ``sources[r][0]`` tokens already.
 
         Layout of row ``r`` with ``c_r`` cached and ``s_r`` new tokens, ``C = max c``, ``S = max s``:
         columns ``[C - c_r, C)`` hold its cached keys/values, ``[C + S - s_r, C + S)`` its new
         tokens; all other columns are masked padding. Returns the texts and, per row, the entry
-        holding the KV of its tokens plus the generated tokens whose KV was computed (none when not ``keep``).
+        holding the KV of its tokens plus the generated tokens whose KV was computed (none without ``keep_entries``).
         """
         torch = _torch()
 
@@ -449,7 +449,7 @@ class HFPolicy(Policy):
         for r, seq in enumerate(new):
             text = self.tokenizer.decode(seq, skip_special_tokens=True)
             texts.append(truncate_at_stop(text, p0.stop).strip() if p0.stop else text.strip())
-            if not keep:
+            if not keep_entries:
                 continue
             real = next((j + 1 for j, t in enumerate(seq) if t in eos), len(seq))
             keep = max(0, min(real, computed))

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from eval_agent.storage import read_utf8
 from eval_agent.types import Message
 
 PROMPT_DIR = Path(__file__).resolve().parent
@@ -63,7 +64,7 @@ def example_from_file(path: str | os.PathLike) -> list[Message]:
     ``{role, content}`` or ``{from, value}`` turns), one such list, or ``{"conversation": [...]}``."""
     p = Path(path)
     try:
-        obj: Any = json.loads(p.read_text(encoding="utf-8"))
+        obj: Any = json.loads(read_utf8(p))
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: not valid JSON (line {e.lineno}): {e.msg}") from e
     if isinstance(obj, dict):
@@ -101,7 +102,7 @@ def builtin_example(env_name: str) -> list[Message]:
 def instruction_from_sft(path: str | os.PathLike) -> str:
     """The instruction of an SFT file: the first user turn of its first record (JSON array or JSONL)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p)
     try:
         first: Any = json.loads(text)[0] if text.lstrip().startswith("[") else json.loads(text.splitlines()[0])
     except (json.JSONDecodeError, IndexError) as e:

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from eval_agent.storage import read_utf8
 from eval_agent.types import parse_action
 from steca.method.encoders import ENCODER_THRESHOLDS, ENCODERS, ActionEncoder, make_encoder
 
@@ -44,7 +45,7 @@ def pair_kind(a: str, b: str) -> str:
 
 def alfworld_actions(sft_file: Path) -> list[str]:
     """The distinct actions of an SFT file's assistant turns, lower-cased."""
-    data = json.loads(sft_file.read_text(encoding="utf-8"))
+    data = json.loads(read_utf8(sft_file))
     out = set()
     for rec in data:
         for m in rec["conversations"]:
@@ -58,7 +59,7 @@ def alfworld_actions(sft_file: Path) -> list[str]:
 def virtualhome_actions(task_file: Path) -> list[str]:
     """The distinct steps of a VirtualHome task file's ``action_list``, lower-cased."""
     out = set()
-    for line in task_file.read_text(encoding="utf-8").splitlines():
+    for line in read_utf8(task_file).splitlines():
         if line.strip():
             out.update(a.strip().lower() for a in json.loads(line)["action_list"] if a.strip())
     return sorted(out)

@@ -154,9 +154,9 @@ def build_explored(sft: dict[str, SFTRecord], explored_steps: Iterable[StepRecor
     Paper: arXiv 2502.14276, Sec. 3, reinforced training (successful trajectories, weight ``1 - scale * d``).
     """
     res = BuildResult()
-    # Same loop head as baselines._outcome_pairs (ETO), on purpose: the shared part is explorations_from_start
-    # and expert_and_exploration; the outcome test (successful explorations here, failed ones there) and the
-    # counters differ.
+    # Same loop head as the ETO pairs in baselines.py (_outcome_pairs), on purpose: the shared part is
+    # explorations_from_start and expert_and_exploration; the outcome test (successful explorations here,
+    # failed ones there) and the counters differ.
     for rec in explorations_from_start(explored_steps):
         res.counts["candidates"] += 1
         if rec.agent_final_reward is None or rec.agent_final_reward < 1.0:

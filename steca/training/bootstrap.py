@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from eval_agent.storage import read_utf8
 from steca.training.chat import FALLBACK_CHAT_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def texts_from_file(path: str | Path) -> Iterator[str]:
     """Training texts from a file: message contents of SFT/pair/step records (JSON array or JSONL),
     string values of other JSON objects, or the lines of a plain-text file."""
     p = Path(path)
-    raw = p.read_text(encoding="utf-8")
+    raw = read_utf8(p)
     objs: list = []
     stripped = raw.lstrip()
     if stripped.startswith("["):

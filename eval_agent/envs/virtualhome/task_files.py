@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval_agent.storage import read_utf8
+
 logger = logging.getLogger(__name__)
 
 _SCENE_RE = re.compile(r"([A-Za-z]+\d+)_graph/")
@@ -187,7 +189,7 @@ def load_tasks(path: str | Path, known_scenes: set[str] | None = None) -> tuple[
     tasks: list[VHTask] = []
     errors: list[TaskFileError] = []
     seen: dict[str, int] = {}
-    for lineno, text in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, text in enumerate(read_utf8(p).splitlines(), start=1):
         if not text.strip():
             continue
         raw_id = None
