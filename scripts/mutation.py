@@ -15,6 +15,7 @@ behaviour) are left out of the denominator. ``--show`` prints the diff of every 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retest", action="store_true",
                    help="in an existing --work: copy the checkout's tests again and re-test only the mutants not "
                         "killed and not listed as equivalent (after adding tests; the mutated code must be unchanged)")
+    p.add_argument("--only", nargs="+", default=None, metavar="GLOB",
+                   help="with --retest: re-test only the mutants whose names match one of these fnmatch patterns")
     args = p.parse_args(argv)
 
     exe = ensure_venv(args.venv)
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.retest:
         write_config(work, args.paths, args.tests)  # same scope and tests; picks up a changed timeout setting
         copy_tests(work)
-        retest = sorted(n for n, s in statuses(exe, work).items() if s not in KILLED and n not in equivalent)
+        retest = sorted(n for n, s in statuses(exe, work).items() if s not in KILLED and n not in equivalent
+                        and (args.only is None or any(fnmatch.fnmatch(n, g) for g in args.only)))
     start = time.time()
     if args.report_only or (args.retest and not retest):
         run = subprocess.CompletedProcess([], 0)

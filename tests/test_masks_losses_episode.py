@@ -143,6 +143,37 @@ def test_text_after_the_eos_token_is_not_trained(tok):
     assert text[spans[0][1]:spans[0][1] + 6] == " (end)"
 
 
+def test_the_last_eos_of_a_turn_ends_its_span_and_an_empty_turn_trains_its_eos(tok):
+    t = _with_template(tok, LLAMA2_STYLE.replace("' ' + eos_token", "' ' + eos_token + ' (end)'"))
+    conv = [Message("user", FIRST_OBS), Message("assistant", f"Thought: stop{EOT} no, go on\nAction: look"),
+            Message("user", "Observation: ok"), Message("assistant", "")]
+    text, spans = assistant_spans(t, conv)
+    assert [text[s:e] for s, e in spans] == [f" {conv[1].content} {EOT}", f"  {EOT}"]
+    # a template that writes the turn right after the previous one: the empty turn's span is its eos alone
+    bare = _with_template(tok, "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+                               "{{ m['content'] + eos_token + ' (end)' + '\n' }}{% else %}"
+                               "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endif %}{% endfor %}")
+    text, spans = assistant_spans(bare, conv)
+    assert [text[s:e] for s, e in spans] == [f"{conv[1].content}{EOT}", EOT]
+
+
+def test_without_an_eos_token_the_span_ends_at_the_turn_text(tok):
+    t = _with_template(tok, PLAIN)
+    t.eos_token = None
+    conv = _chat()
+    text, spans = assistant_spans(t, conv)
+    assert t.eos_token is None and [text[s:e] for s, e in spans] == [m.content for m in conv if m.role == "assistant"]
+
+
+def test_a_generation_prompt_that_differs_from_the_turn_header_is_refused(tok):
+    # prefix-stable chat, but the generation prompt ("assistant:" + newline) is not how a turn starts
+    t = _with_template(tok, PLAIN.replace("{{ 'assistant: ' }}", "{{ 'assistant:\n' }}"))
+    with pytest.raises(ChatTemplateError, match="^chat template is not prefix-stable at turn 1: rendering the first 1 "
+                                                r"turns \(with the generation prompt\) is not a prefix of rendering "
+                                                "the whole chat$"):
+        assistant_spans(t, _chat())
+
+
 def test_two_assistant_turns_in_a_row_are_both_trained_whole(tok):
     t = _with_template(tok, LLAMA2_STYLE)
     conv = [Message("user", FIRST_OBS), Message("assistant", EXPERT_ACTIONS[0]), Message("assistant", EXPERT_ACTIONS[1])]

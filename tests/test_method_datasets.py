@@ -159,11 +159,44 @@ def test_reflection_cache_skips_foreign_lines_and_answers_what_it_was_given(tmp_
 def test_reflection_prompt_and_parse():
     req = ReflectionRequest("k", tuple(expert_prefix(2) + [turn("go to shelf 1"), Message("user", "Observation: x")]),
                             "go to shelf 1", "go to drawer 1")
+    assert reflection_prompt(req)[0].role == "user"
     text = reflection_prompt(req)[0].content
     assert "go to shelf 1" in text and "go to drawer 1" in text and "Your task is to: put a pen in drawer." in text
     assert parse_reflection("Thought: a b\n c\nAction: go") == "a b c"
     assert parse_reflection("just text") == "just text"
     assert parse_reflection("Action: go to desk 1") is None
+    assert parse_reflection("Thought: first\nThought: second\nAction: go\nAction: again") == "second"
+
+
+def test_render_history_leaves_out_the_instruction_turns_only():
+    from steca.method.reflection import render_history
+
+    instr = [Message("user", "Solve it."), Message("assistant", "OK")]
+    steps = [Message("user", "You see a desk."), Message("assistant", "Thought: t\nAction: go to desk 1"),
+             Message("user", "Observation: ok ")]
+    assert render_history(instr + steps) == ("[Environment]\nYou see a desk.\n\n[Agent]\nThought: t\nAction: go to desk 1"
+                                             "\n\n[Environment]\nObservation: ok")
+    kept = "[Environment]\nSolve it.\n\n[Agent]\nOK\n\n" + render_history(steps)
+    assert render_history(instr + steps, skip_instruction=False) == kept
+    # no instruction pair: a user turn answered by an action, a lone turn, an assistant first
+    assert render_history(steps[:2]) == "[Environment]\nYou see a desk.\n\n[Agent]\nThought: t\nAction: go to desk 1"
+    assert render_history(instr[:1]) == "[Environment]\nSolve it."
+    assert render_history(instr[::-1]) == "[Agent]\nOK\n\n[Environment]\nSolve it."
+    assert render_history([instr[0], Message("user", "more")]) == "[Environment]\nSolve it.\n\n[Environment]\nmore"
+
+
+def test_reflection_cache_key_is_stable_across_versions():
+    """Cache files outlive a run: the key of a fixed request must not change (pinned digest), and it depends on the
+    model label, the prompt and each sampling setting."""
+    prompt = [Message("user", "Réfléchis: go to desk 1")]
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=256)
+    key = ReflectionCache.make_key("m", prompt, params)
+    assert key == "1703d72b5eb7036bde37549acc45ac7dcd80012bd8671eedab98043b503ce31c"
+    others = {ReflectionCache.make_key("m2", prompt, params), ReflectionCache.make_key("m", prompt[:0], params),
+              ReflectionCache.make_key("m", prompt, replace(params, temperature=0.5)),
+              ReflectionCache.make_key("m", prompt, replace(params, top_p=0.9)),
+              ReflectionCache.make_key("m", prompt, replace(params, max_new_tokens=8))}
+    assert len(others) == 5 and key not in others
 
 
 def test_explored_set_threshold_and_weight():
@@ -181,6 +214,36 @@ def test_explored_set_threshold_and_weight():
     # the released ALFWorld threshold (d < 0.013) drops this exploration (it skips three expert steps)
     strict = build_explored(sft, explored, HashingEncoder(), ALFWORLD_WEIGHTS)
     assert strict.pairs == [] and strict.rejected["distance_too_large"] == 1
+
+
+def test_explored_set_counts_and_reports_each_bad_record(caplog):
+    from steca.method.datasets import RULE_EXPLORED_SUCCESS
+
+    def success(task, first, rest):
+        return explored_step(0, first, 1.0, 1.0, task, continuation=rest)
+
+    explored = [explored_step(0, "look", 0.0, 0.0, "a0"), explored_step(0, "look", 0.0, 0.0, "a1"),
+                success("b", "look", []),                          # no expert trajectory for b
+                success("c", "look", []),                          # its expert trajectory has no step to align with
+                success("d", "look", ["inventory"]), success("e", "examine shelf 1", ["look"]),  # far from the expert
+                success("f", EXPERT_ACTIONS[0], EXPERT_ACTIONS[1:]), success("g", EXPERT_ACTIONS[0], EXPERT_ACTIONS[1:])]
+    sft = {t: expert_sft(t) for t in ("a0", "a1", "d", "e", "f", "g")}
+    sft["c"] = replace(expert_sft("c"), conversations=expert_prefix(0))
+    with caplog.at_level("WARNING", logger="steca.method.datasets"):
+        res = build_explored(sft, explored, HashingEncoder(), WeightScheme("w", 0.01, explored_max_distance=0.5))
+    assert [p.id for p in res.pairs] == ["f_explored_0", "g_explored_0"]
+    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+        ("missing_expert_trajectory", "b", 0), ("bad_step_record", "c", 0)]
+    assert caplog.messages[1] == f"bad_step_record: task c step 0: {res.problems[1]['error']}" != \
+        "bad_step_record: task c step 0: None"
+    assert res.rejected == {"exploration_failed": 2, "distance_too_large": 2}
+    assert res.counts == {"candidates": 8, "problem:missing_expert_trajectory": 1, "problem:bad_step_record": 1,
+                          "rule:" + RULE_EXPLORED_SUCCESS: 2, "pairs": 2}
+    pair = res.pairs[0].to_dict()
+    assert pair["rejected"] == [m.to_dict() for m in expert_sft("f").conversations[3:]]
+    assert {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected")} == {
+        "id": "f_explored_0", "reward": 1.0, "set": "explored", "rule": RULE_EXPLORED_SUCCESS, "source_id": "f",
+        "iteration": 0, "game_file": "games/f/game.tw-pddl", "distance": 0.0}
 
 
 def test_expert_subtrajectory_rules():
