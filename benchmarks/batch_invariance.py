@@ -12,8 +12,6 @@ ends a greedy reply at once, so its tokens/s says little) and, last, ``ratio=<sa
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import tempfile
 import time
@@ -24,12 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mc_sampling import our_flow, states, warm_up  # noqa: E402
+from mc_sampling import model_or_nano, our_flow, setup, warm_up, workload_parser  # noqa: E402
 
 from eval_agent.agents.hf import HFPolicy  # noqa: E402
 from eval_agent.agents.policy import SamplingParams  # noqa: E402
 from eval_agent.types import Message  # noqa: E402
-from steca.records import load_sft  # noqa: E402
 
 
 class CountingPolicy:
@@ -59,28 +56,10 @@ def measure(policy: HFPolicy, recs, args: argparse.Namespace, temperature: float
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("STECA_SHARED_DATA", REPO.parent / "shared" / "data")) / "alfworld"
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data, help="ALFWorld root with json_2.1.1/train")
-    ap.add_argument("--model_path", default=None, help="default: a random nano model built here")
-    ap.add_argument("--num_traj", type=int, default=2)
-    ap.add_argument("--num_rollouts", type=int, default=5)
-    ap.add_argument("--extra_turns", type=int, default=4)
-    ap.add_argument("--max_new_tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    sft = args.data / "alfworld_sft_sample.json"
-    recs = states(sft, args.num_traj)
+    args = workload_parser(__doc__).parse_args()
+    sft, recs = setup(args)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_path
-        if model is None:
-            from steca.training.bootstrap import bootstrap_model
-            texts = [m.content for r in load_sft(sft).records[:5] for m in r.conversations]
-            model = str(bootstrap_model(texts, Path(tmp) / "nano", size="nano"))
+        model = model_or_nano(args.model_path, sft, tmp)
         on, off = HFPolicy(model, max_batch_size=256), HFPolicy(model, max_batch_size=256, batch_invariant=False)
         warm_up([on, off])
         print(f"states={len(recs)} rollouts={len(recs) * args.num_rollouts} extra_turns={args.extra_turns} "

@@ -131,9 +131,10 @@ def warm_up(policies: list[HFPolicy]) -> None:
         p.generate([[Message("user", "warm up")]], SamplingParams(max_new_tokens=2))
 
 
-def main() -> None:
+def workload_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options of this Monte Carlo workload (also used by ``benchmarks/batch_invariance.py``)."""
     default_data = Path(os.environ.get("STECA_SHARED_DATA", REPO.parent / "shared" / "data")) / "alfworld"
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default_data, help="ALFWorld root with json_2.1.1/train")
     ap.add_argument("--sft", type=Path, default=None, help="default: <data>/alfworld_sft_sample.json")
     ap.add_argument("--model_path", default=None, help="default: a random nano model built here")
@@ -141,22 +142,38 @@ def main() -> None:
     ap.add_argument("--num_rollouts", type=int, default=5)
     ap.add_argument("--extra_turns", type=int, default=4)
     ap.add_argument("--max_new_tokens", type=int, default=16)
-    ap.add_argument("--baseline_memo", action="store_true",
-                    help="released flow with our memo of translations and engine texts (stock engine otherwise)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
-    args = ap.parse_args()
+    return ap
+
+
+def setup(args: argparse.Namespace) -> tuple[Path, list[StepRecord]]:
+    """Logging, torch threads; the SFT file and the states of the workload."""
     logging.basicConfig(level=logging.WARNING)
     import torch
 
     torch.set_num_threads(args.threads)
     sft = args.sft or args.data / "alfworld_sft_sample.json"
-    recs = states(sft, args.num_traj)
+    return sft, states(sft, args.num_traj)
+
+
+def model_or_nano(model_path: str | None, sft: Path, tmp: str) -> str:
+    """``model_path``, or a random nano model bootstrapped from ``sft`` in ``tmp``."""
+    if model_path is not None:
+        return model_path
+    from steca.training.bootstrap import bootstrap_model
+
+    texts = [m.content for r in load_sft(sft).records[:5] for m in r.conversations]
+    return str(bootstrap_model(texts, Path(tmp) / "nano", size="nano"))
+
+
+def main() -> None:
+    ap = workload_parser(__doc__)
+    ap.add_argument("--baseline_memo", action="store_true",
+                    help="released flow with our memo of translations and engine texts (stock engine otherwise)")
+    args = ap.parse_args()
+    sft, recs = setup(args)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_path
-        if model is None:
-            from steca.training.bootstrap import bootstrap_model
-            texts = [m.content for r in load_sft(sft).records[:5] for m in r.conversations]
-            model = str(bootstrap_model(texts, Path(tmp) / "nano", size="nano"))
+        model = model_or_nano(args.model_path, sft, tmp)
         policy = HFPolicy(model, max_batch_size=256)
         # the released flow: one request at a time, no cache kept between requests
         released_policy = HFPolicy(model, max_batch_size=1, reuse_cache=False, prefix_cache_size=0)
