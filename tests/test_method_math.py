@@ -304,3 +304,25 @@ def test_prompt_length_step_turns_and_continuations_at_their_edges():
     with pytest.raises(ValueError, match=r"^record 't1' iteration 0: field 'agent_step_conversations' does not end with "
                                          r"the step's assistant turn \(and its observation\)$"):
         step_turns(rec)
+
+
+def test_hashing_encoder_is_the_one_its_thresholds_were_measured_with():
+    """ENCODER_THRESHOLDS["hashing"] were measured on these exact vectors (README, "Action encoders"): pinned cosines
+    and buckets, so that a change to the features, hashing or signs shows up here."""
+    enc = HashingEncoder()
+    assert enc.cosine("go to desk 1", "go to desk 2") == pytest.approx(0.8002501172485686, abs=1e-12)
+    assert enc.cosine("go to desk 1", "open drawer 1") == pytest.approx(0.15404884978892905, abs=1e-12)
+    assert enc.cosine("take mug 1", "put mug 1 in/on sinkbasin 1") == pytest.approx(0.38076247877256675, abs=1e-12)
+    v = enc.encode(["go to desk 1"])[0]
+    assert v.dtype == np.float64 and np.nonzero(v)[0][:6].tolist() == [64, 98, 158, 268, 331, 361]
+    assert (v[[64, 98, 158]] * np.sqrt(41)).tolist() == pytest.approx([1.0, -1.0, 1.0])  # unit weights, norm sqrt(41)
+    assert not HashingEncoder().encode([""]).any()  # no feature: the zero vector, not NaN
+    small = HashingEncoder(word_weight=0.5, ngram_range=(5, 5)).encode(["ab"])[0]  # one feature of weight 0.5
+    assert np.linalg.norm(small) == pytest.approx(1.0)
+    assert HashingEncoder(dim=1).dim == 1 and HashingEncoder(ngram_range=(1, 1)).ngram_range == (1, 1)
+    assert HashingEncoder(ngram_range=(2, 2)).encode(["ab"]).any()
+    with pytest.raises(ValueError, match="^dim must be positive, got 0$"):
+        HashingEncoder(dim=0)
+    for bad in ((0, 2), (3, 2)):
+        with pytest.raises(ValueError, match=rf"^bad ngram_range \({bad[0]}, {bad[1]}\)$"):
+            HashingEncoder(ngram_range=bad)
