@@ -34,7 +34,8 @@ FAST_TESTS = ["tests/test_method_math.py", "tests/test_method_separating.py", "t
 # bar's label (a timeout counts as a kill, so these were false kills); the reflector's retries are tested without HTTP
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 KILLED = {"killed", "timeout"}
-TIMEOUT_CONSTANT = 4.0
+TIMEOUT_CONSTANT = 8.0
+TIMEOUT_MULTIPLIER = 3.0
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -59,9 +60,10 @@ def copy_checkout(dest: Path) -> None:
 
 def write_config(work: Path, mutated: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths ="] + [f"    {p}" for p in mutated]
-    # a mutant whose tests run past (their time + TIMEOUT_CONSTANT s) x 15 of wall time counts as a timeout (a kill):
-    # mutmut's default constant (1 s) turned mutants into false timeouts on a machine shared with other jobs
-    lines += [f"timeout_constant = {TIMEOUT_CONSTANT}"]
+    # a mutant whose tests run past (their time + TIMEOUT_CONSTANT s) x TIMEOUT_MULTIPLIER of wall time counts as a
+    # timeout (a kill). mutmut's defaults (1 s, x15) turned fast mutants into false timeouts on a machine shared with
+    # other jobs, and let a mutant that loops forever hold the only worker for minutes
+    lines += [f"timeout_constant = {TIMEOUT_CONSTANT}", f"timeout_multiplier = {TIMEOUT_MULTIPLIER}"]
     lines += ["also_copy =", "    steca/", "    eval_agent/",
               "pytest_add_cli_args = -p no:randomly -p no:cacheprovider -q",
               "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]

