@@ -67,6 +67,10 @@ RL_EPOCHS=${RL_EPOCHS:-1}
 # evaluation (eval/my_eval_alfworld.sh)
 ICL_NUM=${ICL_NUM:-0}                     # the tiny model never saw an in-context example in training
 EVAL_WORKERS=${EVAL_WORKERS:-0}
+EVAL_SPLITS=${EVAL_SPLITS:-"dev test"}    # ALFWorld splits evaluated (dev = seen, test = unseen); the table shows
+                                          # "—" for a split left out
+VH_EVAL_SPLITS=${VH_EVAL_SPLITS:-"seen unseen"}  # VirtualHome splits evaluated
+FAIR_BASELINE=${FAIR_BASELINE:-true}      # false: no fair-baseline row (SFT for STeCa's extra steps) is trained
 # VirtualHome block (the same stages on generated VirtualHome tasks, into OUT_DIR/vh; CALI_RULE, JOBS,
 # ICL_NUM and PART_NUM above apply to it too). Homes, tasks and model are much smaller than ALFWorld's:
 # the block must fit in ~4 minutes on 2 cores.
@@ -195,16 +199,22 @@ train_both() {
   side "${pre}steca_train" stage "${pre}steca_train" env MODEL_PATH="$models/sft" TRAIN_DATA="$data/steca_pairs.json" \
     OUTPUT_DIR="$models/steca" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" SEED="$SEED" SAVE_STEPS=100000 \
     bash Reinfoced_train/steca_train.sh --max_steps "$steps" --report_to "$REPORT_TO"
-  side "${pre}baseline_train" stage "${pre}baseline_train" env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
-    OUTPUT_DIR="$models/sft_more" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" MAX_LENGTH="$max_length" \
-    SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
-    --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to "$REPORT_TO"
+  if [[ "$FAIR_BASELINE" == "true" ]]; then
+    side "${pre}baseline_train" stage "${pre}baseline_train" env MODEL_PATH="$models/sft" SFT_DATA="$data/mc_tasks.json" \
+      OUTPUT_DIR="$models/sft_more" LR="$lr" PER_DEVICE_BATCH="$batch" EPOCHS="$epochs" MAX_LENGTH="$max_length" \
+      SEED="$SEED" SAVE_STEPS=100000 bash sft/my_sft.sh --max_steps "$steps" \
+      --lr_scheduler_type constant_with_warmup --warmup_steps 0.1 --report_to "$REPORT_TO"
+  fi
   joined
+}
+# The models evaluated: SFT, the fair baseline (unless FAIR_BASELINE=false) and STeCa
+evaluated_models() {
+  if [[ "$FAIR_BASELINE" == "true" ]]; then echo sft sft_more steca; else echo sft steca; fi
 }
 # Greedy evaluation of OUT_DIR's model METHOD on both splits, side by side: eval_alfworld METHOD, eval_vh METHOD
 eval_alfworld() {
   local split
-  for split in dev test; do
+  for split in $EVAL_SPLITS; do
     side "eval_${1}_$split" stage "eval_${1}_$split" env MODEL_PATH="$MODELS/$1" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
       OUTPUT_DIR="$OUT_DIR/eval/$1" SPLITS="$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" \
       ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" \
@@ -213,7 +223,7 @@ eval_alfworld() {
 }
 eval_vh() {
   local root=$OUT_DIR/vh split
-  for split in seen unseen; do
+  for split in $VH_EVAL_SPLITS; do
     side "vh_eval_${1}_$split" stage "vh_eval_${1}_$split" env MODEL_PATH="$root/models/$1" \
       DATA_DIR="$root/bench" SFT_FILE="$root/bench/vh_sft_train.json" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
       OUTPUT_DIR="$root/eval/$1/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
@@ -276,6 +286,13 @@ case "$CPU_KERNELS" in
   native) ;;
   *) echo "CPU_KERNELS must be avx2 or native, not '$CPU_KERNELS'" >&2; exit 2 ;;
 esac
+for split in $EVAL_SPLITS; do
+  [[ "$split" == dev || "$split" == test ]] || { echo "EVAL_SPLITS takes dev and/or test, not '$split'" >&2; exit 2; }
+done
+for split in $VH_EVAL_SPLITS; do
+  [[ "$split" == seen || "$split" == unseen ]] || { echo "VH_EVAL_SPLITS takes seen and/or unseen, not '$split'" >&2; exit 2; }
+done
+[[ "$FAIR_BASELINE" == true || "$FAIR_BASELINE" == false ]] || { echo "FAIR_BASELINE must be true or false" >&2; exit 2; }
 
 if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
@@ -299,7 +316,7 @@ build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfw
 train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
 
 # 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
-for method in sft sft_more steca; do
+for method in $(evaluated_models); do
   eval_alfworld "$method"
 done
 joined
@@ -331,7 +348,7 @@ virtualhome_block() {
 
   # greedy evaluation on seen (new goals in the training homes) and unseen (held-out homes)
   local method
-  for method in sft sft_more steca; do
+  for method in $(evaluated_models); do
     eval_vh "$method"
   done
   joined

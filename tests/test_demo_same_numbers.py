@@ -1,12 +1,12 @@
 """The same seed gives the same files whatever the process layout and thread count: a reduced `run_demo.sh`
-(24 tiny games, the nano model, 1 SFT epoch, 2 Monte Carlo tasks, 4 seen and 4 unseen games, ALFWorld only)
+(24 tiny games, the nano model, 1 SFT epoch, 2 Monte Carlo tasks, 4 seen games, ALFWorld only, no fair baseline)
 runs twice, side by side, once with JOBS=1 and one thread per process, once with JOBS=2 and two threads per
 process; every result file (games, SFT data, tokenizer and weights of every model, step records, training
 pairs, evaluation episodes and summaries) must be byte-identical once the run folder's own path is replaced.
 
 Files that hold times or machine state by design are left out: stage markers, logs, results.md (stage times),
 plots, training checkpoints, trainer state/arguments, and the model cards trl writes (README.md: their tag
-order followed the hash seed, now pinned by run_demo.sh). ~4 CPU-minutes per run."""
+order followed the hash seed, now pinned by run_demo.sh). ~3 CPU-minutes per run."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REDUCED = {"SKIP_INSTALL": "true", "ASSETS_DIR": "", "N_TRAIN": "24", "N_SEEN": "4", "N_UNSEEN": "4",
            "BENCH_SIZE": "tiny", "MODEL_SIZE": "nano", "SFT_EPOCHS": "1", "MC_TASKS": "2", "NUM_ROLLOUTS": "2",
-           "MAX_NEW_TOKENS": "16", "SAMPLE_MAX_STEPS": "4", "MAX_STEPS": "4", "MAX_LENGTH": "512", "VH": "false"}
+           "MAX_NEW_TOKENS": "16", "SAMPLE_MAX_STEPS": "4", "MAX_STEPS": "4", "MAX_LENGTH": "512", "VH": "false",
+           # the fair baseline and the unseen split run the same code as STeCa's training and the seen split
+           "FAIR_BASELINE": "false", "EVAL_SPLITS": "dev"}
 RESULT_DIRS = ("bench", "data", "sampling", "eval", "models")
 LEFT_OUT_SUFFIXES = (".log", ".png", ".bin", ".tmp")
 LEFT_OUT_NAMES = {"trainer_state.json", "results.md"}
