@@ -15,7 +15,8 @@ import torch
 
 from training_fixtures import nano_model, rank_digests, weights_digest, write_small_pairs
 
-from steca.training.trainer_setup import RANK_DIGEST_ENV, DataArguments, ModelArguments, load_model, load_tokenizer
+from steca.training.trainer_setup import (RANK_DIGEST_ENV, DataArguments, ModelArguments, load_model, load_tokenizer,
+                                        save_final)
 from steca.training.reference_logps import (FILE_NAME, attach_reference_logps, compute_reference_logps,
                                             read_reference_logps)
 from steca.training.reinforced import build_pair_dataset
@@ -72,7 +73,7 @@ def test_training_builds_no_kv_cache_with_use_cache_true_and_checkpointing(varia
         trainer = dpo.make_dpo_trainer(load_model(ModelArguments(str(nano_dir))), tok, ds, cfg,
                                        callbacks=[_cache_recorder(seen)], fast=variant == "dpo_trl")
         trainer.train()
-        res = dpo.save_final(trainer, tok, out)
+        res = save_final(trainer, tok, out)
     assert seen and not any(seen), f"{sum(seen)} of {len(seen)} training forwards built a KV cache"
     saved = res if isinstance(res, Path) else res.output_dir
     assert AutoConfig.from_pretrained(saved).use_cache  # the saved model generates with its cache again
