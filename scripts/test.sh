@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test suite: install, then pytest. Fails when pytest fails or collects no test (exit code 5).
+# Tests run in PYTEST_WORKERS processes (pytest-xdist; default: one per CPU core), a test module per worker
+# at a time, so that module-scoped fixtures are built once. PYTEST_WORKERS=0 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/install.sh
 set +e
-"$PY" -m pytest -q tests "$@"
+"$PY" -m pytest -q -n "${PYTEST_WORKERS:-auto}" --dist loadfile tests "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

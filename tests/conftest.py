@@ -40,3 +40,16 @@ def alfworld_sft_sample(alfworld_data: Path) -> Path:
 def virtualhome_data() -> Path:
     """Folder with ``scene_graphs/``, ``resources/`` and ``vh_seen_test.jsonl``."""
     return _need(shared_data_dir() / "virtualhome", "The shared VirtualHome data")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules that hold ``slow`` tests first, each module's tests kept together.
+
+    With ``pytest -n 2 --dist loadfile`` (scripts/test.sh) the long end-to-end modules then start at once on
+    separate workers while the short ones fill the gaps, instead of one long module starting last. Only the
+    order changes; no test depends on it (the suite also passes shuffled)."""
+    slow_modules = {item.module.__name__ for item in items
+                    if item.get_closest_marker("slow") is not None and getattr(item, "module", None) is not None}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (getattr(getattr(item, "module", None), "__name__", "") not in slow_modules,
+                                 position[id(item)]))

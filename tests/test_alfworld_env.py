@@ -97,6 +97,7 @@ def test_winning_trajectory_ends_in_success(alfworld_data: Path, sample) -> None
     assert state.success and state.reward == 1.0 and state.terminate_reason == "success"
 
 
+@pytest.mark.slow
 def test_raw_engine_and_env_api_agree(alfworld_data: Path, sample) -> None:
     """Observations and outcomes through the env API equal the raw TextWorld engine's, step by step."""
     import textworld

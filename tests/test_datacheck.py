@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from steca.data.datacheck import main as datacheck_main
 from steca.records import load_sft
 
@@ -12,6 +14,7 @@ NOT_WINNING = {6, 9, 12, 15, 22, 26, 32, 40, 55, 59, 62, 68, 71, 72, 77, 97, 106
                138, 145, 150, 153, 154, 158, 159}
 
 
+@pytest.mark.slow
 def test_replay_of_the_real_sample(alfworld_data: Path, alfworld_sft_sample: Path, tmp_path: Path) -> None:
     report, filtered = tmp_path / "report.jsonl", tmp_path / "winning.json"
     summary = datacheck_main(["--sft_file", str(alfworld_sft_sample), "--data_dir", str(alfworld_data),

@@ -13,6 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 REDUCED = {"SKIP_INSTALL": "true", "ASSETS_DIR": "", "N_TRAIN": "24", "N_SEEN": "4", "N_UNSEEN": "4",
            "BENCH_SIZE": "tiny", "MODEL_SIZE": "nano", "SFT_EPOCHS": "1", "MC_TASKS": "2", "NUM_ROLLOUTS": "2",
@@ -38,6 +40,7 @@ def result_files(run: Path) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_reduced_demo_same_files_for_jobs_and_threads(tmp_path):
     layouts = {"jobs1_threads1": {"JOBS": "1", "THREADS": "1"}, "jobs2_threads2": {"JOBS": "2", "THREADS": "2"}}
     procs = {}

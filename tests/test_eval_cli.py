@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from eval_agent.main import task_file_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +20,7 @@ def _run(*args: str) -> list[str]:
     return proc.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_expert_scores_one_on_all_dev_games(alfworld_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "dev"
     lines = _run("--exp_config", "alfworld", "--split", "dev", "--agent_config", "expert",
