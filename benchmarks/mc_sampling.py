@@ -170,11 +170,13 @@ def main() -> None:
     ap = workload_parser(__doc__)
     ap.add_argument("--baseline_memo", action="store_true",
                     help="released flow with our memo of translations and engine texts (stock engine otherwise)")
+    ap.add_argument("--batch_invariant", choices=("true", "false"), default="true",
+                    help="our side: sampled rows computed alone (the hf default; see batch_invariance.py) or batched")
     args = ap.parse_args()
     sft, recs = setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         model = model_or_nano(args.model_path, sft, tmp)
-        policy = HFPolicy(model, max_batch_size=256)
+        policy = HFPolicy(model, max_batch_size=256, batch_invariant=args.batch_invariant == "true")
         # the released flow: one request at a time, no cache kept between requests
         released_policy = HFPolicy(model, max_batch_size=1, reuse_cache=False, prefix_cache_size=0)
         params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens)
@@ -196,7 +198,7 @@ def main() -> None:
           f"(env {tm_rel['env_s']:.1f}s, generate {tm_rel['generate_s']:.1f}s)")
     print(f"ours:          {n_ours} rollouts in {t_ours:.1f}s = {r_ours:.2f} rollouts/s "
           f"(env {tm_ours['env_s']:.1f}s, generate {tm_ours['generate_s']:.1f}s)")
-    print(f"ratio={r_ours / r_rel:.1f}")
+    print(f"batch_invariant={args.batch_invariant} ratio={r_ours / r_rel:.1f}")
 
 
 if __name__ == "__main__":
