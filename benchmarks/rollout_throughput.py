@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model_dir", default=None, help="reuse a model directory instead of building one")
     ap.add_argument("--baseline_prefix_cache", action="store_true")
+    ap.add_argument("--batch_invariant", choices=("true", "false"), default="true",
+                    help="the engine's side: sampled rows computed alone (the hf default) or batched")
     ap.add_argument("--baseline_cached_env", action="store_true",
                     help="sequential side on our environment (games kept, engine texts memoised) instead of the stock one")
     ap.add_argument("--threads", type=int, default=1,
@@ -135,7 +137,7 @@ def main() -> None:
           f"env {seq_s - seq_gen_s:.1f} s)")
 
     # (b) the engine
-    policy = HFPolicy(str(model_dir), device="cpu")
+    policy = HFPolicy(str(model_dir), device="cpu", batch_invariant=args.batch_invariant == "true")
     jobs = [RolloutJob(t, t, prompt, params=base, n=args.rollouts, max_steps=args.max_steps) for t in tasks]
     t0 = time.perf_counter()
     with RolloutEngine(policy, factory, num_workers=args.workers, max_active=n, show_progress=False) as engine:
@@ -147,7 +149,7 @@ def main() -> None:
           f"{st.generate_calls} calls, {sum(r.episode.success for r in results)} successes; "
           f"generate {st.generate_s:.1f} s, env {st.env_s:.1f} s)")
     print(f"generation time ratio (sequential generate s / engine generate s): {seq_gen_s / st.generate_s:.2f}")
-    print(f"ratio={(n / eng_s) / (n / seq_s):.2f}")
+    print(f"batch_invariant={args.batch_invariant} ratio={(n / eng_s) / (n / seq_s):.2f}")
     tmp.cleanup()
 
 
