@@ -57,11 +57,12 @@ esac
 
 # BETA > 0: the reference log-probabilities, once, in one process, before the training processes start
 # (a reference model loaded inside an FSDP / ZeRO-3 run is not correct on every rank; see
-# steca/training/reference_logps.py). IPR keeps its in-training reference.
+# steca/training/reference_logps.py). IPR: those of its outcome and step pairs (--ipr).
 REF_LOGPS=$OUTPUT_DIR/reference_logps.jsonl
-if [ "$VARIANT" != ipr ] && awk "BEGIN{exit !($BETA > 0)}" && [ ! -f "$REF_LOGPS" ]; then
+if awk "BEGIN{exit !($BETA > 0)}" && [ ! -f "$REF_LOGPS" ]; then
   REF_ARGS=(--model_name_or_path "$MODEL_PATH" --data_path "$TRAIN_DATA" --output_file "$REF_LOGPS"
             --max_length "$MAX_LENGTH" --dtype "$DTYPE")
+  [ "$VARIANT" == ipr ] && REF_ARGS+=(--ipr)
   [ -n "$MAX_PROMPT_LENGTH" ] && REF_ARGS+=(--max_prompt_length "$MAX_PROMPT_LENGTH")
   [ -n "$MAX_TARGET_LENGTH" ] && REF_ARGS+=(--max_target_length "$MAX_TARGET_LENGTH")
   python -m steca.training.reference_logps "${REF_ARGS[@]}"

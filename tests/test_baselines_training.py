@@ -17,6 +17,7 @@ from training_fixtures import nano_model, rank_digests, weights_digest
 from steca.records import load_sft, write_records
 from steca.training.trainer_setup import RANK_DIGEST_ENV, load_tokenizer
 from steca.training.ipr import IPRArguments, LevelCollator, _ipr_trainer_class, build_ipr_dataset
+from steca.training.reference_logps import FILE_NAME, attach_reference_logps
 from tests.method_fixtures import explored_step, expert_sft, expert_step
 from tests.test_training import _grads, _hand_logp, _tiny_llama
 
@@ -42,12 +43,15 @@ def _ipr_file(tmp_path: Path, alfworld_sft_sample: Path) -> Path:
     return p
 
 
-def test_ipr_trainer_loss_and_grads_match_formula(nano_dir, alfworld_sft_sample, tmp_path):
+def test_ipr_trainer_loss_and_grads_match_formula(nano_dir, alfworld_sft_sample, tmp_path, monkeypatch):
+    """IPR's loss against the formula with a live reference model, then the same loss and gradients with the
+    reference log-probabilities stored once (only for the outcome and step pairs) as a multi-process run uses."""
     from transformers import TrainingArguments
 
     tok = load_tokenizer(nano_dir)
     beta = 0.5
-    ds = build_ipr_dataset(_ipr_file(tmp_path, alfworld_sft_sample), tok, IPRArguments(beta=beta, sft_weight=2.0), True)
+    data = _ipr_file(tmp_path, alfworld_sft_sample)
+    ds = build_ipr_dataset(data, tok, IPRArguments(beta=beta, sft_weight=2.0), True)
     assert ds["level"] == [0, 1, 2] and ds["scale"] == [3.0, 3.0, 6.0]  # N / N_k, times lambda_sft = 2
     model, ref = _tiny_llama(len(tok), seed=1), _tiny_llama(len(tok), seed=2)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, remove_unused_columns=False)
@@ -72,9 +76,34 @@ def test_ipr_trainer_loss_and_grads_match_formula(nano_dir, alfworld_sft_sample,
         terms.append(ds[i]["scale"] * -torch.log(torch.sigmoid(beta * margin)))
     hand = torch.stack(terms).mean()
     assert torch.allclose(loss, hand, rtol=1e-4, atol=1e-3), (loss.item(), hand.item())
-    for g1, g2 in zip(_grads(loss, model), _grads(hand, model)):
+    live_grads = _grads(loss, model)
+    for g1, g2 in zip(live_grads, _grads(hand, model)):
         assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-4)
     assert math.isfinite(loss.item())
+
+    # stored reference values: computed once for the outcome and step rows only, equal to the live forward
+    file = tmp_path / FILE_NAME
+    stored = attach_reference_logps(ds, data, "ref", file, lambda: ref, tok.pad_token_id)
+    lines = [json.loads(line) for line in file.read_text().splitlines()]
+    assert lines[0]["header"]["n_pairs"] == 2 and lines[0]["header"]["n_records"] == 3
+    assert [r["index"] for r in lines[1:]] == [0, 1]  # the SFT record (row 2) has no stored value
+    with torch.no_grad():
+        for i in (0, 1):
+            for side in ("chosen", "rejected"):
+                want = _hand_logp(ref, ds[i][f"{side}_input_ids"], ds[i][f"{side}_labels"]).item()
+                assert stored[i][f"ref_{side}_logps"] == pytest.approx(want, rel=1e-5)
+    trainer.ref_model = None  # no reference model: the batch's stored values are all there is
+    stored_batch = LevelCollator(tok.pad_token_id)([stored[i] for i in range(3)])
+    stored_loss = trainer.compute_loss(model, stored_batch)
+    assert torch.allclose(stored_loss, loss, rtol=1e-4, atol=1e-4), (stored_loss.item(), loss.item())
+    for g1, g2 in zip(_grads(stored_loss, model), live_grads):
+        assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-4)
+    # other data is refused naming the file; several processes never compute the values themselves
+    with pytest.raises(ValueError, match=f"{FILE_NAME}.*'n_records'"):
+        attach_reference_logps(ds.select([0, 1]), data, "ref", file, lambda: None, tok.pad_token_id)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="2 outcome and step pairs .of 3 IPR records.*reference_logps --ipr"):
+        attach_reference_logps(ds, data, "ref", tmp_path / "missing.jsonl", lambda: None, tok.pad_token_id)
 
 
 def test_ipr_file_without_level_is_an_error_naming_the_record(nano_dir, tmp_path):
@@ -95,6 +124,20 @@ def _step_files(tmp_path: Path) -> dict[str, str]:
                                                explored_step(0, "go to desk 1", 1.0, 1.0, "t2")])
     return {"--sft": str(tmp_path / "sft.json"), "--expert_steps": str(tmp_path / "expert.jsonl"),
             "--explore_steps": str(tmp_path / "explore.jsonl")}
+
+
+def _assert_stored_reference_is_start_model(data: Path, model_dir: Path, file: Path) -> None:
+    """``file`` holds the start model's log-probabilities of ``data``'s outcome and step pairs, row by row."""
+    from transformers import AutoModelForCausalLM
+
+    from steca.training.reference_logps import compute_reference_logps, dataset_fingerprint, pair_rows, read_reference_logps
+
+    tok = load_tokenizer(model_dir)
+    ds = build_ipr_dataset(data, tok, IPRArguments())
+    rows = pair_rows(ds)
+    stored = read_reference_logps(file, dataset_fingerprint(data, ds), rows)
+    want = compute_reference_logps(AutoModelForCausalLM.from_pretrained(model_dir), ds.select(rows), tok.pad_token_id)
+    assert torch.allclose(torch.tensor(stored), torch.tensor(want), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -124,6 +167,9 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count(" done: 2 steps") == 2, proc.stderr[-4000:]  # one line per rank
+    if method == "ipr":  # the script computed the pairs' reference values beforehand; both ranks read them
+        assert proc.stderr.count("reference log-probabilities of 2 outcome and step pairs (of 4 IPR records) from") == 2
+        _assert_stored_reference_is_start_model(data, nano_dir, out / FILE_NAME)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == len(load_tokenizer(out))
     # both ranks end with the same weights, the saved ones, which training moved away from the start

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +29,7 @@ from steca.training.trainer_setup import (DataArguments, ModelArguments, TrainRe
 from steca.training.losses import sequence_logprobs
 from steca.training.reference_logps import COLUMNS as REF_COLUMNS
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
-from steca.training.reference_logps import attach_reference_logps
+from steca.training.reference_logps import attach_reference_logps, ref_logps_file_field
 from steca.training.reinforced import PairCollator, build_pair_dataset, encode_pairs
 from steca.training.trl_adapter import pretokenised_dpo_trainer_class, trl_fast_path
 
@@ -47,8 +47,7 @@ class DPODataArguments:
 
     max_prompt_length: int | None = max_prompt_length_field()
     max_target_length: int | None = max_target_length_field()
-    ref_logps_file: str | None = field(default=None, metadata={
-        "help": "steca.training.reference_logps output (default: output_dir/reference_logps.jsonl)"})
+    ref_logps_file: str | None = ref_logps_file_field()
 
 
 def split_shared_prompt(row: dict[str, Any]) -> dict[str, Any]:

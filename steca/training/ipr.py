@@ -5,8 +5,10 @@ Each record is a pair record with a ``level`` extra (``outcome`` | ``step`` | ``
 :func:`steca.training.preference_losses.ipr_loss`: DPO on the pairs, NLL per token on the SFT records,
 each record scaled by ``lambda_k * N / N_k`` (:func:`~steca.training.preference_losses.level_scales`) so
 that a batch estimates ``L_o-DPO + L_s-DPO + L_SFT`` whatever its mix. The reference policy is the
-frozen starting model (the SFT agent in the first iteration; LoRA: the disabled adapter), handled by the
-reinforced trainer this one extends.
+frozen starting model (the SFT agent in the first iteration): the log-probabilities of the outcome and
+step pairs under it are computed once before training, in one process, and read from
+``--ref_logps_file`` (:mod:`steca.training.reference_logps`, ``--ipr``), so every rank of an FSDP or
+ZeRO-3 run uses the same correct values and no second model is held during training.
 
     python -m steca.training.ipr --model_name_or_path out/sft --data_path data/ipr.json \\
         --output_dir out/ipr --beta 0.1 --learning_rate 1e-6
@@ -17,6 +19,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +30,8 @@ from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLen
                                           record_indices, run_trainer_main, train_and_save)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs
 from steca.training.preference_losses import LEVEL_CODES, ipr_loss, level_scales
+from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
+from steca.training.reference_logps import attach_reference_logps, ref_logps_file_field
 from steca.training.reinforced import PairCollator, _trainer_class, encode_pairs
 
 logger = logging.getLogger(__name__)
@@ -41,7 +46,8 @@ class IPRArguments(PairLengthArguments):
     step_weight: float = field(default=1.0, metadata={"help": "lambda of the step-level DPO term"})
     sft_weight: float = field(default=1.0, metadata={"help": "lambda of the SFT term"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
-        "help": "reference model without LoRA (default: --model_name_or_path)"})
+        "help": "reference model (default: --model_name_or_path)"})
+    ref_logps_file: str | None = ref_logps_file_field()
 
     def weights(self) -> dict[str, float]:
         return {"outcome": self.outcome_weight, "step": self.step_weight, "sft": self.sft_weight}
@@ -92,7 +98,7 @@ def _ipr_trainer_class():
     base = _trainer_class()
 
     class IPRTrainer(base):
-        """The reinforced trainer (same reference model handling) with IPR's mixture loss."""
+        """The reinforced trainer (stored reference log-probabilities) with IPR's mixture loss."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             b = inputs["level"].shape[0]
@@ -117,18 +123,19 @@ def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IP
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset = build_ipr_dataset(data_args.data_path, tokenizer, ipr_args, data_args.strict_data,
                                 data_args.skip_invalid)
+    ref_args = ModelArguments(model_name_or_path=ipr_args.ref_model_name_or_path or model_args.model_name_or_path,
+                              dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+    dataset = attach_reference_logps(dataset, data_args.data_path, ref_args.model_name_or_path,
+                                     ipr_args.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
+                                     lambda: load_model(ref_args), tokenizer.pad_token_id)
     model = load_model(model_args)
     peft_cfg = lora_config(model_args)
-    ref_model = None
     if peft_cfg is not None:
         model = get_peft_model(model, peft_cfg)
-    else:
-        ref_model = load_model(ModelArguments(model_name_or_path=ipr_args.ref_model_name_or_path or model_args.model_name_or_path,
-                                              dtype=model_args.dtype, attn_implementation=model_args.attn_implementation))
     config.remove_unused_columns = False
     trainer = _ipr_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                    data_collator=LevelCollator(tokenizer.pad_token_id), beta=ipr_args.beta,
-                                   ref_model=ref_model, callbacks=callbacks)
+                                   callbacks=callbacks)
     return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 

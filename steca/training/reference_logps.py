@@ -12,9 +12,16 @@ training when ``BETA > 0``; a single-process run computes the file itself when i
     python -m steca.training.reference_logps --model_name_or_path out/sft --data_path pairs.json \\
         --output_file out/steca/reference_logps.jsonl [--max_length 4096]
 
+IPR's file (``data_collection/data_baselines.py ipr``, trained by :mod:`steca.training.ipr`) mixes
+outcome pairs, step pairs and SFT records without a rejected side: ``--ipr`` stores values for its
+outcome and step pairs only, each line naming its record's row (the SFT records need no reference).
+
+    python -m steca.training.reference_logps --ipr --model_name_or_path out/sft --data_path ipr.json \
+        --output_file out/ipr/reference_logps.jsonl
+
 The first line of the file is a header naming the data file (sha256), the reference model and the
-token lengths of every tokenised pair, so values computed for other data or other truncation are
-refused with an error naming the file.
+token lengths of every tokenised pair (IPR: also which rows are pairs), so values computed for other
+data or other truncation are refused with an error naming the file.
 """
 from __future__ import annotations
 
@@ -25,12 +32,14 @@ import logging
 import math
 import os
 from pathlib import Path
+from dataclasses import field
 from typing import Any, Sequence
 
 import torch
 
 from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH
 from steca.training.losses import sequence_logprobs
+from steca.training.preference_losses import LEVEL_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +47,34 @@ FILE_NAME = "reference_logps.jsonl"
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
+def ref_logps_file_field() -> Any:
+    """The trainers' ``--ref_logps_file`` option (reinforced with beta > 0, DPO, IPR)."""
+    return field(default=None, metadata={
+        "help": "the reference log-probabilities (python -m steca.training.reference_logps); default "
+                "output_dir/reference_logps.jsonl, computed when missing in a one-process run"})
+
+
+def pair_rows(dataset) -> list[int]:
+    """Rows of a tokenised dataset that are preference pairs: all of them, or, in IPR's mixed dataset (a
+    ``level`` column), its outcome and step records (the SFT records have no rejected side)."""
+    if "level" not in dataset.column_names:
+        return list(range(len(dataset)))
+    codes = (LEVEL_CODES["outcome"], LEVEL_CODES["step"])
+    return [i for i, level in enumerate(dataset["level"]) if level in codes]
+
+
 def dataset_fingerprint(data_path: str | os.PathLike, dataset) -> dict[str, Any]:
-    """What the stored values belong to: the data file's sha256 and a sha256 of every row's token lengths."""
-    lengths = [[len(r["chosen_input_ids"]), len(r["rejected_input_ids"])] for r in dataset]
-    return {"data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest(), "n_pairs": len(lengths),
-            "lengths_sha256": hashlib.sha256(json.dumps(lengths).encode()).hexdigest()}
+    """What the stored values belong to: the data file's sha256 and a sha256 of every pair's token lengths
+    (IPR's mixed dataset: also the number of records and a sha256 of which rows are pairs)."""
+    rows = pair_rows(dataset)
+    lengths = [[len(r["chosen_input_ids"]), len(r["rejected_input_ids"])] for r in dataset.select(rows)]
+    out: dict[str, Any] = {"data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest(),
+                           "n_pairs": len(lengths),
+                           "lengths_sha256": hashlib.sha256(json.dumps(lengths).encode()).hexdigest()}
+    if "level" in dataset.column_names:
+        out["n_records"] = len(dataset)
+        out["pair_rows_sha256"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return out
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -72,21 +104,24 @@ def compute_reference_logps(model, dataset, pad_token_id: int, batch_size: int =
 
 
 def write_reference_logps(path: str | os.PathLike, header: dict[str, Any], chosen: Sequence[float],
-                          rejected: Sequence[float]) -> Path:
-    """Header line, then one ``{"index", "ref_chosen_logps", "ref_rejected_logps"}`` line per pair (atomic)."""
+                          rejected: Sequence[float], rows: Sequence[int] | None = None) -> Path:
+    """Header line, then one ``{"index", "ref_chosen_logps", "ref_rejected_logps"}`` line per pair (atomic);
+    ``index`` is the pair's row in the dataset (``rows``, default ``0 .. n-1``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w") as f:
         f.write(json.dumps({"header": header}) + "\n")
-        for i, (c, r) in enumerate(zip(chosen, rejected)):
+        for i, c, r in zip(rows if rows is not None else range(len(chosen)), chosen, rejected):
             f.write(json.dumps({"index": i, COLUMNS[0]: c, COLUMNS[1]: r}) + "\n")
     os.replace(tmp, path)
     return path
 
 
-def read_reference_logps(path: str | os.PathLike, fingerprint: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """The stored values, after checking that they belong to this data and tokenisation."""
+def read_reference_logps(path: str | os.PathLike, fingerprint: dict[str, Any],
+                         rows: Sequence[int] | None = None) -> tuple[list[float], list[float]]:
+    """The stored values, after checking that they belong to this data and tokenisation (and, given the
+    pair ``rows``, that line ``k`` is row ``rows[k]``)."""
     path = Path(path)
     lines = path.read_text().splitlines()
     if not lines:
@@ -102,10 +137,14 @@ def read_reference_logps(path: str | os.PathLike, fingerprint: dict[str, Any]) -
         c, r = rec.get(COLUMNS[0]), rec.get(COLUMNS[1])
         if not isinstance(c, (int, float)) or not isinstance(r, (int, float)) or not (math.isfinite(c) and math.isfinite(r)):
             raise ValueError(f"{path}: line {n + 1} (pair {rec.get('index')}): reference log-probabilities must be finite numbers")
+        if rows is not None and n <= len(rows) and rec.get("index") != rows[n - 1]:
+            raise ValueError(f"{path}: line {n + 1}, field 'index': {rec.get('index')!r}, but pair {n} of this "
+                             f"data is record {rows[n - 1]}: delete it or recompute it")
         chosen.append(float(c))
         rejected.append(float(r))
     if len(chosen) != fingerprint["n_pairs"]:
-        raise ValueError(f"{path}: {len(chosen)} pairs stored, the data has {fingerprint['n_pairs']}")
+        among = f" among {fingerprint['n_records']} records" if "n_records" in fingerprint else ""
+        raise ValueError(f"{path}: {len(chosen)} pairs stored, the data has {fingerprint['n_pairs']}{among}")
     return chosen, rejected
 
 
@@ -118,27 +157,40 @@ def attach_reference_logps(dataset, data_path: str | os.PathLike, ref_path: str 
                            load_reference, pad_token_id: int):
     """``dataset`` with the two reference columns, read from ``file`` or (one process only) computed and written.
 
-    ``load_reference()`` returns the reference model; it is called only when the file is missing.
+    ``load_reference()`` returns the reference model; it is called only when the file is missing. In
+    IPR's mixed dataset only the outcome and step pairs (:func:`pair_rows`) have stored values; the
+    SFT records get 0.0, which :func:`~steca.training.preference_losses.ipr_loss` never uses.
     """
     fingerprint = dataset_fingerprint(data_path, dataset)
+    rows = pair_rows(dataset)
+    mixed = "n_records" in fingerprint
+    what = (f"{len(rows)} outcome and step pairs (of {len(dataset)} IPR records)" if mixed
+            else f"{len(rows)} pairs")
     file = Path(file)
     if not file.is_file():
         if world_size() > 1:
             raise ValueError(
-                f"beta > 0 in a run of {world_size()} processes needs the reference log-probabilities computed "
-                f"beforehand in one process: python -m steca.training.reference_logps --model_name_or_path {ref_path} "
-                f"--data_path {data_path} --output_file {file} (Reinfoced_train/steca_train.sh does this)")
-        logger.info("computing reference log-probabilities of %d pairs with %s", len(dataset), ref_path)
+                f"{data_path}: a run of {world_size()} processes needs the reference log-probabilities of its {what} "
+                f"computed beforehand in one process: python -m steca.training.reference_logps{' --ipr' if mixed else ''} "
+                f"--model_name_or_path {ref_path} --data_path {data_path} --output_file {file} "
+                "(Reinfoced_train/steca_train.sh does this)")
+        logger.info("computing reference log-probabilities of %s with %s", what, ref_path)
         model = load_reference()
-        chosen, rejected = compute_reference_logps(model, dataset, pad_token_id)
+        chosen, rejected = compute_reference_logps(model, dataset.select(rows) if mixed else dataset, pad_token_id)
         del model
-        write_reference_logps(file, {**fingerprint, "reference_model": str(ref_path)}, chosen, rejected)
-    chosen, rejected = read_reference_logps(file, fingerprint)
-    logger.info("reference log-probabilities of %d pairs from %s", len(chosen), file)
+        write_reference_logps(file, {**fingerprint, "reference_model": str(ref_path)}, chosen, rejected, rows)
+    chosen, rejected = read_reference_logps(file, fingerprint, rows)
+    logger.info("reference log-probabilities of %s from %s", what, file)
+    if mixed:
+        full_c, full_r = [0.0] * len(dataset), [0.0] * len(dataset)
+        for i, c, r in zip(rows, chosen, rejected):
+            full_c[i], full_r[i] = c, r
+        chosen, rejected = full_c, full_r
     return dataset.add_column(COLUMNS[0], chosen).add_column(COLUMNS[1], rejected)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    from steca.training.ipr import IPRArguments, build_ipr_dataset
     from steca.training.trainer_setup import ModelArguments, load_model, load_tokenizer
     from steca.training.reinforced import build_pair_dataset
 
@@ -154,17 +206,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--strict_data", action="store_true")
     ap.add_argument("--skip_invalid", action="store_true")
+    ap.add_argument("--ipr", action="store_true", help="the data is IPR's mixed file (data_baselines.py ipr): "
+                    "values for its outcome and step pairs only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(args.model_name_or_path)
-    dataset = build_pair_dataset(args.data_path, tokenizer, args.max_prompt_length, args.max_target_length,
-                                 with_rejected=True, strict=args.strict_data, skip_invalid=args.skip_invalid,
-                                 max_length=args.max_length)
+    if args.ipr:
+        lengths = IPRArguments(max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                               max_target_length=args.max_target_length)
+        dataset = build_ipr_dataset(args.data_path, tokenizer, lengths, args.strict_data, args.skip_invalid)
+    else:
+        dataset = build_pair_dataset(args.data_path, tokenizer, args.max_prompt_length, args.max_target_length,
+                                     with_rejected=True, strict=args.strict_data, skip_invalid=args.skip_invalid,
+                                     max_length=args.max_length)
+    rows = pair_rows(dataset)
     model = load_model(ModelArguments(args.model_name_or_path, dtype=args.dtype))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    chosen, rejected = compute_reference_logps(model.to(device), dataset, tokenizer.pad_token_id, args.batch_size)
+    chosen, rejected = compute_reference_logps(model.to(device), dataset.select(rows), tokenizer.pad_token_id,
+                                               args.batch_size)
     header = {**dataset_fingerprint(args.data_path, dataset), "reference_model": args.model_name_or_path}
-    out = write_reference_logps(args.output_file, header, chosen, rejected)
+    out = write_reference_logps(args.output_file, header, chosen, rejected, rows)
     logger.info("wrote %d reference log-probability pairs to %s", len(chosen), out)
     return out
 

@@ -32,7 +32,7 @@ from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLen
 from steca.training.losses import sequence_logprobs, steca_loss
 from steca.training.reference_logps import COLUMNS as REF_COLUMNS
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
-from steca.training.reference_logps import attach_reference_logps
+from steca.training.reference_logps import attach_reference_logps, ref_logps_file_field
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ class ReinforcedArguments(PairLengthArguments):
     no_reward_weighting: bool = field(default=False, metadata={"help": "ablation: every pair weighs 1"})
     ref_model_name_or_path: str | None = field(default=None, metadata={
         "help": "reference model for beta > 0 (default: --model_name_or_path)"})
-    ref_logps_file: str | None = field(default=None, metadata={
-        "help": "beta > 0: the reference log-probabilities (python -m steca.training.reference_logps); "
-                "default output_dir/reference_logps.jsonl, computed when missing in a one-process run"})
+    ref_logps_file: str | None = ref_logps_file_field()  # beta > 0 only
 
 
 def encode_pairs(records: Sequence[PairRecord], tokenizer, max_prompt_length: int | None,
