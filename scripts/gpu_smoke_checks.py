@@ -39,6 +39,7 @@ def _conversation(i: int):
 def check_hf(model: str, device: str, dtype: str) -> list[str]:
     """The hf backend checks; returns the failures (empty: all passed)."""
     from eval_agent.agents.hf import HFPolicy
+    from eval_agent.agents.hf_memory import DEFAULT_MAX_BATCH_SIZE
     from eval_agent.agents.policy import SamplingParams
 
     failures = []
@@ -64,7 +65,15 @@ def check_hf(model: str, device: str, dtype: str) -> list[str]:
         cut = policy.generate(batch[:1], stop)[0]
         if words[0] in cut:
             failures.append(f"stop string {words[0]!r} not cut: {cut!r}")
-    logger.info("hf on %s: greedy %r..., sampled %r...", policy.device, first[0][:40], s1[0][:40])
+    # max_batch_size unset: on CUDA sized from the free memory (eval_agent/agents/hf_memory.py)
+    sized = HFPolicy(model, device=device, dtype=dtype)
+    rows = sized.chunk_rows(2048, 512)
+    if not 1 <= rows <= DEFAULT_MAX_BATCH_SIZE:
+        failures.append(f"rows per chunk sized from memory: {rows}")
+    if sized.generate(batch, greedy) != first:
+        failures.append("greedy: the memory-sized batch differs from max_batch_size=8")
+    logger.info("hf on %s: greedy %r..., sampled %r..., %d rows per chunk sized from memory", policy.device,
+                first[0][:40], s1[0][:40], rows)
     return failures
 
 

@@ -57,6 +57,11 @@ def test_hf_batched_greedy_equals_one_at_a_time(tiny_model, hf_policy, conversat
     assert hf_policy._prompt_split(conversations[0], hf_policy.encode(conversations[0])) > 0
     uncached = HFPolicy(str(tiny_model), device="cpu", prefix_cache_size=0)
     assert uncached.generate(conversations, params) == batched
+    # rows per chunk: the set max_batch_size; unset on the CPU, the default (sized from memory on CUDA only)
+    from eval_agent.agents.hf_memory import DEFAULT_MAX_BATCH_SIZE
+
+    assert hf_policy.chunk_rows(2048, 512) == 16
+    assert uncached.chunk_rows(2048, 512) == DEFAULT_MAX_BATCH_SIZE and uncached.conv_cache_size == 2 * DEFAULT_MAX_BATCH_SIZE
 
 
 def test_hf_sampling_is_seeded_per_row(hf_policy, conversations):

@@ -99,6 +99,7 @@ from eval_agent.agents.errors import FatalPolicyError, RowErrors
 from eval_agent.agents.hf_batch_layout import BatchLayout, lay_out, shared_prefix_len
 from eval_agent.agents.hf_decode import RowSampler, decode_loop, row_sampler
 from eval_agent.agents.hf_kv_store import KVEntry, KVStore, common_prefix_len, row_kv
+from eval_agent.agents.hf_memory import DEFAULT_MAX_BATCH_SIZE, KVShape, rows_for_memory
 from eval_agent.agents.policy import Policy, SamplingParams
 from eval_agent.agents.shared_prefix import ATTENTION_NAME, shared_prefix_attention
 from eval_agent.agents.transformers_adapter import cache_kwargs, internals
@@ -122,7 +123,9 @@ class HFPolicy(Policy):
     ``model_path``: a model directory (or hub name when online). ``device``: ``cpu``, ``cuda``,
     ``cuda:1``... (default: cuda when available). ``dtype``: ``float32``, ``bfloat16``,
     ``float16`` or ``auto`` (float32 on CPU, bfloat16 on GPU). ``max_batch_size``: rows per
-    ``generate`` call. ``max_model_len``: context limit (prompt + new tokens). ``reuse_cache``:
+    chunk (default None: :data:`~eval_agent.agents.hf_memory.DEFAULT_MAX_BATCH_SIZE` on the CPU; on
+    CUDA sized per call from the free memory, :func:`~eval_agent.agents.hf_memory.rows_for_memory`).
+    ``max_model_len``: context limit (prompt + new tokens). ``reuse_cache``:
     keep each conversation's KV cache between calls (``conv_cache_size`` entries, default
     ``2 x max_batch_size``); ``shared_prefix``: with reuse, keep a chunk's common prompt once and
     attend to it with shared-prefix attention (models using ``sdpa`` or ``eager`` attention); see
@@ -139,7 +142,7 @@ class HFPolicy(Policy):
 
     supports_row_params = True
 
-    def __init__(self, model_path: str, device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
+    def __init__(self, model_path: str, device: str | None = None, dtype: str = "auto", max_batch_size: int | None = None,
                  max_model_len: int | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, seed: int = 0, prefix_cache_size: int = 4,
                  min_prefix_tokens: int = 64, reuse_cache: bool | str = "auto", conv_cache_size: int | None = None,
@@ -178,7 +181,11 @@ class HFPolicy(Policy):
         self.prefix_cache_size = prefix_cache_size
         self.min_prefix_tokens = min_prefix_tokens
         self._prompt_tokens: BoundedCache[tuple[Message, ...], list[int]] = BoundedCache(64)
-        self.conv_cache_size = conv_cache_size if conv_cache_size is not None else 2 * max_batch_size
+        self._kv_shape = KVShape.from_config(self.model.config, torch_dtype.itemsize)
+        self._sized_rows: int | None = None
+        if conv_cache_size is None:
+            conv_cache_size = 2 * (max_batch_size or DEFAULT_MAX_BATCH_SIZE)
+        self.conv_cache_size = conv_cache_size
         # the prompts' and the conversations' KV caches kept between calls (hf_kv_store.py)
         self.kv_store = KVStore(prefix_cache_size, self.conv_cache_size)
         if reuse_cache == "auto":  # on for CPU; on a GPU the stored caches of a 7B model can exceed its memory
@@ -236,14 +243,32 @@ class HFPolicy(Policy):
         else:
             for (_, prefix), members in groups.items():
                 members.sort(key=lambda i: len(ids[i]))
-                for start in range(0, len(members), self.max_batch_size):
-                    chunk = members[start:start + self.max_batch_size]
+                n = self.chunk_rows(len(ids[members[-1]]), rows[members[-1]].max_new_tokens)
+                for start in range(0, len(members), n):
+                    chunk = members[start:start + n]
                     texts = self._generate_chunk([ids[i] for i in chunk], [rows[i] for i in chunk], len(prefix))
                     for i, t in zip(chunk, texts):
                         outputs[i] = t
         if errors:
             raise RowErrors(outputs, errors)
         return [o if o is not None else "" for o in outputs]
+
+    def chunk_rows(self, prompt_tokens: int, new_tokens: int) -> int:
+        """Rows per chunk: ``max_batch_size`` when set; else on CUDA sized from the free memory (what the
+        driver reports free plus what torch holds unused) by :func:`rows_for_memory`, elsewhere
+        :data:`DEFAULT_MAX_BATCH_SIZE`."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        if self.device.type != "cuda":
+            return DEFAULT_MAX_BATCH_SIZE
+        cuda = _torch().cuda
+        free = cuda.mem_get_info(self.device)[0] + cuda.memory_reserved(self.device) - cuda.memory_allocated(self.device)
+        rows = rows_for_memory(free, self._kv_shape, prompt_tokens, new_tokens)
+        if rows != self._sized_rows:
+            logger.info("hf policy: %d rows per chunk (%.1f GiB free, %d + %d tokens per row, %d bytes of cache "
+                        "per token)", rows, free / 2**30, prompt_tokens, new_tokens, self._kv_shape.bytes_per_token)
+            self._sized_rows = rows
+        return rows
 
     def _fill_seed(self, p: SamplingParams) -> SamplingParams:
         if p.seed is not None or p.temperature <= 0:
@@ -331,8 +356,9 @@ class HFPolicy(Policy):
             by_params.setdefault(gkey, []).extend(members)
         for members in by_params.values():
             members.sort(key=lambda i: len(ids[i]))
-            for start in range(0, len(members), self.max_batch_size):
-                chunk = members[start:start + self.max_batch_size]
+            n = self.chunk_rows(len(ids[members[-1]]), rows[members[-1]].max_new_tokens)
+            for start in range(0, len(members), n):
+                chunk = members[start:start + n]
                 sources = [self.kv_store.best_source(ids[i], splits[i], self._forward_prefix) for i in chunk]
                 chunk_ids = [ids[i] for i in chunk]
                 kvs = self._prefill_shared(chunk_ids, [(n, kv) for n, kv, _ in sources])
