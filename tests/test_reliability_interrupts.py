@@ -30,6 +30,22 @@ from steca.sampling.sampling_cli import main as sampling_main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def ctrl_c_deliverable():
+    """SIGINT at its default disposition in the scripts these tests start. A test runner started in the
+    background (``cmd &`` from a script, nohup) ignores SIGINT, its children inherit that, and bash cannot
+    trap a signal that was ignored when it started, so the scripts would never see the Ctrl-C. A terminal's
+    Ctrl-C finds the default; put it back for the test (Python's handler resets to the default at exec)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ------------------------------------------------------------------ one writer, whole records
 def _lines(n: int) -> str:
     return "".join(json.dumps({"id": f"t{i}", "iteration": i}) + "\n" for i in range(n))
@@ -204,7 +220,8 @@ def _part_pids(out_dir: Path) -> set[int]:
 
 
 def test_ctrl_c_stops_every_part_and_the_rerun_writes_no_duplicate(tmp_path: Path, alfworld_data: Path,
-                                                                   alfworld_sft_sample: Path) -> None:
+                                                                   alfworld_sft_sample: Path,
+                                                                   ctrl_c_deliverable: None) -> None:
     """Failure 3: Ctrl-C left the background parts running; the rerun wrote duplicates."""
     sft = tmp_path / "sft.json"
     write_records(sft, load_sft(alfworld_sft_sample, strict=True).records[:4])
@@ -259,7 +276,7 @@ for pid in "${part_pids[@]}"; do wait "$pid"; done
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: Path, sig: signal.Signals,
-                                                                       status: int) -> None:
+                                                                       status: int, ctrl_c_deliverable: None) -> None:
     proc = subprocess.Popen(["bash", "-c", PARTS_SCRIPT], cwd=REPO, env={**os.environ, "OUT": str(tmp_path)},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
