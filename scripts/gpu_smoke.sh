@@ -100,7 +100,7 @@ TRAIN_ARGS="--max_steps 2 --save_steps 2 --per_device_train_batch_size 2 --loggi
 RL="MODEL_PATH=$OUT/sft TRAIN_DATA=$PAIRS MAX_PROMPT_LENGTH=256 MAX_TARGET_LENGTH=512 GRAD_ACCUM=1"
 
 if [ "$MODE" = run ]; then
-  step install 300 gpu "test -n '$WHEELS' && $PY scripts/gpu_smoke_checks.py wheels > $OUT/requirements-smoke.txt && $PY -m pip install --no-index --find-links '$WHEELS' -r $OUT/requirements-smoke.txt && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
+  step install 300 gpu "test -n '$WHEELS' && $PY scripts/gpu_smoke_checks.py wheels > $OUT/requirements-smoke.txt && $PY -m pip install --no-index --no-deps --find-links '$WHEELS' -r $OUT/requirements-smoke.txt && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
 fi
 step model 120 any "$PY scripts/gpu_smoke_checks.py model --sft_file $SFT --out $M --size $SIZE"
 step pairs 30 any "$PY scripts/gpu_smoke_checks.py pairs --sft_file $SFT --out $PAIRS"
