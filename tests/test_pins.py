@@ -150,3 +150,16 @@ def test_installed_versions_are_the_pins():
         if public(have) != version:
             wrong.append(f"{pkg}: installed {have}, pinned {version}")
     assert not wrong, "run scripts/install.sh: " + "; ".join(wrong)
+
+
+def test_relocking_one_python_keeps_the_others_only_for_the_same_files(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock_requirements", ROOT / "scripts" / "lock_requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lock = tmp_path / "lock.json"
+    lock.write_text(json.dumps({"inputs": LOCK["inputs"], "resolutions": RESOLUTIONS}))
+    assert module._kept_resolutions(lock, LOCK["inputs"]) == RESOLUTIONS
+    assert module._kept_resolutions(lock, {**LOCK["inputs"], "requirements.txt": "0" * 64}) == {}
+    assert module._kept_resolutions(tmp_path / "missing.json", LOCK["inputs"]) == {}
