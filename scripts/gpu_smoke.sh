@@ -2,8 +2,10 @@
 # The GPU path on one GPU, offline, in at most 10 minutes, with a report ($OUT/report.md).
 #
 #   bash scripts/gpu_smoke.sh --fetch-wheels DIR    # on a connected machine: the pinned wheels for
-#                                                   # Python 3.12 on x86-64 that a GPU node lacks
-#   bash scripts/gpu_smoke.sh --wheels DIR          # on the GPU node (no network): install them, run every step
+#                                                   # Python 3.12 on x86-64 that a GPU node lacks (what the
+#                                                   # steps import: scripts/gpu_smoke_checks.py wheels)
+#   bash scripts/gpu_smoke.sh --wheels DIR          # on the GPU node (no network): install them (--no-deps),
+#                                                   # run every step
 #   bash scripts/gpu_smoke.sh --dry-run             # on a CPU: build every step's command line and run the
 #                                                   # steps a CPU can run (tests/test_gpu_smoke.py does this)
 # Options: --data DIR (ALFWorld data root holding json_2.1.1/; default ../shared/data/alfworld),
@@ -20,6 +22,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+PYTHON312=${PYTHON312:-python3.12}  # --fetch-wheels: builds the source-only packages into wheels
 
 MODE=run WHEELS="" DATA="$REPO/../shared/data/alfworld" SFT="" OUT="$REPO/runs/gpu_smoke"
 while [ $# -gt 0 ]; do
@@ -46,9 +49,9 @@ if [ "$MODE" = fetch ]; then
   while read -r req; do
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --abi cp312 --abi abi3 --abi none "${PLATFORMS[@]}" --platform any -d "$WHEELS" "$req" 2>/dev/null && continue
-    if ! command -v python3.12 >/dev/null; then echo "python3.12 is needed to build $req into a wheel" >&2; exit 1; fi
+    if ! "$PYTHON312" -c "" 2>/dev/null; then echo "python3.12 (PYTHON312=...) is needed to build $req into a wheel" >&2; exit 1; fi
     echo "building $req for Python 3.12"
-    python3.12 -m pip wheel --quiet --no-deps -w "$WHEELS" "$req" || exit 1
+    "$PYTHON312" -m pip wheel --quiet --no-deps -w "$WHEELS" "$req" || exit 1
   done < "$WHEELS/requirements-smoke.txt"
   size=$(du -sm "$WHEELS" | cut -f1)
   echo "wheels for Python 3.12 x86-64 in $WHEELS: ${size} MiB"
@@ -100,7 +103,7 @@ TRAIN_ARGS="--max_steps 2 --save_steps 2 --per_device_train_batch_size 2 --loggi
 RL="MODEL_PATH=$OUT/sft TRAIN_DATA=$PAIRS MAX_PROMPT_LENGTH=256 MAX_TARGET_LENGTH=512 GRAD_ACCUM=1"
 
 if [ "$MODE" = run ]; then
-  step install 300 gpu "test -n '$WHEELS' && $PY scripts/gpu_smoke_checks.py wheels > $OUT/requirements-smoke.txt && $PY -m pip install --no-index --find-links '$WHEELS' -r $OUT/requirements-smoke.txt && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
+  step install 300 gpu "test -n '$WHEELS' && $PY scripts/gpu_smoke_checks.py wheels > $OUT/requirements-smoke.txt && $PY -m pip install --no-index --no-deps --find-links '$WHEELS' -r $OUT/requirements-smoke.txt && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
 fi
 step model 120 any "$PY scripts/gpu_smoke_checks.py model --sft_file $SFT --out $M --size $SIZE"
 step pairs 30 any "$PY scripts/gpu_smoke_checks.py pairs --sft_file $SFT --out $PAIRS"

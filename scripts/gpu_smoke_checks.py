@@ -22,11 +22,17 @@ from pathlib import Path
 
 logger = logging.getLogger("gpu_smoke")
 
-# what the smoke steps import on the node (training, sampling, evaluation on ALFWorld)
+# what the smoke steps import on the node (training, sampling, evaluation on ALFWorld); fast-downward-textworld
+# is textworld's "pddl" extra (alfworld asks for textworld[pddl]; the lock keeps no extra of a dependency)
 WHEEL_ROOTS = ("transformers", "tokenizers", "accelerate", "peft", "trl", "datasets", "deepspeed", "alfworld",
-               "safetensors", "huggingface-hub", "numpy", "tqdm")
+               "safetensors", "huggingface-hub", "numpy", "tqdm", "fast-downward-textworld")
 # provided by the node's own torch install, or not needed there
 WHEEL_EXCLUDE_PREFIXES = ("torch", "nvidia-", "triton", "cuda-", "vllm")
+# declared requirements that no smoke step imports (traced with every step's modules on a CPU), left out with
+# everything only they need: spacy (jericho's, for TextWorld's Z-machine games; ALFWorld's games are PDDL),
+# hf-xet (downloads from the Hub's Xet storage; the node is offline), typer (the `transformers` command line).
+# So the node installs the folder with --no-deps.
+WHEEL_NOT_IMPORTED = ("spacy", "hf-xet", "typer")
 
 
 def _conversation(i: int):
@@ -112,14 +118,15 @@ def wheel_list(lock_path: Path) -> list[str]:
     from packaging.requirements import Requirement
 
     lock = json.loads(lock_path.read_text())
-    name = next(k for k in sorted(lock["resolutions"]) if k.startswith("gpu-"))
+    gpu = sorted(k for k in lock["resolutions"] if k.startswith("gpu-"))
+    name = "gpu-py3.12" if "gpu-py3.12" in gpu else gpu[0]  # the node's Python where the lock has it
     packages = lock["resolutions"][name]["packages"]
     env = {"python_version": "3.12", "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
            "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix"}
     todo, seen = list(WHEEL_ROOTS), set()
     while todo:
         pkg = todo.pop()
-        if pkg in seen or pkg not in packages or pkg.startswith(WHEEL_EXCLUDE_PREFIXES):
+        if pkg in seen or pkg not in packages or pkg.startswith(WHEEL_EXCLUDE_PREFIXES) or pkg in WHEEL_NOT_IMPORTED:
             continue
         seen.add(pkg)
         for line in packages[pkg]["requires"]:

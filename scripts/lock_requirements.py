@@ -8,12 +8,15 @@ replaces nothing), that every pin is what pip resolved, and that every requireme
 package is met by the locked versions.
 
 Needs network access to the package index (pip's ``--dry-run --report``: metadata only, nothing is
-installed). Machine-local package folders can hide the index's own builds (a CPU-only torch wheel
-instead of the CUDA one); run with ``PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=`` to resolve as a
-plain machine would:
+installed). One resolution per interpreter (``--python``, repeatable); the existing lock's resolutions
+for other Pythons are kept while the requirement files are unchanged, so one Python can be added or
+redone alone:
 
-    PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= python scripts/lock_requirements.py \\
-        --python python3.11 --python python3.12
+    python scripts/lock_requirements.py --python python3.11 --python python3.12
+    python scripts/lock_requirements.py --python /path/to/python3.12     # redo 3.12, keep 3.11
+
+Resolve with the machine's own pip configuration: overriding it (``PIP_CONFIG_FILE=/dev/null``,
+``PIP_FIND_LINKS=``) lets pip drift to other torch builds than the pinned one.
 """
 from __future__ import annotations
 
@@ -87,6 +90,18 @@ def python_version(python: str) -> str:
     return out.stdout.strip()
 
 
+def _kept_resolutions(lock_path: Path, inputs: dict[str, str]) -> dict[str, Any]:
+    """The resolutions of an existing lock made from the same requirement files (their sha256 equal to
+    ``inputs``): a run for some Pythons keeps those of the others. A lock of other files keeps nothing."""
+    if not lock_path.is_file():
+        return {}
+    old = json.loads(lock_path.read_text())
+    if old.get("inputs") != inputs:
+        logger.info("%s was made from other requirement files: its resolutions are not kept", lock_path)
+        return {}
+    return dict(old.get("resolutions", {}))
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", action="append", default=None,
@@ -100,12 +115,15 @@ def main(argv: list[str] | None = None) -> Path:
         "inputs": {name: file_digest(ROOT / name) for name in FILES.values()},
         "resolutions": {},
     }
+    out = Path(args.output)
+    kept = _kept_resolutions(out, lock["inputs"])
     for py in pythons:
         ver = python_version(py)
+        kept = {k: v for k, v in kept.items() if v["python"] != ver}
         for kind, name in FILES.items():
             lock["resolutions"][f"{kind}-py{ver}"] = {"python": ver, "file": name,
                                                       "packages": resolve(py, ROOT / name)}
-    out = Path(args.output)
+    lock["resolutions"].update(kept)
     out.write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n")
     logger.info("wrote %s (%d resolutions)", out, len(lock["resolutions"]))
     return out

@@ -44,3 +44,6 @@ def test_wheel_list_is_the_pinned_closure_without_torch():
     assert wheels["transformers"] == "5.19.0" and wheels["trl"] == "1.16.0" and wheels["deepspeed"] == "0.19.8"
     assert {"accelerate", "peft", "datasets", "tokenizers", "alfworld"} <= set(wheels)
     assert not [w for w in wheels if w.startswith(("torch", "nvidia-", "triton", "vllm"))]
+    # ALFWorld's PDDL games need TextWorld's planner (textworld[pddl]); what no step imports is left out
+    assert wheels["fast-downward-textworld"] == "20.6.4" and "jericho" in wheels
+    assert not {"spacy", "thinc", "blis", "hf-xet", "typer"} & set(wheels)
