@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/install.sh
+# One thread per process unless set: the workers already fill the cores, and more threads than cores only spin
+# (the tiny test models run fastest single-threaded). Tests that vary the thread count set it themselves.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 set +e
 "$PY" -m pytest -q -n "${PYTEST_WORKERS:-auto}" --dist loadfile tests "$@"
 rc=$?

@@ -49,14 +49,23 @@ def virtualhome_data() -> Path:
     return _need(shared_data_dir() / "virtualhome", "The shared VirtualHome data")
 
 
+def _slow_seconds(item: pytest.Item) -> float:
+    """The rough wall time a ``slow`` test states (``@pytest.mark.slow(seconds=N)``, default 30), else 0."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("seconds", 30))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the modules that hold ``slow`` tests first, each module's tests kept together.
+    """Run the modules that hold ``slow`` tests first, the longest first, each module's tests kept together.
 
     With ``pytest -n 2 --dist loadfile`` (scripts/test.sh) the long end-to-end modules then start at once on
-    separate workers while the short ones fill the gaps, instead of one long module starting last. Only the
-    order changes; no test depends on it (the suite also passes shuffled)."""
-    slow_modules = {item.module.__name__ for item in items
-                    if item.get_closest_marker("slow") is not None and getattr(item, "module", None) is not None}
+    separate workers while the short ones fill the gaps, instead of one long module starting last (longest
+    first is the usual greedy schedule). A module's weight is the sum of its slow tests' stated seconds. Only
+    the order changes; no test depends on it (the suite also passes shuffled)."""
+    weight: dict[str, float] = {}
+    for item in items:
+        name = getattr(getattr(item, "module", None), "__name__", "")
+        weight[name] = weight.get(name, 0.0) + _slow_seconds(item)
     position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (getattr(getattr(item, "module", None), "__name__", "") not in slow_modules,
+    items.sort(key=lambda item: (-weight[getattr(getattr(item, "module", None), "__name__", "")],
                                  position[id(item)]))

@@ -140,7 +140,7 @@ def _assert_stored_reference_is_start_model(data: Path, model_dir: Path, file: P
     assert torch.allclose(torch.tensor(stored), torch.tensor(want), atol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.parametrize("method", ["rft", "eto", "ipr"])
 def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano_dir, tmp_path):
     """data_collection/data_baselines.py writes the method's file; its stage script trains on it with NPROC=2."""
@@ -178,7 +178,7 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=45)
 @pytest.mark.parametrize("method", ["eto", "ipr"])
 def test_second_iteration_explores_with_the_first_agent_and_trains_from_it(method, nano_dir, alfworld_data,
                                                                           alfworld_sft_sample, tmp_path):

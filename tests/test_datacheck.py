@@ -28,7 +28,7 @@ def _num(record_id: str) -> int:
     return int(record_id.split("_")[1])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_replay_of_the_real_sample(alfworld_data: Path, alfworld_sft_sample: Path, tmp_path: Path,
                                    full_data: bool) -> None:
     sample = json.loads(alfworld_sft_sample.read_text())

@@ -41,7 +41,7 @@ def _dev_games(alfworld_data: Path, root: Path, full: bool) -> tuple[Path, int]:
     return root, PER_TYPE * len(picked)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_expert_scores_one_on_dev_games_of_every_type(alfworld_data: Path, tmp_path: Path, full_data: bool) -> None:
     data, n = _dev_games(alfworld_data, tmp_path / "data", full_data)
     assert n == (140 if full_data else PER_TYPE * len(TYPES))

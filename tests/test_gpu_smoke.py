@@ -16,7 +16,7 @@ GPU_STEPS = ["sft_fsdp", "sft_fsdp_resume", "rl_fsdp_beta0", "rl_fsdp_beta", "rl
 CPU_STEPS = ["model", "pairs", "hf_backend", "eval_alfworld"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path):
     out = tmp_path / "smoke"
     proc = subprocess.run(["bash", "scripts/gpu_smoke.sh", "--dry-run", "--data", str(alfworld_data), "--out", str(out)],

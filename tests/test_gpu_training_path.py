@@ -161,7 +161,7 @@ def test_trl_outside_tested_range_warns_once_and_falls_back(monkeypatch, caplog)
     trl_adapter.trl_fast_path.cache_clear()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_two_process_lora_with_reference_saves_merges_and_agrees(nano_dir, pairs, tmp_path):
     """steca_train.sh with NPROC=2 (torchrun, gloo), BETA > 0 and LoRA: the reference log-probabilities are
     computed once before the run and read by both ranks; both ranks end with the same weights; the

@@ -63,6 +63,9 @@ def chain(tmp_path_factory, alfworld_data, alfworld_sft_sample):
         explore_steps(sft[:1], engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=8, stop=stop),
                       max_steps=7, prompt=prompt)
         for kind in ("expert", "explore"):
+            # expert_mc.jsonl is compared with the command line's (batch-invariant, the default); the explored
+            # steps' rollouts are compared with nothing, so they are sampled in batches, which is faster
+            policy.batch_invariant = kind == "expert"
             monte_carlo(load_steps(root / f"{kind}.jsonl", strict=True).records, engine, root / f"{kind}_mc.jsonl",
                         num_rollouts=2, params=SamplingParams(1.0, max_new_tokens=8, stop=stop), max_steps=7,
                         save_rollouts=True, prompt=prompt)
@@ -163,6 +166,7 @@ def test_rerun_is_a_no_op_and_shards_partition(chain, alfworld_data, alfworld_sf
     assert {k[0] for k in keys[0] | keys[1]} == {r.id for r in sft}
 
 
+@pytest.mark.slow(seconds=110)  # with the module's chain fixture and two CLI runs
 def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
     out = tmp_path / "mc.jsonl"
     cmd = [sys.executable, str(REPO / "sampling" / "run_sampling.py"), "mc", *chain["env"], *chain["model_args"],

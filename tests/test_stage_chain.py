@@ -41,7 +41,7 @@ def _sampling_summary(log: str) -> dict:
     return json.loads(line[line.index(marker) + len(marker) - 1:])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=95)
 def test_readme_stage_commands_chain_from_the_download_layout(tmp_path):
     gen = tmp_path / "generated"
     subprocess.run([sys.executable, "-m", "steca.generators.alfworld_games", "--output_dir", str(gen), "--n_train", "1",

@@ -249,7 +249,7 @@ def test_dpo_scores_only_continuation_assistant_tokens(nano_dir, pairs_small, tm
     assert torch.allclose(torch.cat([ref_c, ref_r]), want, atol=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.parametrize("script,variant", [("sft/my_sft.sh", None), ("Reinfoced_train/steca_train.sh", "steca"),
                                             ("Reinfoced_train/steca_train.sh", "dpo")])
 def test_two_process_cpu_run_saves_loadable_model(script, variant, nano_dir, sft_small, pairs_small, tmp_path):

@@ -67,6 +67,9 @@ def chain(tmp_path_factory, virtualhome_data):
         explore_steps(sft, engine, root / "explore.jsonl", SamplingParams(0.0, max_new_tokens=MAX_NEW, stop=stop),
                       max_steps=MAX_STEPS, prompt=prompt)
         for kind in ("expert", "explore"):
+            # expert_mc.jsonl is compared with the command line's (batch-invariant, the default); the explored
+            # steps' rollouts are compared with nothing, so they are sampled in batches, which is faster
+            policy.batch_invariant = kind == "expert"
             monte_carlo(load_steps(root / f"{kind}.jsonl", strict=True).records, engine, root / f"{kind}_mc.jsonl",
                         num_rollouts=N_ROLLOUTS, params=SamplingParams(1.0, max_new_tokens=MAX_NEW, stop=stop),
                         max_steps=MAX_STEPS, save_rollouts=True, prompt=prompt)
@@ -145,6 +148,7 @@ def test_mc_step_reward_is_mean_of_rollout_outcomes(chain):
         assert (r.extra["mc_rollout_turns"] == [[], []]) == last
 
 
+@pytest.mark.slow(seconds=90)  # with the module's chain fixture and two CLI runs
 def test_sigkill_midway_then_resume_gives_the_same_records(chain, tmp_path):
     out = tmp_path / "mc.jsonl"
     cmd = [sys.executable, str(REPO / "sampling" / "run_sampling.py"), "mc", *chain["env"],
