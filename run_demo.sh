@@ -25,7 +25,8 @@ source scripts/stage_common.sh
 # ------------------------------------------------------------------ editable variables
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
-OUT_DIR=${OUT_DIR:-runs/demo_seed${SEED}}
+RUNS_DIR=${RUNS_DIR:-runs}                # where the seeds' folders and the seeds report go
+OUT_DIR=${OUT_DIR:-$RUNS_DIR/demo_seed${SEED}}
 ASSETS_DIR=${ASSETS_DIR-assets}           # seed 0's plots and the seeds plot are copied here (ASSETS_DIR= : do not copy)
 SKIP_INSTALL=${SKIP_INSTALL:-false}
 BASELINES=${BASELINES:-false}             # true: also RFT, ETO, IPR and STeCa's ablations (a second command on a
@@ -58,6 +59,10 @@ MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-64}      # per generated turn (paper: 512)
 SAMPLE_MAX_STEPS=${SAMPLE_MAX_STEPS:-20}  # episode length (prefix included) in sampling (paper: 40)
 MAX_STEPS=${MAX_STEPS:-20}                # episode length in evaluation (paper: 40)
 MAX_ACTIVE=${MAX_ACTIVE:-128}             # rollouts in flight (generation batch)
+BATCH_INVARIANT=${BATCH_INVARIANT:-false} # false: sampled rows generated in batches (the released batching, about 3.5x
+                                          # faster here); the demo fixes MAX_ACTIVE, so its numbers are the same on
+                                          # every machine either way. true: each sampled row alone (the sampling
+                                          # scripts' default: episodes independent of MAX_ACTIVE)
 PART_NUM=${PART_NUM:-1}
 CALI_RULE=${CALI_RULE:-released}          # deviation rule of D_c: released (every deviated step) | paper (the first)
 # reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
@@ -96,14 +101,17 @@ VH_RL_BATCH=${VH_RL_BATCH:-2}
 # ------------------------------------------------------------------
 
 if [[ -n "$SEEDS" ]]; then
+  # each seed is a part (start_part): Ctrl-C or SIGTERM here stops it with all it started, then exits
+  stop_parts_on_signals "run_demo.sh (SEEDS)"
   runs=()
   for s in $SEEDS; do
-    SEED=$s SEEDS= OUT_DIR=runs/demo_seed$s bash "$0"
-    runs+=("runs/demo_seed$s")
+    start_part env SEED="$s" SEEDS= OUT_DIR="$RUNS_DIR/demo_seed$s" bash "$0"
+    wait "${part_pids[-1]}" || exit $?
+    runs+=("$RUNS_DIR/demo_seed$s")
   done
   seeds_assets=()
   if [[ -n "$ASSETS_DIR" ]]; then seeds_assets=(--assets_dir "$ASSETS_DIR"); fi
-  python -m steca.demo seeds --output runs/demo_seeds.md "${seeds_assets[@]}" "${runs[@]}"
+  python -m steca.demo seeds --output "$RUNS_DIR/demo_seeds.md" "${seeds_assets[@]}" "${runs[@]}"
   exit 0
 fi
 
@@ -305,7 +313,7 @@ base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
-              MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
+              MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
 sample_both "" sampling/alfworld "${sampling_env[@]}"
 
@@ -336,7 +344,7 @@ virtualhome_block() {
 
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
   local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"
-                         MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE"
+                         MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
                          MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
   sample_both vh_ sampling/virtualhome "${vh_sampling_env[@]}"
 

@@ -26,6 +26,13 @@ def _need(path: Path, what: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def full_data() -> bool:
+    """``STECA_FULL_DATA=1``: the whole-data checks (every dev game, every shared trajectory) run on all of
+    the data instead of their fixed stratified part, which keeps the default suite within its time budget."""
+    return os.environ.get("STECA_FULL_DATA", "").lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
 def alfworld_data() -> Path:
     """Root holding ``json_2.1.1/{train,valid_seen}`` and ``alfworld_sft_sample.json``."""
     return _need(shared_data_dir() / "alfworld", "The shared ALFWorld data")

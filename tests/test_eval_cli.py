@@ -20,18 +20,41 @@ def _run(*args: str) -> list[str]:
     return proc.stdout.strip().splitlines()
 
 
+TYPES = ["pick", "clean", "heat", "cool", "look", "pick two"]
+PER_TYPE = 4  # dev games per task type in the default run (STECA_FULL_DATA=1: all 140)
+
+
+def _dev_games(alfworld_data: Path, root: Path, full: bool) -> tuple[Path, int]:
+    """A data root whose ``valid_seen`` holds the first PER_TYPE games of each type (symlinks into the shared
+    data, read in place), or the shared root itself for a full-data run; and its number of games."""
+    games = sorted(p.parent.parent for p in (alfworld_data / "json_2.1.1" / "valid_seen").glob("*/*/traj_data.json"))
+    if full:
+        return alfworld_data, len(games)
+    picked: dict[str, list[Path]] = {}
+    for game in games:
+        picked.setdefault(game.name.split("-")[0], []).append(game)
+    split = root / "json_2.1.1" / "valid_seen"
+    split.mkdir(parents=True)
+    for trials in picked.values():
+        for game in trials[:PER_TYPE]:
+            (split / game.name).symlink_to(game, target_is_directory=True)
+    return root, PER_TYPE * len(picked)
+
+
 @pytest.mark.slow
-def test_expert_scores_one_on_all_dev_games(alfworld_data: Path, tmp_path: Path) -> None:
+def test_expert_scores_one_on_dev_games_of_every_type(alfworld_data: Path, tmp_path: Path, full_data: bool) -> None:
+    data, n = _dev_games(alfworld_data, tmp_path / "data", full_data)
+    assert n == (140 if full_data else PER_TYPE * len(TYPES))
     out = tmp_path / "dev"
     lines = _run("--exp_config", "alfworld", "--split", "dev", "--agent_config", "expert",
-                 "--data_dir", str(alfworld_data), "--output_path", str(out), "--num_workers", "2")
+                 "--data_dir", str(data), "--output_path", str(out), "--num_workers", "2")
     assert lines[-1] == "Success rate: 1.0000"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_tasks"] == 140 and summary["n_success"] == 140
-    assert len(list(out.glob("*.json"))) == 141
+    assert summary["n_tasks"] == n and summary["n_success"] == n
+    assert len(list(out.glob("*.json"))) == n + 1
     by_type = summary["success_by_type"]
-    assert list(by_type) == ["pick", "clean", "heat", "cool", "look", "pick two"]
-    assert sum(row["n_tasks"] for row in by_type.values()) == 140
+    assert list(by_type) == TYPES
+    assert sum(row["n_tasks"] for row in by_type.values()) == n
     assert all(row["success_rate"] == 1.0 and row["n_success"] == row["n_tasks"] for row in by_type.values())
     for kind, row in by_type.items():  # the printed table has one line per type
         assert any(line.startswith(kind) and f"{row['n_success']}/{row['n_tasks']}" in line for line in lines)

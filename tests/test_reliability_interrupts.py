@@ -30,6 +30,22 @@ from steca.sampling.sampling_cli import main as sampling_main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def ctrl_c_deliverable():
+    """SIGINT at its default disposition in the scripts these tests start. A test runner started in the
+    background (``cmd &`` from a script, nohup) ignores SIGINT, its children inherit that, and bash cannot
+    trap a signal that was ignored when it started, so the scripts would never see the Ctrl-C. A terminal's
+    Ctrl-C finds the default; put it back for the test (Python's handler resets to the default at exec)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ------------------------------------------------------------------ one writer, whole records
 def _lines(n: int) -> str:
     return "".join(json.dumps({"id": f"t{i}", "iteration": i}) + "\n" for i in range(n))
@@ -176,7 +192,8 @@ class HoldingHandler(BaseHTTPRequestHandler):
             pass
 
 
-def _processes_in_groups(groups: set[int]) -> list[int]:
+def _processes_in_groups(groups: set[int], field: int = 2) -> list[int]:
+    """Live processes whose process group (``field`` 2 of /proc/PID/stat after the name; 3: session) is in ``groups``."""
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -185,7 +202,7 @@ def _processes_in_groups(groups: set[int]) -> list[int]:
             except OSError:
                 continue
             fields = stat[stat.rfind(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[2]) in groups:
+            if fields[0] != "Z" and int(fields[field]) in groups:
                 found.append(int(d.name))
     return found
 
@@ -204,7 +221,8 @@ def _part_pids(out_dir: Path) -> set[int]:
 
 
 def test_ctrl_c_stops_every_part_and_the_rerun_writes_no_duplicate(tmp_path: Path, alfworld_data: Path,
-                                                                   alfworld_sft_sample: Path) -> None:
+                                                                   alfworld_sft_sample: Path,
+                                                                   ctrl_c_deliverable: None) -> None:
     """Failure 3: Ctrl-C left the background parts running; the rerun wrote duplicates."""
     sft = tmp_path / "sft.json"
     write_records(sft, load_sft(alfworld_sft_sample, strict=True).records[:4])
@@ -259,7 +277,7 @@ for pid in "${part_pids[@]}"; do wait "$pid"; done
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: Path, sig: signal.Signals,
-                                                                       status: int) -> None:
+                                                                       status: int, ctrl_c_deliverable: None) -> None:
     proc = subprocess.Popen(["bash", "-c", PARTS_SCRIPT], cwd=REPO, env={**os.environ, "OUT": str(tmp_path)},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -276,6 +294,32 @@ def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: 
     assert proc.returncode == status and f"parts_test: got {sig.name}; stopping 2 part(s)" in err
     assert _processes_in_groups(pids) == []  # each part and the `sleep` it ran in the foreground
     assert not (tmp_path / "a.end").exists()
+
+
+def test_sigterm_to_a_several_seeds_demo_stops_the_seed_it_runs(tmp_path: Path) -> None:
+    """``SEEDS="0 1" run_demo.sh`` runs each seed as a part: SIGTERM during seed 0's first stage stops that
+    stage and its run, starts no further seed, and leaves no process of the run behind."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEEDS": "0 1", "RUNS_DIR": str(runs), "SKIP_INSTALL": "true",
+           "ASSETS_DIR": "", "VH": "false"}
+    proc = subprocess.Popen(["bash", "run_demo.sh"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = runs / "demo_seed0" / "logs" / "stages" / "generate.log"
+        while not started.exists():  # seed 0's run is inside its first stage
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left = _processes_in_groups({proc.pid}, field=3)
+        for pid in left:  # whatever a failing run left behind
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143 and "run_demo.sh (SEEDS): got SIGTERM; stopping 1 part(s)" in err, err[-2000:]
+    assert left == []  # nothing of the run's session is left
+    assert not (runs / "demo_seed0" / ".stages" / "generate.json").exists() and not (runs / "demo_seed1").exists()
 
 
 def test_every_script_starts_its_background_parts_with_start_part() -> None:
