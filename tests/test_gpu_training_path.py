@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -104,10 +105,43 @@ def test_reference_logps_are_the_frozen_start_model_and_refused_for_other_data(n
     shorter = build_pair_dataset(pairs, tok, 32, 64, with_rejected=True)
     with pytest.raises(ValueError, match=FILE_NAME):
         attach_reference_logps(shorter, pairs, nano_dir, file, lambda: None, tok.pad_token_id)
+    # the start model trained again into the same folder (one weight changed) -> refused, naming the field
+    retrained = tmp_path / "retrained"
+    shutil.copytree(nano_dir, retrained)  # a copy is the same model: accepted
+    same = attach_reference_logps(ds, pairs, retrained, file, lambda: pytest.fail("recomputed"), tok.pad_token_id)
+    assert list(same["ref_chosen_logps"]) == list(with_ref["ref_chosen_logps"])
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(retrained)
+    with pytest.raises(ValueError, match=f"{FILE_NAME}: field 'reference_sha256'"):
+        attach_reference_logps(ds, pairs, retrained, file, lambda: None, tok.pad_token_id)
     # several processes never compute their own reference
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="python -m steca.training.reference_logps"):
         attach_reference_logps(ds, pairs, nano_dir, tmp_path / "missing.jsonl", lambda: None, tok.pad_token_id)
+
+
+def test_model_fingerprint_reads_samples_of_large_weight_files(tmp_path):
+    """A weight file over 16 x 64 KiB is read in 16 evenly spaced pieces: a change inside one changes the
+    digest, the same bytes in another folder give the same digest, and the config always counts."""
+    from steca.training.reference_logps import model_fingerprint
+
+    rng = torch.Generator().manual_seed(0)
+    weights = bytearray(torch.randint(0, 256, (4 << 20,), generator=rng, dtype=torch.uint8).numpy().tobytes())
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "config.json").write_text('{"hidden_size": 8}')
+        (folder / "model.safetensors").write_bytes(weights)
+    assert model_fingerprint(a) == model_fingerprint(b) != model_fingerprint(tmp_path / "c")
+    size, chunk = len(weights), 1 << 16
+    weights[7 * (size - chunk) // 15 + 5] ^= 1  # inside the 8th piece
+    (b / "model.safetensors").write_bytes(weights)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    (b / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())
+    (b / "config.json").write_text('{"hidden_size": 16}')
+    assert model_fingerprint(a) != model_fingerprint(b)
+    assert model_fingerprint("org/some-model") == "name:org/some-model"
 
 
 def test_trl_fast_path_equals_public_fallback(nano_dir, pairs, tmp_path):

@@ -19,9 +19,10 @@ outcome and step pairs only, each line naming its record's row (the SFT records 
     python -m steca.training.reference_logps --ipr --model_name_or_path out/sft --data_path ipr.json \
         --output_file out/ipr/reference_logps.jsonl
 
-The first line of the file is a header naming the data file (sha256), the reference model and the
-token lengths of every tokenised pair (IPR: also which rows are pairs), so values computed for other
-data or other truncation are refused with an error naming the file.
+The first line of the file is a header naming the data file (sha256), the reference model (its path and a
+digest of its config and weights, :func:`model_fingerprint`) and the token lengths of every tokenised pair
+(IPR: also which rows are pairs), so values computed for other data, other truncation or another reference
+model (a start model trained again into the same folder) are refused with an error naming the file.
 """
 from __future__ import annotations
 
@@ -77,6 +78,32 @@ def dataset_fingerprint(data_path: str | os.PathLike, dataset) -> dict[str, Any]
     return out
 
 
+def model_fingerprint(model_path: str | os.PathLike, samples: int = 16, chunk: int = 1 << 16) -> str:
+    """What identifies the reference model in the file's header (field ``reference_sha256``).
+
+    For a local folder: a sha256 over ``config.json`` and, for every weight file (``*.safetensors``, ``*.bin``),
+    its name, size and ``samples`` evenly spaced ``chunk``-byte pieces. Another checkpoint of the same
+    architecture changes nearly every tensor (a merged LoRA adapter changes every adapted layer), so it gets
+    another value, while reading stays cheap for a 7B model. A name that is not a folder (a hub id) is used as it is.
+    """
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return f"name:{model_path}"
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".bin")))
+    for p in files:
+        size = p.stat().st_size
+        digest.update(f"{p.name}:{size}".encode())
+        with p.open("rb") as f:
+            if p.name == "config.json" or size <= samples * chunk:
+                digest.update(f.read())
+                continue
+            for k in range(samples):
+                f.seek(k * (size - chunk) // (samples - 1))
+                digest.update(f.read(chunk))
+    return digest.hexdigest()
+
+
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     n = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
@@ -130,7 +157,8 @@ def read_reference_logps(path: str | os.PathLike, fingerprint: dict[str, Any],
     for key, want in fingerprint.items():
         if header.get(key) != want:
             raise ValueError(f"{path}: field {key!r} is {header.get(key)!r} but this run has {want!r} "
-                             "(computed for other data or other truncation): delete it or recompute it")
+                             "(computed for other data, other truncation or another reference model): delete it "
+                             "or recompute it")
     chosen, rejected = [], []
     for n, line in enumerate(lines[1:], start=1):
         rec = json.loads(line)
@@ -161,7 +189,7 @@ def attach_reference_logps(dataset, data_path: str | os.PathLike, ref_path: str 
     IPR's mixed dataset only the outcome and step pairs (:func:`pair_rows`) have stored values; the
     SFT records get 0.0, which :func:`~steca.training.preference_losses.ipr_loss` never uses.
     """
-    fingerprint = dataset_fingerprint(data_path, dataset)
+    fingerprint = {**dataset_fingerprint(data_path, dataset), "reference_sha256": model_fingerprint(ref_path)}
     rows = pair_rows(dataset)
     mixed = "n_records" in fingerprint
     what = (f"{len(rows)} outcome and step pairs (of {len(dataset)} IPR records)" if mixed
@@ -224,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     chosen, rejected = compute_reference_logps(model.to(device), dataset.select(rows), tokenizer.pad_token_id,
                                                args.batch_size)
-    header = {**dataset_fingerprint(args.data_path, dataset), "reference_model": args.model_name_or_path}
+    header = {**dataset_fingerprint(args.data_path, dataset), "reference_model": args.model_name_or_path,
+              "reference_sha256": model_fingerprint(args.model_name_or_path)}
     out = write_reference_logps(args.output_file, header, chosen, rejected, rows)
     logger.info("wrote %d reference log-probability pairs to %s", len(chosen), out)
     return out
