@@ -192,6 +192,15 @@ def test_report_writes_results_md_and_plots(tmp_path):
         assert (tmp_path / "assets" / f"demo_{name}").is_file()
 
 
+def test_report_of_rows_that_won_no_game_or_every_game(tmp_path):
+    # 0 of 40 and 40 of 40: the error bars are 0 long on one side, never negative (matplotlib refuses those)
+    run = _fake_run(tmp_path / "r", {"sft": (0, 0), "steca": (40, 0)}, n=40)
+    write_report(run)
+    assert colored_fraction(run / "success.png") > 0.005
+    md = (run / "results.md").read_text()
+    assert "| SFT (base agent) | 0.0 [0.0, 8.8] (0/40) |" in md and "| 100.0 [91.2, 100.0] (40/40) |" in md
+
+
 def test_stage_environment():
     assert environment_of("vh_sft").name == "VirtualHome"
     assert environment_of("sft").name == environment_of("eval_steca_dev").name == "ALFWorld"

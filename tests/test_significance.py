@@ -27,6 +27,16 @@ def test_wilson_interval_by_hand():
         wilson_interval(5, 4)
 
 
+def test_wilson_interval_holds_its_estimate_at_zero_and_all_wins():
+    # centre - half is a rounding error above 0 at k = 0 for n = 10, 20, 40 (2.8e-17, 1.4e-17, 6.9e-18): the
+    # demo's plot then got a negative error bar and the whole seed run stopped at its report
+    for n in range(1, 301):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
 def test_exact_binomial_and_mcnemar_by_hand():
     # 1 of 7: 2 * (C(7,0) + C(7,1)) / 2^7 = 2 * 8 / 128
     assert exact_binomial_two_sided(1, 7) == 0.125

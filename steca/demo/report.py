@@ -62,8 +62,9 @@ def plot_success(per_run: Sequence[RunResults], path: str | os.PathLike, title: 
                 continue
             xs.append(i + (k - (len(rows) - 1) / 2) * width)
             ys.append(100 * cell.mean)
-            lo.append(100 * (cell.mean - cell.lo))
-            hi.append(100 * (cell.hi - cell.mean))
+            # matplotlib refuses negative error lengths; a percentile bootstrap interval need not contain the mean
+            lo.append(100 * max(0.0, cell.mean - cell.lo))
+            hi.append(100 * max(0.0, cell.hi - cell.mean))
         bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=row.label)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, label_type="center")
     ax.set_xticks(range(len(cols)), [c.label for c in cols])

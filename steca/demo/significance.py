@@ -35,6 +35,8 @@ def wilson_interval(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]
         interval = [centre - half, centre + half]
 
     Unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at k = 0 or k = n.
+    At k = 0 the lower bound is exactly 0 and at k = n the upper bound exactly 1 (in floating point
+    ``centre - half`` can land a rounding error above 0, which would put the interval beside its estimate).
     Raises ``ValueError`` for n < 1 or k outside 0..n.
     """
     if n < 1 or not 0 <= k <= n:
@@ -44,7 +46,9 @@ def wilson_interval(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def exact_binomial_two_sided(k: int, n: int) -> float:
