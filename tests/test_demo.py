@@ -144,3 +144,15 @@ def test_stage_output_goes_to_its_log_and_a_failure_shows_its_end(tmp_path, capf
     assert "the reason it failed" not in capfd.readouterr().err.split("the end of its log")[0]
     assert "stage bad failed with exit status 4" in caplog.text and "the reason it failed" in caplog.text
     assert not is_done(tmp_path, "bad")
+
+
+@pytest.mark.parametrize("value", ["gpt-9", "/nowhere/model"])
+def test_demo_refuses_an_unknown_reflector_before_any_stage(value, tmp_path):
+    import os
+    import subprocess
+    env = {**os.environ, "REFLECTOR": value, "SKIP_INSTALL": "true", "RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert f"REFLECTOR must be offline, smollm2, auto or a model folder, not '{value}'" in out.stderr
+    assert not (tmp_path / "runs" / "demo_seed0" / ".stages").exists()

@@ -80,7 +80,7 @@ def test_load_results_and_table(tmp_path):
     assert lines[1] == "|---|---|---|---|---|"
     # Wilson 5/10: 50 ± 26.34; 4/10: centre (0.4 + 0.192073) / 1.384146 = 0.427753, half 1.959964 * 0.183313 / 1.384146
     # = 0.259574 -> [16.8, 68.7]
-    assert lines[-1].startswith("| STeCa (offline stand-in reflections) | 50.0 [23.7, 76.3] (5/10) | "
+    assert lines[-1].startswith("| STeCa | 50.0 [23.7, 76.3] (5/10) | "
                                 "40.0 [16.8, 68.7] (4/10) | 50.0 [29.9, 70.1] (10/20) | 5.0 [0.9, 23.6] (1/20) |")
 
 
@@ -109,7 +109,7 @@ def test_run_without_virtualhome_and_missing_rows_show_dashes(tmp_path):
     assert [c.key for c in plotted_columns([res])] == ["alfworld_seen", "alfworld_unseen"]
     run2 = _fake_run(tmp_path / "r2", {"sft": (2, 1)}, vh_wins={"steca": (4, 0)})
     table = format_table([load_results(run2)])
-    assert f"| STeCa (offline stand-in reflections) | {MISSING} | {MISSING} | 20.0" in table
+    assert f"| STeCa | {MISSING} | {MISSING} | 20.0" in table
     assert f"| SFT (base agent) | 20.0 [5.7, 51.0] (2/10) | 10.0 [1.8, 40.4] (1/10) | {MISSING} | {MISSING} |" in table
     assert [c.key for c in plotted_columns([load_results(run2)])] == [c.key for c in COLUMNS]
 
@@ -139,7 +139,7 @@ def test_significance_words_and_power(tmp_path):
     res = [load_results(run)]
     text = "\n".join(significance_text(res))
     assert "1 of the 2 paired differences are significant" in text
-    assert "STeCa (offline stand-in reflections) is above SFT (base agent) on ALFWorld seen: +37.5 points, 15 games " \
+    assert "STeCa is above SFT (base agent) on ALFWorld seen: +37.5 points, 15 games " \
            "won only by it and 0 only by SFT (base agent), p<0.001." in text
     power = "\n".join(power_text(res))
     # seen: SFT 5/40 = 12.5 %; unseen: 10 %, the hand-computed 686 games; paired at psi = 1/40 -> raised to 5 %: 155
@@ -182,7 +182,7 @@ def test_report_writes_results_md_and_plots(tmp_path):
     md = (run / "results.md").read_text()
     assert table in md and "| generate |" in md and "| vh_generate |" in md
     assert "### Against SFT (base agent)" in md and "### Against the best baseline" in md
-    assert "| STeCa (offline stand-in reflections) | +30.0 (3:0) p=0.250 |" in md
+    assert "| STeCa | +30.0 (3:0) p=0.250 |" in md
     assert "## Games needed" in md and "## Success by task type" in md
     assert "## Training pairs, ALFWorld\n\n7 pairs: expert 7" in md
     assert "## Training pairs, VirtualHome\n\n3 pairs: expert 3" in md
@@ -199,6 +199,22 @@ def test_report_of_rows_that_won_no_game_or_every_game(tmp_path):
     assert colored_fraction(run / "success.png") > 0.005
     md = (run / "results.md").read_text()
     assert "| SFT (base agent) | 0.0 [0.0, 8.8] (0/40) |" in md and "| 100.0 [91.2, 100.0] (40/40) |" in md
+
+
+def test_report_names_who_wrote_the_reflections(tmp_path):
+    run = _fake_run(tmp_path / "r", {"sft": (2, 1), "steca": (5, 4)}, vh_wins={"sft": (8, 3), "steca": (10, 1)})
+    for root, settings in ((run, {"reflector": "offline-stand-in", "reflection_stand_in": True}),
+                           (run / "vh", {"reflector": "hf:/x/models/smollm2", "reflection_stand_in": False})):
+        (root / "data").mkdir(parents=True)
+        (root / "data" / "d_c_summary.json").write_text(json.dumps({"pairs": 3, "settings": settings}))
+    write_report(run)
+    md = (run / "results.md").read_text()
+    assert "STeCa's D_c reflections, ALFWorld: offline stand-in (a template, not an LLM)." in md
+    assert "STeCa's D_c reflections, VirtualHome: hf:smollm2." in md
+    out = tmp_path / "seeds.md"
+    write_seed_report([run, _fake_run(tmp_path / "r2", {"sft": (1, 1), "steca": (2, 2)})], out)
+    # the second run has no D_c summary: only the first run's sources are named
+    assert "STeCa's D_c reflections, VirtualHome: hf:smollm2." in out.read_text()
 
 
 def test_stage_environment():

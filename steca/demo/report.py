@@ -116,6 +116,35 @@ def _data_counts(run_dir: Path, env: Environment) -> dict:
         return {}
 
 
+def reflection_source(run_dir: str | os.PathLike, env: Environment) -> str | None:
+    """Who wrote the D_c reflections of one environment of a run, from its ``data/d_c_summary.json``
+    (``settings.reflector``): "offline stand-in (a template, not an LLM)", or the reflector and model as the
+    collection stage names them, e.g. "hf:smollm2". None when the run has no D_c summary."""
+    path = Path(run_dir) / env.root / "data" / "d_c_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    except ValueError:
+        logger.warning("%s: not JSON; reflection source left out", path)
+        return None
+    if settings.get("reflection_stand_in", False):
+        return "offline stand-in (a template, not an LLM)"
+    source = str(settings.get("reflector", "unknown"))
+    kind, _, model = source.partition(":")
+    return f"{kind}:{Path(model).name}" if model else source
+
+
+def reflection_lines(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """One sentence per environment naming the source(s) of STeCa's D_c reflections over the runs."""
+    lines = []
+    for env in ENVIRONMENTS:
+        sources = sorted({s for d in run_dirs if (s := reflection_source(d, env)) is not None})
+        if sources:
+            lines.append(f"STeCa's D_c reflections, {env.name}: {'; '.join(sources)}.")
+    return lines + [""] if lines else []
+
+
 def _timing_rows(timings: Sequence[StageTiming]) -> list[str]:
     """Stage rows, then one subtotal per environment that has stages, then the total."""
     rows = [f"| {t.name} | {t.wall_s:.0f} | {t.cpu_s:.0f} |" for t in timings]
@@ -146,7 +175,7 @@ def write_report(run_dir: str | os.PathLike, assets_dir: str | os.PathLike | Non
     plots.append(plot_step_rewards(curves, run / "step_rewards.png"))
 
     timings = read_timings(run)
-    lines = [f"# STeCa CPU demo: {run.name}", "", *comparison_sections(per_run), ""]
+    lines = [f"# STeCa CPU demo: {run.name}", "", *reflection_lines([run]), *comparison_sections(per_run), ""]
     for env in ENVIRONMENTS:
         counts = _data_counts(run, env)
         if not counts:
@@ -199,7 +228,8 @@ def write_seed_report(run_dirs: Sequence[str | os.PathLike], output: str | os.Pa
             cells += [f"{elapsed_wall(own):.0f}", f"{sum(t.cpu_s for t in own):.0f}"] if own else [MISSING, MISSING]
         timing_rows.append("| " + " | ".join(cells) + " |")
     text = "\n".join([f"# STeCa CPU demo over {len(per_run)} seeds", "",
-                      "Runs: " + ", ".join(Path(d).name for d in run_dirs), "", *comparison_sections(per_run), "",
+                      "Runs: " + ", ".join(Path(d).name for d in run_dirs), "", *reflection_lines(run_dirs),
+                      *comparison_sections(per_run), "",
                       "## Stage times", "", *timing_rows, "", f"![seeds]({png.name})", ""])
     out.write_text(text, encoding="utf-8")
     if assets_dir is not None:

@@ -42,7 +42,7 @@ KNOWN_ROWS: tuple[MethodRow, ...] = (
     MethodRow("rft", "RFT (SFT on expert + successful explorations)", "baseline"),
     MethodRow("eto", "ETO (trajectory DPO, 1 iteration)", "baseline"),
     MethodRow("ipr", "IPR (outcome DPO + step DPO + SFT, 1 iteration)", "baseline"),
-    MethodRow("steca", "STeCa (offline stand-in reflections)", "method"),
+    MethodRow("steca", "STeCa", "method"),  # the report names who wrote its reflections
     MethodRow("steca_no_dc", "STeCa w/o D_c", "ablation"),
     MethodRow("steca_no_weighting", "STeCa w/o reward weighting", "ablation"),
     MethodRow("steca_dpo", "STeCa pairs + DPO (in place of the reinforced objective)", "ablation"),
