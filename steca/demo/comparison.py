@@ -201,7 +201,8 @@ def significance_text(per_run: Sequence[RunResults], alpha: float = ALPHA) -> li
             if c.p < alpha:
                 way = "above" if c.diff > 0 else "below"
                 found.append(f"- {row.label} is {way} {labels[c.other]} on {col.label}: {100 * c.diff:+.1f} points, "
-                             f"{c.counts.only_a} games won only by it and {c.counts.only_b} only by "
+                             f"{c.counts.only_a} game{'' if c.counts.only_a == 1 else 's'} won only by it and {c.counts.only_b} "
+                             "only by "
                              f"{labels[c.other]}, {format_p(c.p)}.")
     if not tested:
         return ["No paired test: the runs have no per-game outcomes of two rows on the same games."]
