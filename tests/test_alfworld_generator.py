@@ -263,3 +263,41 @@ def test_tiny_rooms_with_the_short_instruction(tmp_path: Path) -> None:
             assert 4 <= seen.count(", ") + 1 <= 7, seen
     with pytest.raises(ValueError, match="instruction style"):
         generate(tmp_path / "bad", n_train=1, n_seen=0, n_unseen=0, instruction="long")
+
+
+def test_memo_thoughts_carry_the_task_and_the_search_list() -> None:
+    """The ``memo`` style changes thoughts only: the same actions as ``terse``; every thought starts with the
+    task and its goal receptacle; while searching, the receptacles still to check start with the one the
+    expert goes to next and shrink by what it has looked into."""
+    import random
+
+    from steca.generators.alfworld_plan_search import goal_memo
+
+    plan = make_split_plan(seed=3, size="small")
+    searches = 0
+    for i in range(60):
+        world = sample_world(plan, "train", i, 3, "small")
+        terse = expert_plan(world, random.Random(i))
+        memo = expert_plan(world, random.Random(i), thoughts="memo")
+        assert [s.action for s in memo] == [s.action for s in terse]
+        task = f"Task: {goal_memo(world)}."
+        if world.task.task_type != "look_at_obj_in_light":
+            goal = next(r.text for r in world.receptacles if r.kind == world.task.recep and r.number == 1)
+            assert f"in/on {goal}." in task and memo[-1].action.endswith(f" in/on {goal}")
+        previous: list[str] | None = None
+        for step in memo:
+            assert step.thought.startswith(task), step.thought
+            rest = step.thought[len(task):]
+            if rest.startswith(" To check: "):
+                listed = rest[len(" To check: "):].split(".", 1)[0].split(", ")
+                if step.action.startswith("go to "):
+                    assert listed[0] == step.action[len("go to "):]
+                    searches += 1
+                if previous is not None:
+                    assert set(listed) <= set(previous)
+                previous = listed
+            else:
+                previous = None
+    assert searches > 60
+    with pytest.raises(ValueError, match="thought style"):
+        expert_plan(sample_world(plan, "train", 0, 3, "small"), random.Random(0), thoughts="long")

@@ -45,7 +45,7 @@ from eval_agent.envs.textworld_adapter import EngineMemo
 from eval_agent.types import Message
 from steca.generators.alfworld_catalog import (APPLIANCE, GOAL_EXCLUDED, GOAL_TEMPLATES, LAMP, NEEDS, OBJECTS,
                                                ROOMS, SIZES, TASK_TYPES, RoomType)
-from steca.generators.alfworld_plan_search import ExpertError, ExpertStep, expert_plan
+from steca.generators.alfworld_plan_search import THOUGHT_STYLES, ExpertError, ExpertStep, expert_plan
 from steca.generators.alfworld_world import (Layout, Obj, Task, World, mangled_id, pddl_problem,
                                              receptacle_ids)
 from eval_agent.storage import JsonlSink, read_jsonl_objects
@@ -406,13 +406,13 @@ def sft_record(job: GameJob, replay: Replay, seed: int, instruction: str = "full
 
 # ---------------------------------------------------------------- the whole benchmark
 def _make_job(plan: SplitPlan, split: str, index: int, attempt: int, out_dir: Path, seed: int, size: str,
-              domain: str, grammar: str) -> GameJob:
+              domain: str, grammar: str, thoughts: str = "terse") -> GameJob:
     while True:
         if attempt >= MAX_ATTEMPTS:
             raise ExpertError(f"split {split}, game {index}: no valid game after {MAX_ATTEMPTS} attempts")
         world = sample_world(plan, split, index, seed, size, attempt)
         try:
-            steps = expert_plan(world, random.Random(f"alfworld-expert:{seed}:{split}:{index}:{attempt}"))
+            steps = expert_plan(world, random.Random(f"alfworld-expert:{seed}:{split}:{index}:{attempt}"), thoughts)
         except ExpertError as e:
             logger.warning("split %s, game %d, attempt %d: %s; trying the next sub-seed", split, index, attempt, e)
             attempt += 1
@@ -423,7 +423,7 @@ def _make_job(plan: SplitPlan, split: str, index: int, attempt: int, out_dir: Pa
 
 def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n_seen: int = 50,
              n_unseen: int = 50, size: str = "small", workers: int | None = None,
-             progress: bool = True, instruction: str = "full") -> dict[str, Path]:
+             progress: bool = True, instruction: str = "full", thoughts: str = "terse") -> dict[str, Path]:
     """Generate the benchmark into ``output_dir``; returns the SFT file of each split.
 
     Resumable: games already replayed (listed in ``.progress_<split>.jsonl``) are not replayed
@@ -432,6 +432,8 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     alfworld_instruction(instruction)  # validates the style
+    if thoughts not in THOUGHT_STYLES:
+        raise ValueError(f"unknown thought style {thoughts!r}; expected one of {list(THOUGHT_STYLES)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "valid_seen": n_seen, "valid_unseen": n_unseen}
@@ -444,6 +446,8 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
                 "size": size, "counts": counts, "split_plan": plan.to_json()}
     if instruction != "full":  # manifests of earlier runs (full instruction) stay valid
         manifest["instruction"] = instruction
+    if thoughts != "terse":  # likewise for the thought style
+        manifest["thoughts"] = thoughts
     manifest_path = out / "manifest.json"
     if (out / "json_2.1.1").exists() and not manifest_path.exists():
         raise FileExistsError(f"{out / 'json_2.1.1'} exists but {manifest_path} does not: this folder holds games "
@@ -466,7 +470,7 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
                 if isinstance(o, dict) and "index" in o and "record" in o}
         for index in range(counts[split]):
             attempt = int(done[index]["attempt"]) if index in done else 0
-            job = _make_job(plan, split, index, attempt, out, seed, size, domain, grammar)
+            job = _make_job(plan, split, index, attempt, out, seed, size, domain, grammar, thoughts)
             if index not in done:
                 jobs.append(job)
     logger.info("wrote %d games in %.1f s; replaying %d expert trajectories in the engine (%d workers)",
@@ -477,7 +481,7 @@ def generate(output_dir: str | os.PathLike, seed: int = 0, n_train: int = 400, n
             while problem is not None:
                 logger.warning("split %s, game %d: %s; regenerating it", job.split, job.index, problem)
                 shutil.rmtree(Path(job.game_path).parent, ignore_errors=True)
-                job = _make_job(plan, job.split, job.index, job.attempt + 1, out, seed, size, domain, grammar)
+                job = _make_job(plan, job.split, job.index, job.attempt + 1, out, seed, size, domain, grammar, thoughts)
                 job, replay, problem = _replay_job(job)
             assert replay is not None
             rec = sft_record(job, replay, seed, instruction)
@@ -536,13 +540,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--instruction", choices=sorted(INSTRUCTIONS), default="full",
                         help="first user turn: full (actions and rules, for any LLM) or short (reply format only, "
                              "for tiny models trained from scratch)")
+    parser.add_argument("--thoughts", choices=THOUGHT_STYLES, default="terse",
+                        help="the expert's thoughts: terse (why this step) or memo (also the task and the receptacles "
+                             "not yet checked, repeated in every thought: a working memory for tiny models)")
     parser.add_argument("--workers", type=int, default=None, help="engine replay processes (default: min(2, CPUs))")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     paths = generate(args.output_dir, args.seed, args.n_train, args.n_seen, args.n_unseen, args.size,
-                     args.workers, not args.no_progress, args.instruction)
+                     args.workers, not args.no_progress, args.instruction, args.thoughts)
     logger.info("done in %.1f s: %s", time.perf_counter() - t0, ", ".join(str(p) for p in paths.values()))
 
 

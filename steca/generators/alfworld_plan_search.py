@@ -5,7 +5,14 @@ and, like a person, where an object kind usually is (the catalog's ``places`` or
 likely receptacles in that order, opens closed ones, remembers what it has seen, takes the first
 matching object, then does the task (clean/heat/cool with the appliance, turn on the desk lamp,
 fetch a second object) and puts the object in the goal receptacle. Each step carries a short
-``Thought`` that says why. The plan is computed on the generator's own model of the room and
+``Thought`` that says why.
+
+Thought styles: ``terse`` (the default) says only why this step; ``memo`` starts every thought
+with a short working memory: the task with its goal receptacle and, while searching, the likely
+receptacles not yet looked into, in the order the expert visits them (``Task: heat a plate, then
+put it in/on countertop 1. To check: shelf 1, fridge 1. There is no plate here. Next, I will check
+shelf 1.``). Each memo is the previous one minus what was done, so a model can copy it from its
+last turn instead of from the task line many turns back, and the next receptacle is the memo's first. The plan is computed on the generator's own model of the room and
 checked by replaying it in the real engine (see :mod:`steca.generators.alfworld_games`).
 """
 from __future__ import annotations
@@ -41,11 +48,31 @@ def _join(words: list[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+THOUGHT_STYLES = ("terse", "memo")
+
+
+def goal_memo(world: World) -> str:
+    """The task in a few words, with the goal receptacle the expert uses (the ``memo`` style)."""
+    task = world.task
+    word = task.obj.lower()
+    if task.task_type == "look_at_obj_in_light":
+        return f"look at {_a(word)} under a desklamp"
+    goal = world.receptacles[_goal_receptacle(world)].text
+    if task.task_type == "pick_two_obj_and_place":
+        return f"put two {word}s in/on {goal}"
+    appliance = APPLIANCE[task.task_type]
+    if appliance is not None:
+        return f"{_VERBS[appliance]} {_a(word)}, then put it in/on {goal}"
+    return f"put {_a(word)} in/on {goal}"
+
+
 class _Room:
     """The expert's running model of the room: where it is, what it holds, what it has seen."""
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, memo: str | None = None):
         self.world = world
+        self.memo = memo                    # the task memo appended to every thought (memo style), or None
+        self.to_check: list[int] | None = None  # while searching: candidates not yet checked
         self.contents = {i: list(v) for i, v in world.contents().items()}
         self.opened: set[int] = set()
         self.visited: set[int] = set()
@@ -66,6 +93,10 @@ class _Room:
             self.seen[o] = r
 
     def act(self, thought: str, action: str) -> None:
+        if self.memo is not None:
+            unchecked = [r for r in self.to_check or () if r not in self.visited]
+            memo = f"Task: {self.memo}." + (f" To check: {', '.join(map(self.name, unchecked))}." if unchecked else "")
+            thought = f"{memo} {thought}"
         self.steps.append(ExpertStep(thought, action))
 
     def go(self, r: int, thought: str) -> None:
@@ -128,11 +159,13 @@ def _find(room: _Room, kind: str, exclude_kinds: frozenset[str], rng: random.Ran
             kinds.append(k)
     word = kind.lower()
     first = True
+    room.to_check = todo
     for r in todo:
         if first:
             plan = (f"I will check them one by one, starting with {room.name(r)}." if len(todo) > 1
                     else f"I will go to {room.name(r)}.")
-            thought = f"{intro}{_a(word).capitalize()} is most likely in/on {_join(kinds[:4])}. {plan}"
+            where = "" if room.memo is not None else f"{_a(word).capitalize()} is most likely in/on {_join(kinds[:4])}. "
+            thought = f"{intro}{where}{plan}"
             first = False
         else:
             thought = rng.choice((f"There is no {word} here. Next, I will check {room.name(r)}.",
@@ -145,7 +178,9 @@ def _find(room: _Room, kind: str, exclude_kinds: frozenset[str], rng: random.Ran
             room.ensure_open(r, f"{thought} It is right here and closed, so I will open it.")
         obj = visible()
         if obj is not None:
+            room.to_check = None
             return obj
+    room.to_check = None
     raise ExpertError(f"the {kind} was not found in {room.world.layout.name}")
 
 
@@ -165,10 +200,16 @@ def _place(room: _Room, goal: int) -> None:
     room.put(goal, f"I will put the {o} in/on the {room.name(goal)}.")
 
 
-def expert_plan(world: World, rng: random.Random) -> list[ExpertStep]:
-    """The expert's steps for ``world``; raises :class:`ExpertError` if it cannot solve it."""
+_VERBS = {"SinkBasin": "clean", "Microwave": "heat", "Fridge": "cool"}
+
+
+def expert_plan(world: World, rng: random.Random, thoughts: str = "terse") -> list[ExpertStep]:
+    """The expert's steps for ``world`` with ``thoughts`` in one of :data:`THOUGHT_STYLES`; raises
+    :class:`ExpertError` if it cannot solve it."""
+    if thoughts not in THOUGHT_STYLES:
+        raise ValueError(f"unknown thought style {thoughts!r}; expected one of {list(THOUGHT_STYLES)}")
     task = world.task
-    room = _Room(world)
+    room = _Room(world, goal_memo(world) if thoughts == "memo" else None)
     word = task.obj.lower()
     goal_kinds = frozenset({task.recep}) if task.task_type != "look_at_obj_in_light" else frozenset()
     intro = f"To solve the task, I need to find {_a(word)} first. "
@@ -187,7 +228,7 @@ def expert_plan(world: World, rng: random.Random) -> list[ExpertStep]:
 
     appliance = APPLIANCE[task.task_type]
     if appliance is not None:
-        verb = {"SinkBasin": "clean", "Microwave": "heat", "Fridge": "cool"}[appliance]
+        verb = _VERBS[appliance]
         app = next(i for i, r in enumerate(world.receptacles) if r.kind == appliance)
         if room.at != app:
             room.go(app, f"Now I need to {verb} the {room.oname(obj)}. I will go to {room.name(app)}.")
