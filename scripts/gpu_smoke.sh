@@ -3,9 +3,13 @@
 #
 #   bash scripts/gpu_smoke.sh --fetch-wheels DIR    # on a connected machine: the pinned wheels for
 #                                                   # Python 3.12 on x86-64 that a GPU node lacks (what the
-#                                                   # steps import: scripts/gpu_smoke_checks.py wheels)
-#   bash scripts/gpu_smoke.sh --wheels DIR          # on the GPU node (no network): install them (--no-deps),
-#                                                   # run every step
+#                                                   # steps import: scripts/gpu_smoke_checks.py wheels), and
+#                                                   # their list, DIR/requirements-smoke.txt
+#   bash scripts/gpu_smoke.sh --fetch-wheels DIR --node-has pyarrow,pandas,numpy
+#                                                   # the same without packages the node already has (its
+#                                                   # versions are used): under the 64 MiB budget
+#   bash scripts/gpu_smoke.sh --wheels DIR          # on the GPU node (no network): install DIR's list
+#                                                   # (--no-deps), run every step
 #   bash scripts/gpu_smoke.sh --dry-run             # on a CPU: build every step's command line and run the
 #                                                   # steps a CPU can run (tests/test_gpu_smoke.py does this)
 # Options: --data DIR (ALFWorld data root holding json_2.1.1/; default ../shared/data/alfworld),
@@ -24,11 +28,12 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 PYTHON312=${PYTHON312:-python3.12}  # --fetch-wheels: builds the source-only packages into wheels
 
-MODE=run WHEELS="" DATA="$REPO/../shared/data/alfworld" SFT="" OUT="$REPO/runs/gpu_smoke"
+MODE=run WHEELS="" DATA="$REPO/../shared/data/alfworld" SFT="" OUT="$REPO/runs/gpu_smoke" NODE_HAS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --fetch-wheels) MODE=fetch; WHEELS=$2; shift 2 ;;
     --wheels) WHEELS=$2; shift 2 ;;
+    --node-has) NODE_HAS=$2; shift 2 ;;
     --dry-run) MODE=dry; shift ;;
     --data) DATA=$2; shift 2 ;;
     --sft) SFT=$2; shift 2 ;;
@@ -41,7 +46,7 @@ SFT=${SFT:-$DATA/alfworld_sft_sample.json}
 if [ "$MODE" = fetch ]; then
   # pinned versions from requirements-lock.json; torch, its CUDA libraries and vLLM are the node's / too large
   mkdir -p "$WHEELS"
-  "$PY" scripts/gpu_smoke_checks.py wheels > "$WHEELS/requirements-smoke.txt" || exit 1
+  "$PY" scripts/gpu_smoke_checks.py wheels --node_has "$NODE_HAS" > "$WHEELS/requirements-smoke.txt" || exit 1
   PLATFORMS=(--platform manylinux2014_x86_64)
   for v in 17 27 28; do PLATFORMS+=(--platform "manylinux_2_${v}_x86_64"); done
   # a wheel for CPython 3.12 where the index has one; otherwise the source release built into a wheel
@@ -103,7 +108,10 @@ TRAIN_ARGS="--max_steps 2 --save_steps 2 --per_device_train_batch_size 2 --loggi
 RL="MODEL_PATH=$OUT/sft TRAIN_DATA=$PAIRS MAX_PROMPT_LENGTH=256 MAX_TARGET_LENGTH=512 GRAD_ACCUM=1"
 
 if [ "$MODE" = run ]; then
-  step install 300 gpu "test -n '$WHEELS' && $PY scripts/gpu_smoke_checks.py wheels > $OUT/requirements-smoke.txt && $PY -m pip install --no-index --no-deps --find-links '$WHEELS' -r $OUT/requirements-smoke.txt && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
+  # the list the wheel folder was fetched with (a --node-has folder lacks what the node has), else the whole closure
+  LIST=$WHEELS/requirements-smoke.txt
+  if [ ! -f "$LIST" ]; then LIST=$OUT/requirements-smoke.txt; "$PY" scripts/gpu_smoke_checks.py wheels --node_has "$NODE_HAS" > "$LIST"; fi
+  step install 300 gpu "test -n '$WHEELS' && $PY -m pip install --no-index --no-deps --find-links '$WHEELS' -r $LIST && $PY -c 'import torch; assert torch.cuda.is_available(), \"no GPU visible (torch 2.13.0 from the index needs driver >= 580)\"'"
 fi
 step model 120 any "$PY scripts/gpu_smoke_checks.py model --sft_file $SFT --out $M --size $SIZE"
 step pairs 30 any "$PY scripts/gpu_smoke_checks.py pairs --sft_file $SFT --out $PAIRS"

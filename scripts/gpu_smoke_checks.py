@@ -8,9 +8,11 @@
         ``use_cache`` true (the project's bootstrap, then the output embedding made its own copy)
     python scripts/gpu_smoke_checks.py pairs --sft_file F --out FILE
         eight STeCa pairs from the first sixteen trajectories (for the reinforced and DPO steps)
-    python scripts/gpu_smoke_checks.py wheels --lock requirements-lock.json
+    python scripts/gpu_smoke_checks.py wheels --lock requirements-lock.json [--node_has pyarrow,pandas]
         the packages a GPU node needs beyond its own torch (the closure of the smoke roots in the lock's
-        GPU resolution, without torch, vLLM and the CUDA libraries), one ``name==version`` a line
+        GPU resolution, without torch, vLLM and the CUDA libraries), one ``name==version`` a line;
+        ``--node_has`` leaves out packages the node already has (its own versions are used), with
+        everything only they need
 """
 from __future__ import annotations
 
@@ -113,8 +115,9 @@ def write_pairs(sft_file: Path, out: Path) -> Path:
     return out
 
 
-def wheel_list(lock_path: Path) -> list[str]:
-    """``name==version`` of the closure of :data:`WHEEL_ROOTS` in the lock's GPU resolution (see module doc)."""
+def wheel_list(lock_path: Path, node_has: tuple[str, ...] = ()) -> list[str]:
+    """``name==version`` of the closure of :data:`WHEEL_ROOTS` in the lock's GPU resolution (see module doc),
+    without the packages in ``node_has`` and what only they need."""
     from packaging.requirements import Requirement
 
     lock = json.loads(lock_path.read_text())
@@ -126,7 +129,8 @@ def wheel_list(lock_path: Path) -> list[str]:
     todo, seen = list(WHEEL_ROOTS), set()
     while todo:
         pkg = todo.pop()
-        if pkg in seen or pkg not in packages or pkg.startswith(WHEEL_EXCLUDE_PREFIXES) or pkg in WHEEL_NOT_IMPORTED:
+        if (pkg in seen or pkg not in packages or pkg.startswith(WHEEL_EXCLUDE_PREFIXES) or pkg in WHEEL_NOT_IMPORTED
+                or pkg in node_has):
             continue
         seen.add(pkg)
         for line in packages[pkg]["requires"]:
@@ -153,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--out", required=True)
     wheels = sub.add_parser("wheels")
     wheels.add_argument("--lock", default=str(Path(__file__).resolve().parent.parent / "requirements-lock.json"))
+    wheels.add_argument("--node_has", default="", help="comma-separated packages the node already has")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "wheels":
-        sys.stdout.write("\n".join(wheel_list(Path(args.lock))) + "\n")
+        node_has = tuple(n.strip().lower().replace("_", "-") for n in args.node_has.split(",") if n.strip())
+        sys.stdout.write("\n".join(wheel_list(Path(args.lock), node_has)) + "\n")
         return 0
     if args.cmd == "model":
         build_model(Path(args.sft_file), Path(args.out), args.size)

@@ -47,3 +47,17 @@ def test_wheel_list_is_the_pinned_closure_without_torch():
     # ALFWorld's PDDL games need TextWorld's planner (textworld[pddl]); what no step imports is left out
     assert wheels["fast-downward-textworld"] == "20.6.4" and "jericho" in wheels
     assert not {"spacy", "thinc", "blis", "hf-xet", "typer"} & set(wheels)
+
+
+def test_wheel_list_leaves_out_what_the_node_has():
+    """``--node_has`` drops the named packages and what only they need; what others need stays."""
+    def listed(*extra: str) -> dict[str, str]:
+        proc = subprocess.run([sys.executable, "scripts/gpu_smoke_checks.py", "wheels", *extra], cwd=REPO,
+                              capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return dict(line.split("==") for line in proc.stdout.split())
+
+    full, lean = listed(), listed("--node_has", "pyarrow,pandas,numpy")
+    assert {"pyarrow", "pandas", "numpy", "tzdata", "python-dateutil"} <= set(full)
+    assert not {"pyarrow", "pandas", "numpy", "tzdata", "python-dateutil"} & set(lean)
+    assert set(lean) < set(full) and all(full[k] == v for k, v in lean.items())
+    assert {"datasets", "trl", "transformers", "deepspeed", "fsspec", "xxhash"} <= set(lean)

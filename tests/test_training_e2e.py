@@ -261,7 +261,7 @@ def test_two_process_cpu_run_saves_loadable_model(script, variant, nano_dir, sft
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "NPROC": "2",
            "MODEL_PATH": str(nano_dir), "OUTPUT_DIR": str(out), RANK_DIGEST_ENV: str(tmp_path / "ranks")}
     extra = ["--max_steps", "2", "--per_device_train_batch_size", "1", "--save_steps", "2", "--logging_steps", "1",
-             "--disable_tqdm", "true", "--use_cpu", "true"]
+             "--disable_tqdm", "true"]  # no --use_cpu: the stage script must make the ranks train together
     if variant is None:
         env.update(SFT_DATA=str(sft_small), MAX_LENGTH="400")
     else:
