@@ -12,8 +12,10 @@ with a short working memory: the task with its goal receptacle and, while search
 receptacles not yet looked into, in the order the expert visits them (``Task: heat a plate, then
 put it in/on countertop 1. To check: shelf 1, fridge 1. There is no plate here. Next, I will check
 shelf 1.``). Each memo is the previous one minus what was done, so a model can copy it from its
-last turn instead of from the task line many turns back, and the next receptacle is the memo's first. The plan is computed on the generator's own model of the room and
-checked by replaying it in the real engine (see :mod:`steca.generators.alfworld_games`).
+last turn instead of from the task line many turns back, and the next receptacle is the memo's first.
+
+The plan is computed on the generator's own model of the room and checked by replaying it in the
+real engine (see :mod:`steca.generators.alfworld_games`).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class _Room:
 
     def __init__(self, world: World, memo: str | None = None):
         self.world = world
-        self.memo = memo                    # the task memo appended to every thought (memo style), or None
+        self.memo = memo                    # the task memo that starts every thought (memo style), or None
         self.to_check: list[int] | None = None  # while searching: candidates not yet checked
         self.contents = {i: list(v) for i, v in world.contents().items()}
         self.opened: set[int] = set()
