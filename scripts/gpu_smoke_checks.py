@@ -6,6 +6,10 @@
     python scripts/gpu_smoke_checks.py model --sft_file F --out DIR [--size tiny]
         a small Llama-architecture chat model like Llama-2's layout: untied input/output embeddings,
         ``use_cache`` true (the project's bootstrap, then the output embedding made its own copy)
+    python scripts/gpu_smoke_checks.py lora --run DIR --base DIR
+        a LoRA run's output: every adapter weight the model expects is in DIR/adapter (none missing when
+        peft loads it), its lora_B weights moved from their zero start, and the merged model in DIR differs
+        from the base model exactly where the adapter applies; exit 1 on a failure, naming the saved keys
     python scripts/gpu_smoke_checks.py pairs --sft_file F --out FILE
         eight STeCa pairs from the first sixteen trajectories (for the reinforced and DPO steps)
     python scripts/gpu_smoke_checks.py wheels --lock requirements-lock.json [--node_has pyarrow,pandas]
@@ -85,6 +89,38 @@ def check_hf(model: str, device: str, dtype: str) -> list[str]:
     return failures
 
 
+def check_lora(run: Path, base: Path) -> list[str]:
+    """The checks of the ``lora`` command (module doc); returns the failures."""
+    import warnings
+
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    failures = []
+    saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    logger.info("%d tensors in the adapter file; first keys: %s", len(saved), sorted(saved)[:4])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "adapter"))
+    missing = [str(w.message)[:300] for w in caught if "missing adapter keys" in str(w.message)]
+    if missing:
+        failures.append(f"peft found adapter keys missing from the saved file (saved: {sorted(saved)[:4]}): {missing[0]}")
+    lora_b = {k: v for k, v in peft_model.state_dict().items() if "lora_B" in k}
+    if not lora_b or all(float(v.abs().sum()) == 0.0 for v in lora_b.values()):
+        failures.append(f"every one of the {len(lora_b)} loaded lora_B weights is zero: the adapter is untrained")
+    base_sd = AutoModelForCausalLM.from_pretrained(base).state_dict()
+    merged_sd = AutoModelForCausalLM.from_pretrained(run).state_dict()
+    changed = sorted(k for k in base_sd if not torch.equal(base_sd[k], merged_sd[k]))
+    if not changed:
+        failures.append("the merged model equals the base model")
+    elif any(not k.endswith(("proj.weight",)) for k in changed):
+        failures.append(f"the merge changed weights the adapter does not apply to: {changed[:4]}")
+    logger.info("merged model: %d of %d weights differ from the base", len(changed), len(base_sd))
+    return failures
+
+
 def build_model(sft_file: Path, out: Path, size: str) -> Path:
     """Bootstrap a model, then untie its output embedding and keep ``use_cache`` true (Llama-2's layout)."""
     import torch
@@ -152,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--sft_file", required=True)
     model.add_argument("--out", required=True)
     model.add_argument("--size", default="tiny")
+    lora = sub.add_parser("lora")
+    lora.add_argument("--run", required=True)
+    lora.add_argument("--base", required=True)
     pairs = sub.add_parser("pairs")
     pairs.add_argument("--sft_file", required=True)
     pairs.add_argument("--out", required=True)
@@ -170,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pairs":
         write_pairs(Path(args.sft_file), Path(args.out))
         return 0
-    failures = check_hf(args.model, args.device, args.dtype)
+    if args.cmd == "lora":
+        failures = check_lora(Path(args.run), Path(args.base))
+    else:
+        failures = check_hf(args.model, args.device, args.dtype)
     for f in failures:
         logger.error("FAIL %s", f)
     return 1 if failures else 0

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_STEPS = ["sft_fsdp", "sft_fsdp_resume", "rl_fsdp_beta0", "rl_fsdp_beta", "rl_fsdp_lora", "dpo_fsdp",
-             "sft_zero3", "rl_zero3", "sft_zero3_offload", "rl_zero3_offload"]
+             "sft_zero3", "rl_zero3", "sft_zero3_offload", "rl_zero3_offload", "rl_zero3_lora"]
 CPU_STEPS = ["model", "pairs", "hf_backend", "eval_alfworld"]
 
 

@@ -295,9 +295,9 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
     """Save the trained model so that ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads it.
 
     For a peft model the adapter goes to ``output_dir/adapter`` (saved by the trainer, which gathers
-    FSDP / ZeRO-3 shards) and, with ``merge_lora``, the merged full model to ``output_dir``: once every
-    process has saved, the main process alone loads the base model from disk, applies the saved
-    adapter and merges it (:func:`steca.training.merge_lora.merge_lora`); the sharded training weights
+    ZeRO-3 shards; under FSDP2 by :mod:`steca.training.lora_save`) and, with ``merge_lora``, the merged
+    full model to ``output_dir``: once every process has saved, the main process alone loads the base
+    model from disk, applies the saved adapter and merges it (:func:`steca.training.merge_lora.merge_lora`); the sharded training weights
     are never merged in place. Weights that are not finite are never saved (:class:`NonFiniteWeightsError`).
     """
     out = Path(output_dir)
@@ -316,14 +316,21 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(out)
         return out
-    trainer.save_model(str(out / "adapter"))
+    if trainer.accelerator.is_fsdp2:  # the Trainer's save writes an empty adapter there (lora_save.py)
+        from steca.training.lora_save import lora_weights, write_adapter
+
+        weights = lora_weights(model)  # every process: gathers the shards
+        if trainer.is_world_process_zero():
+            write_adapter(trainer.accelerator.unwrap_model(model), weights, out / "adapter")
+    else:
+        trainer.save_model(str(out / "adapter"))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out / "adapter")
     trainer.accelerator.wait_for_everyone()
     if merge_lora and trainer.is_world_process_zero():
-        from steca.training.merge_lora import merge_lora as merge_saved_adapter
+        from steca.training.merge_lora import merge_in_new_process
 
-        merge_saved_adapter(out / "adapter", out)
+        merge_in_new_process(out / "adapter", out)
         logger.info("saved the merged LoRA model to %s", out)
     trainer.accelerator.wait_for_everyone()
     return out
