@@ -17,9 +17,12 @@ CPU_STEPS = ["model", "pairs", "hf_backend", "eval_alfworld"]
 
 
 @pytest.mark.slow(seconds=60)
-def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path):
+@pytest.mark.parametrize("parallel", ["1", "3"])
+def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path, parallel):
+    """One step at a time, and three side by side (--parallel 3): the same lines, in step order."""
     out = tmp_path / "smoke"
-    proc = subprocess.run(["bash", "scripts/gpu_smoke.sh", "--dry-run", "--data", str(alfworld_data), "--out", str(out)],
+    proc = subprocess.run(["bash", "scripts/gpu_smoke.sh", "--dry-run", "--data", str(alfworld_data), "--out", str(out),
+                           "--parallel", parallel],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=3000)
     report = (out / "report.md").read_text()
@@ -31,6 +34,10 @@ def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path
         assert any(line.startswith(f"DRY {name}: ") for line in lines), (name, report)
     table = [line for line in lines if line.startswith("| ")]
     assert table[0].startswith("| step | result") and len(table) == 1 + len(CPU_STEPS) + len(GPU_STEPS)  # header + rows
+    steps = [row.split(" | ")[0].removeprefix("| ") for row in table[1:]]
+    assert steps.index("model") < steps.index("hf_backend") < steps.index("sft_fsdp_resume") < steps.index("eval_alfworld")
+    reported = [line.split()[1].rstrip(":") for line in lines if line.startswith(("PASS ", "DRY "))]
+    assert reported == steps  # the report's lines in step order, whatever order the steps finished in
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(out / "model")
