@@ -82,6 +82,8 @@ TIME_FACTOR=${TIME_FACTOR:-$([ "$MODE" = dry ] && echo 10 || echo 1)}
 # step writes its report block and table row to $OUT/rows/ (named by its position); `phase` appends the
 # finished blocks to the report in step order, and the table lists the rows in that order. A step gets
 # MAIN_PROCESS_PORT 29500 + its position, so launches that run side by side do not share a port.
+source scripts/stage_common.sh
+stop_parts_on_signals gpu_smoke.sh
 SEQ=0
 rm -rf "$OUT/rows" "$OUT/logs"
 mkdir -p "$OUT/rows" "$OUT/logs"
@@ -121,7 +123,7 @@ step() {
   id=$(printf '%02d' "$SEQ")
   if [ "$PARALLEL" -le 1 ]; then run_step "$id" "$@"; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
-  run_step "$id" "$@" &
+  start_part run_step "$id" "$@"  # scripts/stage_common.sh: a process group of its own, stopped on Ctrl-C
 }
 phase() {
   wait
