@@ -22,7 +22,8 @@
 # Steps: the small Llama-architecture model (untied embeddings, use_cache true); the hf backend on CUDA
 # (greedy, seeded sampling, stop strings, batched = one at a time); SFT through accelerate with fsdp.yaml
 # (one process), checkpoint and resume; reinforced training under FSDP with BETA=0, BETA>0 and LoRA (merged
-# after training; the adapter reloads whole and the merge changes the model); the DPO variant; SFT and reinforced training under ZeRO-3 and ZeRO-3 offload; a few
+# after training; the adapter reloads whole and the merge changes the model); the DPO variant; SFT and
+# reinforced training under ZeRO-3 and ZeRO-3 offload, and LoRA under ZeRO-3; a few
 # evaluation episodes of the trained model on real ALFWorld games through the hf backend. Each step has
 # its own time limit and prints one PASS / FAIL / DRY line; the report ends with the table.
 set -uo pipefail
