@@ -156,3 +156,16 @@ def test_demo_refuses_an_unknown_reflector_before_any_stage(value, tmp_path):
     assert out.returncode == 2
     assert f"REFLECTOR must be offline, smollm2, auto or a model folder, not '{value}'" in out.stderr
     assert not (tmp_path / "runs" / "demo_seed0" / ".stages").exists()
+
+
+def test_a_failure_shows_a_ranks_abort_above_the_launchers_summary(tmp_path, caplog):
+    log = tmp_path / "dist.log"
+    log.write_text("an old run's Traceback that must not be shown\n")
+    # a rank's C++ abort, then twenty-five lines of launcher summary, as torchrun prints them
+    script = ("import sys\nprint('step 1 ok')\nprint(\"terminate called after throwing an instance of 'gloo::IoException'\")\n"
+              "for i in range(25): print(f'summary line {i}')\nsys.exit(1)")
+    assert demo_main(["stage", "--run_dir", str(tmp_path), "--name", "dist", "--log", str(log), "--",
+                      sys.executable, "-c", script]) == 1
+    assert "gloo::IoException" in caplog.text and "summary line 24" in caplog.text
+    assert "summary line 2\n" not in caplog.text  # above the last twenty lines and not an error line
+    assert "an old run's" not in caplog.text and "step 1 ok" not in caplog.text

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from steca.demo.prep import take_subset, training_steps
 from steca.demo.report import write_report, write_seed_report
-from steca.demo.stage_markers import is_done, run_stage
+from steca.demo.stage_markers import failure_excerpt, is_done, run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
         if not cmd:
             raise SystemExit("stage needs a command after --")
+        # the log is appended to: show only what this run wrote
+        start = Path(args.log).stat().st_size if args.log and Path(args.log).is_file() else 0
         try:
             run_stage(args.run_dir, args.name, cmd, log=args.log)
         except subprocess.CalledProcessError as e:
             tail = ""
             if args.log and Path(args.log).is_file():
-                tail = "; the end of its log:\n" + "\n".join(
-                    Path(args.log).read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
+                with open(args.log, "rb") as f:
+                    f.seek(start)
+                    tail = "; the end of its log:\n" + failure_excerpt(f.read().decode("utf-8", errors="replace"))
             logging.getLogger(__name__).error("stage %s failed with exit status %d; rerun to resume it%s",
                                               args.name, e.returncode, tail)
             return e.returncode or 1

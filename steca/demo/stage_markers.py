@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import subprocess
 import time
@@ -21,6 +22,9 @@ from typing import Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 MARKER_DIR = ".stages"
+# lines of a failed stage's log worth showing even when they are far from its end: a rank's traceback or
+# C++ abort sits above the launcher's summary, which alone fills the last twenty lines
+_ERROR_LINE = re.compile(r"Traceback|Error|Exception|terminate called|what\(\)|Aborted|Killed|Signal \d+")
 
 
 @dataclass
@@ -100,3 +104,18 @@ def run_stage(run_dir: str | os.PathLike, name: str, command: Sequence[str],
     logger.info("stage %s: finished in %.1f s wall, %.1f s CPU (%d stages of this run done)", name, wall, cpu,
                 len(list(marker.parent.glob("*.json"))))
     return timing
+
+
+def failure_excerpt(log_text: str, tail: int = 20, max_error_lines: int = 30) -> str:
+    """What to show of a failed stage's log: its error lines above the last ``tail`` lines, then those lines.
+
+    The error lines (tracebacks, exceptions, C++ aborts) are the first ``max_error_lines`` matching lines
+    before the tail, so that the reason a distributed rank died is shown even when the launcher's own
+    summary fills the end of the log.
+    """
+    lines = log_text.splitlines()
+    head, end = lines[:-tail] if tail else lines, lines[-tail:] if tail else []
+    errors = [line for line in head if _ERROR_LINE.search(line)][:max_error_lines]
+    if not errors:
+        return "\n".join(end)
+    return "\n".join(["[error lines above the end]", *errors, "[the end]", *end])

@@ -315,6 +315,7 @@ def save_final(trainer, tokenizer, output_dir: str | os.PathLike, merge_lora: bo
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(out)
+        trainer.accelerator.wait_for_everyone()  # no process returns before the model is on disk
         return out
     if trainer.accelerator.is_fsdp2:  # the Trainer's save writes an empty adapter there (lora_save.py)
         from steca.training.lora_save import lora_weights, write_adapter
@@ -375,4 +376,20 @@ def run_trainer_main(parse_args: Callable[[Sequence[str]], tuple], train: Callab
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train(*parse_args(argv if argv is not None else sys.argv[1:]))
     logger.info("%s done: %d steps, model saved to %s", name, result.global_step, result.output_dir)
+    close_process_group()
     return result
+
+
+def close_process_group() -> None:
+    """Wait for every process, then close the distributed process group, if one is open.
+
+    Without it each rank tears its group down at interpreter exit, in no set order; a gloo rank whose
+    peer has already closed its sockets can then abort (SIGABRT) after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        dist.barrier()
+        dist.destroy_process_group()
+        logger.info("rank %d closed the distributed process group", rank)
