@@ -46,6 +46,8 @@ SFT_NPROC=${SFT_NPROC:-2}                 # data-parallel SFT processes: part of
                                           # SFT_BATCH x SFT_NPROC), so the same on every machine, whatever JOBS is
 JOBS=${JOBS:-2}                           # independent stages side by side (sampling chains, trainings, evaluations);
                                           # changes the wall time only, never a number
+ENVS_BESIDE=${ENVS_BESIDE:-true}          # JOBS >= 2: VirtualHome's stages run one at a time beside ALFWorld's, from
+                                          # ALFWorld's sampling on (false: after them); wall time only
 THREADS=${THREADS:-1}                     # threads per process (OMP/MKL/torch); tiny models run fastest on one
 CPU_KERNELS=${CPU_KERNELS:-avx2}          # torch/MKL/oneDNN code path: avx2 (the same numbers on every x86-64 CPU
                                           # with AVX2) | native (the CPU's best, e.g. AVX-512: numbers depend on the CPU)
@@ -139,29 +141,61 @@ stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OU
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
 # its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
 # Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
-side_names=()
+side_names=(); side_pids=()
 stop_parts_on_signals run_demo.sh
 side() {
   mkdir -p "$OUT_DIR/logs"
   if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
   echo "started $1 (log: $OUT_DIR/logs/$1.log)"
   start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
-  side_names+=("$1")
-  if [[ ${#part_pids[@]} -ge "$JOBS" ]]; then joined; fi
+  side_pids+=("${part_pids[-1]}"); side_names+=("$1")
+  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
 }
 joined() {
   local rc=0 i
-  for i in "${!part_pids[@]}"; do
-    if wait "${part_pids[$i]}"; then
+  for i in "${!side_pids[@]}"; do
+    if wait "${side_pids[$i]}"; then
       echo "finished ${side_names[$i]}"
     else
       rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
       tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
     fi
   done
-  part_pids=(); side_names=()
+  side_pids=(); side_names=(); part_pids=(${beside_pid:+"$beside_pid"})
   return $rc
 }
+# One environment beside the other: `beside NAME FUNCTION ARGS...` starts FUNCTION (a chain of stages) in the
+# background with JOBS=1 (its stages one after the other) and its output in OUT_DIR/logs/NAME.log, while this
+# script goes on with its own stages side by side; `beside_joined` waits for it and fails, naming the log, if it
+# failed; `beside_on` says whether environments run beside each other (JOBS >= 2 and ENVS_BESIDE=true). A failure
+# of this script's own stages stops the one beside (the EXIT trap below); a rerun resumes both.
+beside_pid=; beside_name=
+beside_on() { [[ "$JOBS" -ge 2 && "$ENVS_BESIDE" == true ]]; }
+one_job() { JOBS=1; "$@"; }
+beside() {
+  mkdir -p "$OUT_DIR/logs"
+  echo "started $1 beside the next stages, one stage at a time (log: $OUT_DIR/logs/$1.log)"
+  start_part one_job "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
+  beside_pid=${part_pids[-1]}; beside_name=$1
+}
+beside_joined() {
+  if [[ -z "$beside_pid" ]]; then return 0; fi
+  local pid=$beside_pid
+  beside_pid=; part_pids=()
+  if wait "$pid"; then echo "finished $beside_name"; return 0; fi
+  echo "$beside_name failed; the end of $OUT_DIR/logs/$beside_name.log:" >&2
+  tail -n 20 "$OUT_DIR/logs/$beside_name.log" >&2
+  return 1
+}
+stop_beside() {
+  if [[ -n "$beside_pid" ]] && kill -0 "$beside_pid" 2>/dev/null; then
+    echo "stopping $beside_name (rerun this script to resume it)" >&2
+    kill -TERM -- "-$beside_pid" 2>/dev/null || kill -TERM "$beside_pid" 2>/dev/null || true
+    wait "$beside_pid" 2>/dev/null || true
+    while kill -0 -- "-$beside_pid" 2>/dev/null; do sleep 0.2; done
+  fi
+}
+trap stop_beside EXIT
 # The base agent of one environment: the Monte Carlo task subset, the tiny model bootstrapped from the
 # SFT file (tokenizer + random Llama), then SFT (checkpoints every SAVE_STEPS: an interrupted SFT resumes).
 # base_agent STAGE_PREFIX SFT_FILE MC_TASKS DATA_DIR MODELS_DIR MODEL_SIZE EPOCHS LR BATCH MAX_LENGTH SAVE_STEPS
@@ -339,37 +373,8 @@ case "$REFLECTOR" in
     REFLECTOR_MODEL=$REFLECTOR ;;
 esac
 
-if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
-# 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
-stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
-  --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
-
-# 2. the MC task subset; bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
-base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE" "$SFT_EPOCHS" "$SFT_LR" "$SFT_BATCH" \
-  "$MAX_LENGTH" 100
-
-# 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
-sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
-              MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
-              MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
-sample_both "" sampling/alfworld "${sampling_env[@]}"
-
-# 4. D_s (expert sub-trajectories), D_c (calibrated; reflections from REFLECTOR), D_e (explored successes)
-build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfworld.py data_explored_alfworld.py
-
-# 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
-train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
-
-# 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
-for method in $(evaluated_models); do
-  eval_alfworld "$method"
-done
-joined
-
-fi  # ALFWORLD
-
-# 7. VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
-# evolving_graph simulator; no download), into OUT_DIR/vh
+# VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
+# evolving_graph simulator; no download), into OUT_DIR/vh (step 7 below)
 virtualhome_block() {
   local root=$OUT_DIR/vh
   local bench=$root/bench data=$root/data models=$root/models
@@ -398,18 +403,60 @@ virtualhome_block() {
   done
   joined
 }
+
+if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
+# 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
+stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
+  --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
+
+# 2. the MC task subset; bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
+base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE" "$SFT_EPOCHS" "$SFT_LR" "$SFT_BATCH" \
+  "$MAX_LENGTH" 100
+
+# (7. with JOBS >= 2, VirtualHome's stages start here, one at a time beside ALFWorld's: ALFWorld's sampling chains
+# and evaluations leave a core idle part of the time; the SFT before uses both)
+if [[ "$VH" == "true" ]] && beside_on; then beside virtualhome virtualhome_block; fi
+
+# 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
+sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
+              MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
+              MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
+sample_both "" sampling/alfworld "${sampling_env[@]}"
+
+# 4. D_s (expert sub-trajectories), D_c (calibrated; reflections from REFLECTOR), D_e (explored successes)
+build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfworld.py data_explored_alfworld.py
+
+# 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
+train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
+
+# 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
+for method in $(evaluated_models); do
+  eval_alfworld "$method"
+done
+joined
+
+fi  # ALFWORLD
+
+# 7. VirtualHome (beside ALFWorld's stages since step 2, or here)
 if [[ "$VH" == "true" ]]; then
-  virtualhome_block
+  if [[ "$ALFWORLD" == "true" ]] && beside_on; then beside_joined; else virtualhome_block; fi
 fi
+
 
 # 8. BASELINES=true: RFT, ETO, IPR and STeCa's ablations on the same sampling outputs, both environments
 if [[ "$BASELINES" == "true" ]]; then
+  vh_rows_beside=false
+  if [[ "$VH" == "true" && "$ALFWORLD" == "true" ]] && beside_on; then  # VirtualHome's rows beside ALFWorld's
+    vh_rows_beside=true
+    beside vh_baselines baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
+  fi
   if [[ "$ALFWORLD" == "true" ]]; then
     baseline_rows "" "$OUT_DIR" "$RL_LR" "$RL_BATCH" "$MAX_LENGTH" data_cali_alfworld.py eval_alfworld
   fi
-  if [[ "$VH" == "true" ]]; then
+  if [[ "$VH" == "true" && "$vh_rows_beside" == false ]]; then
     baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
   fi
+  beside_joined
 fi
 
 # 9. the table, results.md and the plots
