@@ -7,6 +7,7 @@
 #   SEEDS="0 1 2" bash run_demo.sh   # several seeds one after the other, then the seeds report (runs/demo_seeds.md:
 #                                    # means with 95 % intervals, paired tests pooled over seeds, per-type columns)
 #   BASELINES=true bash run_demo.sh  # add RFT, ETO, IPR and STeCa's ablations (finished stages are skipped)
+#   DEMO_PROFILE=full bash run_demo.sh  # every row, 3 seeds, 200 ALFWorld games per split (runs_full/)
 #
 # Stages (each one the very stage script a GPU user runs, with its variables set for the tiny setting):
 #   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
@@ -23,6 +24,19 @@ cd "$(dirname "$0")"
 source scripts/stage_common.sh
 
 # ------------------------------------------------------------------ editable variables
+# DEMO_PROFILE: default (the rows STeCa, SFT and the fair baseline, seed 0, 40 ALFWorld games per split: about
+# 14 minutes on 2 cores) | full (every row of the paper's table, seeds 0 1 2, 200 ALFWorld games per split and
+# about 100 VirtualHome tasks per split, 20 SFT epochs, into runs_full and assets/full: see the README for its
+# time). A profile only changes the defaults below; a variable set in the environment still wins.
+DEMO_PROFILE=${DEMO_PROFILE:-default}
+case "$DEMO_PROFILE" in
+  default) ;;
+  full)
+    : "${SEEDS=0 1 2}" "${RUNS_DIR:=runs_full}" "${ASSETS_DIR=assets/full}" "${BASELINES:=true}"
+    : "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${SFT_EPOCHS:=20}"
+    : "${VH_HOMES:=12}" "${VH_UNSEEN_HOMES:=4}" "${VH_SEEN_PER_HOME:=13}" ;;  # 104 seen, ~120 unseen, ~136 train tasks
+  *) echo "DEMO_PROFILE must be default or full, not '$DEMO_PROFILE'" >&2; exit 2 ;;
+esac
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
 RUNS_DIR=${RUNS_DIR:-runs}                # where the seeds' folders and the seeds report go
@@ -138,63 +152,11 @@ MODELS=$OUT_DIR/models
 # a stage's own output (progress bars, library warnings) goes to OUT_DIR/logs/stages/NAME.log; the console shows
 # each stage's start and end, with the count of finished stages, and the end of the log when one fails
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
-# side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
-# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
-# Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
-side_names=(); side_pids=()
+# side by side (scripts/demo_jobs.sh): `side NAME CMD...` runs stages two at a time (JOBS), `beside NAME FUNCTION...`
+# runs one environment's chain of stages beside the other's
+source scripts/demo_jobs.sh
+side_names=(); side_pids=(); beside_pid=; beside_name=
 stop_parts_on_signals run_demo.sh
-side() {
-  mkdir -p "$OUT_DIR/logs"
-  if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
-  echo "started $1 (log: $OUT_DIR/logs/$1.log)"
-  start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
-  side_pids+=("${part_pids[-1]}"); side_names+=("$1")
-  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
-}
-joined() {
-  local rc=0 i
-  for i in "${!side_pids[@]}"; do
-    if wait "${side_pids[$i]}"; then
-      echo "finished ${side_names[$i]}"
-    else
-      rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
-      tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
-    fi
-  done
-  side_pids=(); side_names=(); part_pids=(${beside_pid:+"$beside_pid"})
-  return $rc
-}
-# One environment beside the other: `beside NAME FUNCTION ARGS...` starts FUNCTION (a chain of stages) in the
-# background with JOBS=1 (its stages one after the other) and its output in OUT_DIR/logs/NAME.log, while this
-# script goes on with its own stages side by side; `beside_joined` waits for it and fails, naming the log, if it
-# failed; `beside_on` says whether environments run beside each other (JOBS >= 2 and ENVS_BESIDE=true). A failure
-# of this script's own stages stops the one beside (the EXIT trap below); a rerun resumes both.
-beside_pid=; beside_name=
-beside_on() { [[ "$JOBS" -ge 2 && "$ENVS_BESIDE" == true ]]; }
-one_job() { JOBS=1; "$@"; }
-beside() {
-  mkdir -p "$OUT_DIR/logs"
-  echo "started $1 beside the next stages, one stage at a time (log: $OUT_DIR/logs/$1.log)"
-  start_part one_job "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
-  beside_pid=${part_pids[-1]}; beside_name=$1
-}
-beside_joined() {
-  if [[ -z "$beside_pid" ]]; then return 0; fi
-  local pid=$beside_pid
-  beside_pid=; part_pids=()
-  if wait "$pid"; then echo "finished $beside_name"; return 0; fi
-  echo "$beside_name failed; the end of $OUT_DIR/logs/$beside_name.log:" >&2
-  tail -n 20 "$OUT_DIR/logs/$beside_name.log" >&2
-  return 1
-}
-stop_beside() {
-  if [[ -n "$beside_pid" ]] && kill -0 "$beside_pid" 2>/dev/null; then
-    echo "stopping $beside_name (rerun this script to resume it)" >&2
-    kill -TERM -- "-$beside_pid" 2>/dev/null || kill -TERM "$beside_pid" 2>/dev/null || true
-    wait "$beside_pid" 2>/dev/null || true
-    while kill -0 -- "-$beside_pid" 2>/dev/null; do sleep 0.2; done
-  fi
-}
 trap stop_beside EXIT
 # The base agent of one environment: the Monte Carlo task subset, the tiny model bootstrapped from the
 # SFT file (tokenizer + random Llama), then SFT (checkpoints every SAVE_STEPS: an interrupted SFT resumes).

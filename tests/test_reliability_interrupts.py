@@ -296,6 +296,80 @@ def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: 
     assert not (tmp_path / "a.end").exists()
 
 
+# ------------------------------------------------------------------ run_demo.sh's two environments side by side
+# (scripts/demo_jobs.sh: `side` runs ALFWorld's stages two at a time, `beside` VirtualHome's chain next to them)
+JOBS_SCRIPT = """
+set -euo pipefail
+source scripts/stage_common.sh
+source scripts/demo_jobs.sh
+side_names=(); side_pids=(); beside_pid=; beside_name=
+stop_parts_on_signals jobs_test
+trap stop_beside EXIT
+OUT_DIR=$OUT JOBS=2 ENVS_BESIDE=true
+vh_chain() { touch "$OUT/vh.started"; sleep "$VH_SLEEP"; if [[ $VH_FAIL == 1 ]]; then echo "vh went wrong"; exit 3; fi
+             touch "$OUT/vh.end"; }
+alf_stage() { touch "$OUT/alf_$2.started"; sleep "$ALF_SLEEP"; if [[ $1 == fail ]]; then echo "alf went wrong"; return 4; fi
+              touch "$OUT/alf_$2.end"; }
+beside virtualhome vh_chain
+echo "beside $beside_pid"
+side alf_a alf_stage ok a
+side alf_b alf_stage "$ALF_B" b
+beside_joined
+echo "all joined"
+"""
+
+
+def _run_jobs(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(["bash", "-c", JOBS_SCRIPT], cwd=REPO, start_new_session=True, text=True,
+                            env={**os.environ, "OUT": str(tmp_path), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    assert first.startswith("started virtualhome beside the next stages"), first
+    return proc, int(proc.stdout.readline().split()[1])
+
+
+def test_the_environment_beside_runs_next_to_the_side_stages_and_is_joined(tmp_path: Path) -> None:
+    proc, _ = _run_jobs(tmp_path, VH_SLEEP="1", VH_FAIL="0", ALF_SLEEP="2", ALF_B="ok")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    # the chain beside finished while both side stages ran: three at once, and all three were waited for
+    assert (tmp_path / "vh.end").stat().st_mtime < (tmp_path / "alf_a.end").stat().st_mtime
+    assert all((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
+    assert out.index("finished alf_b") < out.index("finished virtualhome") < out.index("all joined")
+
+
+def test_a_failed_stage_stops_the_environment_beside_it(tmp_path: Path) -> None:
+    proc, vh_pid = _run_jobs(tmp_path, VH_SLEEP="300", VH_FAIL="0", ALF_SLEEP="0.5", ALF_B="fail")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "all joined" not in out
+    assert "stage alf_b failed" in err and "alf went wrong" in err
+    assert "stopping virtualhome (rerun this script to resume it)" in err
+    assert _processes_in_groups({vh_pid}) == [] and not (tmp_path / "vh.end").exists()  # its `sleep` too
+
+
+def test_a_failed_environment_beside_fails_the_run_and_shows_its_log(tmp_path: Path) -> None:
+    proc, _ = _run_jobs(tmp_path, VH_SLEEP="0.2", VH_FAIL="1", ALF_SLEEP="1", ALF_B="ok")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "all joined" not in out
+    assert (tmp_path / "alf_a.end").exists() and (tmp_path / "alf_b.end").exists()  # the side stages finished
+    assert f"virtualhome failed; the end of {tmp_path}/logs/virtualhome.log:" in err and "vh went wrong" in err
+
+
+def test_sigterm_stops_the_side_stages_and_the_environment_beside(tmp_path: Path) -> None:
+    proc, vh_pid = _run_jobs(tmp_path, VH_SLEEP="300", VH_FAIL="0", ALF_SLEEP="300", ALF_B="ok")
+    try:
+        while not all((tmp_path / f"{n}.started").exists() for n in ("vh", "alf_a", "alf_b")):
+            assert proc.poll() is None
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "jobs_test: got SIGTERM; stopping 3 part(s)" in err, err
+    assert _processes_in_groups({proc.pid}, field=3) == []  # nothing of the script's session is left
+    assert not any((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
+
+
 def test_sigterm_to_a_several_seeds_demo_stops_the_seed_it_runs(tmp_path: Path) -> None:
     """``SEEDS="0 1" run_demo.sh`` runs each seed as a part: SIGTERM during seed 0's first stage stops that
     stage and its run, starts no further seed, and leaves no process of the run behind."""

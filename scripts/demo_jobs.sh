@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sourced by run_demo.sh after scripts/stage_common.sh: how the demo's stages share the cores.
+# Needs OUT_DIR, JOBS and ENVS_BESIDE, and the arrays side_names=() side_pids=() and beside_pid= beside_name= set
+# by the caller (with `stop_parts_on_signals NAME` and `trap stop_beside EXIT`).
+#
+# side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
+# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
+# Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
+# for them.
+side() {
+  mkdir -p "$OUT_DIR/logs"
+  if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
+  echo "started $1 (log: $OUT_DIR/logs/$1.log)"
+  start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
+  side_pids+=("${part_pids[-1]}"); side_names+=("$1")
+  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
+}
+joined() {
+  local rc=0 i
+  for i in "${!side_pids[@]}"; do
+    if wait "${side_pids[$i]}"; then
+      echo "finished ${side_names[$i]}"
+    else
+      rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
+      tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
+    fi
+  done
+  side_pids=(); side_names=(); part_pids=(${beside_pid:+"$beside_pid"})
+  return $rc
+}
+# One environment beside the other: `beside NAME FUNCTION ARGS...` starts FUNCTION (a chain of stages) in the
+# background with JOBS=1 (its stages one after the other) and its output in OUT_DIR/logs/NAME.log, while this
+# script goes on with its own stages side by side; `beside_joined` waits for it and fails, naming the log, if it
+# failed; `beside_on` says whether environments run beside each other (JOBS >= 2 and ENVS_BESIDE=true). A failure
+# of the caller's own stages stops the one beside (`trap stop_beside EXIT`); a rerun resumes both.
+beside_on() { [[ "$JOBS" -ge 2 && "$ENVS_BESIDE" == true ]]; }
+one_job() { JOBS=1; "$@"; }
+beside() {
+  mkdir -p "$OUT_DIR/logs"
+  echo "started $1 beside the next stages, one stage at a time (log: $OUT_DIR/logs/$1.log)"
+  start_part one_job "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
+  beside_pid=${part_pids[-1]}; beside_name=$1
+}
+beside_joined() {
+  if [[ -z "$beside_pid" ]]; then return 0; fi
+  local pid=$beside_pid
+  beside_pid=; part_pids=()
+  if wait "$pid"; then echo "finished $beside_name"; return 0; fi
+  echo "$beside_name failed; the end of $OUT_DIR/logs/$beside_name.log:" >&2
+  tail -n 20 "$OUT_DIR/logs/$beside_name.log" >&2
+  return 1
+}
+stop_beside() {
+  if [[ -n "$beside_pid" ]] && kill -0 "$beside_pid" 2>/dev/null; then
+    echo "stopping $beside_name (rerun this script to resume it)" >&2
+    kill -TERM -- "-$beside_pid" 2>/dev/null || kill -TERM "$beside_pid" 2>/dev/null || true
+    wait "$beside_pid" 2>/dev/null || true
+    while kill -0 -- "-$beside_pid" 2>/dev/null; do sleep 0.2; done
+  fi
+}
