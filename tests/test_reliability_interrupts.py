@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -319,6 +320,20 @@ echo "all joined"
 """
 
 
+def _sigterm_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 60) -> str:
+    """Wait until ``ready()`` (failing if ``proc`` ends first), send SIGTERM to ``proc`` alone, and return its
+    stderr once it exits (``proc`` is killed if it does not)."""
+    try:
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _run_jobs(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(["bash", "-c", JOBS_SCRIPT], cwd=REPO, start_new_session=True, text=True,
                             env={**os.environ, "OUT": str(tmp_path), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -355,16 +370,8 @@ def test_a_failed_environment_beside_fails_the_run_and_shows_its_log(tmp_path: P
 
 
 def test_sigterm_stops_the_side_stages_and_the_environment_beside(tmp_path: Path) -> None:
-    proc, vh_pid = _run_jobs(tmp_path, VH_SLEEP="300", VH_FAIL="0", ALF_SLEEP="300", ALF_B="ok")
-    try:
-        while not all((tmp_path / f"{n}.started").exists() for n in ("vh", "alf_a", "alf_b")):
-            assert proc.poll() is None
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, _ = _run_jobs(tmp_path, VH_SLEEP="300", VH_FAIL="0", ALF_SLEEP="300", ALF_B="ok")
+    err = _sigterm_when(proc, lambda: all((tmp_path / f"{n}.started").exists() for n in ("vh", "alf_a", "alf_b")))
     assert proc.returncode == 143 and "jobs_test: got SIGTERM; stopping 3 part(s)" in err, err
     assert _processes_in_groups({proc.pid}, field=3) == []  # nothing of the script's session is left
     assert not any((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
@@ -378,16 +385,9 @@ def test_sigterm_to_a_several_seeds_demo_stops_the_seed_it_runs(tmp_path: Path) 
            "ASSETS_DIR": "", "VH": "false"}
     proc = subprocess.Popen(["bash", "run_demo.sh"], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        started = runs / "demo_seed0" / "logs" / "stages" / "generate.log"
-        while not started.exists():  # seed 0's run is inside its first stage
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+    try:  # SIGTERM once seed 0's run is inside its first stage
+        err = _sigterm_when(proc, (runs / "demo_seed0" / "logs" / "stages" / "generate.log").exists, timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         left = _processes_in_groups({proc.pid}, field=3)
         for pid in left:  # whatever a failing run left behind
             os.kill(pid, signal.SIGKILL)
