@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from steca.demo.comparison import (all_comparisons, best_baseline, cell_stats, compare, format_table, per_type_tables,
+from steca.demo.comparison import (ablation_table, all_comparisons, best_baseline, cell_stats, compare, format_table, per_type_tables,
                                    power_text, significance_text)
 from steca.demo.report import plotted_columns, step_reward_curve, write_report, write_seed_report
 from steca.demo.results import COLUMNS, MISSING, SplitResult, environment_of, load_results, method_rows
@@ -131,6 +131,17 @@ def test_paired_comparisons_and_best_baseline(tmp_path):
     nopair = _fake_run(tmp_path / "np", {"sft": (2, 1), "steca": (5, 4)}, per_game=False)
     assert compare([load_results(nopair)], "steca", "sft", "alfworld_seen") is None
     assert significance_text([load_results(nopair)])[0].startswith("No paired test")
+
+
+def test_steca_against_its_ablations(tmp_path):
+    # seen: STeCa wins games 0-4, w/o D_c games 0-1 -> 3:0; unseen: 4 against 6 -> 0:2
+    run = _fake_run(tmp_path / "r", {"sft": (2, 1), "steca": (5, 4), "steca_no_dc": (2, 6), "zeta_variant": (5, 4)})
+    lines = ablation_table([load_results(run)])
+    assert lines[:2] == ["### STeCa against its ablations (positive: STeCa wins more)", ""]
+    assert "| STeCa w/o D_c | +30.0 (3:0) p=0.250 | -20.0 (0:2) p=0.500 |" in lines
+    assert "| zeta_variant | +0.0 (0:0) p=1.000 | +0.0 (0:0) p=1.000 |" in lines  # a new folder counts as an ablation
+    assert not any("SFT" in line for line in lines[3:])  # neither SFT nor a baseline is an ablation
+    assert ablation_table([load_results(_fake_run(tmp_path / "s", {"sft": (2, 1), "steca": (5, 4)}))]) == []
 
 
 def test_significance_words_and_power(tmp_path):

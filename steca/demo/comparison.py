@@ -172,7 +172,8 @@ def all_comparisons(per_run: Sequence[RunResults]) -> list[tuple[MethodRow, Colu
 
 
 def format_paired_tables(per_run: Sequence[RunResults]) -> list[str]:
-    """Two markdown tables (against SFT, against the best baseline), a cell per row and column."""
+    """Markdown tables, a cell per row and column: every row against SFT, against the best baseline, and (when
+    the runs have ablation rows) STeCa against each ablation."""
     cols = _columns(per_run)
     comps = all_comparisons(per_run)
     lines = []
@@ -186,7 +187,21 @@ def format_paired_tables(per_run: Sequence[RunResults]) -> list[str]:
             cells = {t[1].key: pick(t) for t in comps if t[0] == row}
             lines.append(f"| {row.label} | " + " | ".join(cells.get(c.key, MISSING) for c in cols) + " |")
         lines.append("")
-    return lines
+    return lines + ablation_table(per_run)
+
+
+def ablation_table(per_run: Sequence[RunResults]) -> list[str]:
+    """STeCa against each of its ablations on the same games, a line per ablation: a positive difference is
+    what the removed or replaced part adds. Empty when the runs have no ablation row."""
+    ablations = [r for r in _rows(per_run) if r.kind == "ablation"]
+    if not ablations or not any(MAIN_ROW in r for r in per_run):
+        return []
+    cols = _columns(per_run)
+    lines = ["### STeCa against its ablations (positive: STeCa wins more)", "", *_header(cols, "Ablation")]
+    for row in ablations:
+        cells = [format_comparison(compare(per_run, MAIN_ROW, row.folder, c.key)) for c in cols]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def significance_text(per_run: Sequence[RunResults], alpha: float = ALPHA) -> list[str]:
