@@ -26,14 +26,15 @@ source scripts/stage_common.sh
 # ------------------------------------------------------------------ editable variables
 # DEMO_PROFILE: default (the rows STeCa, SFT and the fair baseline, seed 0, 40 ALFWorld games per split: about
 # 14 minutes on 2 cores) | full (every row of the paper's table, seeds 0 1 2, 200 ALFWorld games per split and
-# about 100 VirtualHome tasks per split, 20 SFT epochs, into runs_full and assets/full: see the README for its
-# time). A profile only changes the defaults below; a variable set in the environment still wins.
+# about 100 VirtualHome tasks per split, 1200 ALFWorld training games and 12 SFT epochs, into runs_full and
+# assets/full: see the README for its time). A profile only changes the defaults below; a variable set in the
+# environment still wins.
 DEMO_PROFILE=${DEMO_PROFILE:-default}
 case "$DEMO_PROFILE" in
   default) ;;
   full)
     : "${SEEDS=0 1 2}" "${RUNS_DIR:=runs_full}" "${ASSETS_DIR=assets/full}" "${BASELINES:=true}"
-    : "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${SFT_EPOCHS:=20}"
+    : "${N_TRAIN:=1200}" "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${SFT_EPOCHS:=12}"
     : "${VH_HOMES:=12}" "${VH_UNSEEN_HOMES:=4}" "${VH_SEEN_PER_HOME:=13}" ;;  # 104 seen, ~120 unseen, ~136 train tasks
   *) echo "DEMO_PROFILE must be default or full, not '$DEMO_PROFILE'" >&2; exit 2 ;;
 esac

@@ -169,3 +169,38 @@ def test_a_failure_shows_a_ranks_abort_above_the_launchers_summary(tmp_path, cap
     assert "gloo::IoException" in caplog.text and "summary line 24" in caplog.text
     assert "summary line 2\n" not in caplog.text  # above the last twenty lines and not an error line
     assert "an old run's" not in caplog.text and "step 1 ok" not in caplog.text
+
+
+def test_an_unknown_demo_profile_is_refused_before_any_stage(tmp_path):
+    import os
+    import subprocess
+    env = {**os.environ, "DEMO_PROFILE": "huge", "SKIP_INSTALL": "true", "RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "DEMO_PROFILE must be default or full, not 'huge'" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_full_profile_runs_its_seeds_with_its_defaults_and_the_environment_wins(tmp_path):
+    """DEMO_PROFILE=full starts seed 0 of its three seeds with 1200/200 games; N_UNSEEN from the environment
+    wins. Stopped (SIGTERM) inside the first stage."""
+    import os
+    import signal
+    import subprocess
+    import time
+    runs = tmp_path / "runs"
+    env = {**os.environ, "DEMO_PROFILE": "full", "SKIP_INSTALL": "true", "RUNS_DIR": str(runs), "N_UNSEEN": "7",
+           "ASSETS_DIR": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(["bash", "run_demo.sh"], cwd=REPO, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not (runs / "demo_seed0" / "logs" / "stages" / "generate.log").exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"--output_dir {runs}/demo_seed0/bench --seed 0 --n_train 1200 --n_seen 200 --n_unseen 7 --size tiny" in err
+    assert "run_demo.sh (SEEDS): got SIGTERM" in err and not (runs / "demo_seed1").exists()
