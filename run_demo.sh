@@ -317,6 +317,7 @@ for split in $VH_EVAL_SPLITS; do
   [[ "$split" == seen || "$split" == unseen ]] || { echo "VH_EVAL_SPLITS takes seen and/or unseen, not '$split'" >&2; exit 2; }
 done
 [[ "$FAIR_BASELINE" == true || "$FAIR_BASELINE" == false ]] || { echo "FAIR_BASELINE must be true or false" >&2; exit 2; }
+[[ "$ENVS_BESIDE" == true || "$ENVS_BESIDE" == false ]] || { echo "ENVS_BESIDE must be true or false" >&2; exit 2; }
 REFLECTION_MAX_TOKENS=${REFLECTION_MAX_TOKENS:-96}
 REFLECTOR_MODEL=
 case "$REFLECTOR" in
