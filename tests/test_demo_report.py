@@ -263,3 +263,13 @@ def test_seed_report(tmp_path):
     old_row = next(line for line in text.splitlines() if line.startswith("| old |"))
     assert old_row.endswith(f"| {MISSING} | {MISSING} |")
     assert SplitResult(10, 5).rate == 0.5
+
+
+def test_seed_report_into_its_own_assets_folder(tmp_path):
+    """--assets_dir may be the report's own folder: the plot is already there, nothing to copy."""
+    runs = [_fake_run(tmp_path / f"s{i}", {"sft": (i, i), "steca": (2, 2)}) for i in range(2)]
+    out = tmp_path / "report" / "demo_seeds.md"  # its plot is demo_seeds.png, the assets' name
+    out.parent.mkdir()
+    write_seed_report(runs, out, out.parent)
+    png = out.parent / "demo_seeds.png"
+    assert png.is_file() and png.stat().st_size > 0

@@ -45,6 +45,13 @@ def plotted_columns(per_run: Sequence[RunResults]) -> list[Column]:
     return [c for c in COLUMNS if any(c.key in cols for r in per_run for cols in r.values())]
 
 
+def _copy_unless_same(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest``; nothing to do when they are one file (assets_dir is the report's folder)."""
+    if dest.exists() and os.path.samefile(src, dest):
+        return
+    shutil.copyfile(src, dest)
+
+
 def plot_success(per_run: Sequence[RunResults], path: str | os.PathLike, title: str = "") -> Path:
     """Grouped bars: success (%) per column (x: environment and split) and row (bar), the pooled rate
     over runs with its 95 % interval (:func:`steca.demo.comparison.cell_stats`) as error bar.
@@ -66,15 +73,16 @@ def plot_success(per_run: Sequence[RunResults], path: str | os.PathLike, title: 
             lo.append(100 * max(0.0, cell.mean - cell.lo))
             hi.append(100 * max(0.0, cell.hi - cell.mean))
         bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=row.label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, label_type="center")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, label_type="center", rotation=90)
     ax.set_xticks(range(len(cols)), [c.label for c in cols])
     ax.set_ylabel("success rate (%), 95 % interval")
     ax.set_title(title or "CPU mini benchmark: success per split and method")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_ylim(0, min(100.0, max(10.0, ax.get_ylim()[1] * 1.3)))
+    # beside the axes, not over them: with ten rows a legend inside covers the first column's bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.set_ylim(0, min(100.0, max(10.0, ax.get_ylim()[1] * 1.15)))
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -193,7 +201,7 @@ def write_report(run_dir: str | os.PathLike, assets_dir: str | os.PathLike | Non
         dest = Path(assets_dir)
         dest.mkdir(parents=True, exist_ok=True)
         for p in plots:
-            shutil.copyfile(p, dest / f"demo_{p.name}")
+            _copy_unless_same(p, dest / f"demo_{p.name}")
     return table
 
 
@@ -234,5 +242,5 @@ def write_seed_report(run_dirs: Sequence[str | os.PathLike], output: str | os.Pa
     out.write_text(text, encoding="utf-8")
     if assets_dir is not None:
         Path(assets_dir).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, Path(assets_dir) / "demo_seeds.png")
+        _copy_unless_same(png, Path(assets_dir) / "demo_seeds.png")
     return table
