@@ -75,6 +75,9 @@ def test_reflections_from_smollm2_are_real_and_cached(smollm2_dir, tmp_path):
 
 
 def test_check_says_installed():
-    out = subprocess.run([sys.executable, "-m", "steca.training.smollm2", "--check", "--output_dir", "-"],
-                         capture_output=True, text=True)
+    # exactly as run_demo.sh asks (REFLECTOR=smollm2|auto): --check alone, no --output_dir
+    assert "python -m steca.training.smollm2 --check >/dev/null" in (Path(__file__).parents[1] / "run_demo.sh").read_text()
+    out = subprocess.run([sys.executable, "-m", "steca.training.smollm2", "--check"], capture_output=True, text=True)
     assert (out.returncode, out.stdout.strip()) == ((0, "installed") if available() else (1, "not installed"))
+    converting = subprocess.run([sys.executable, "-m", "steca.training.smollm2"], capture_output=True, text=True)
+    assert converting.returncode == 2 and "--output_dir is required" in converting.stderr

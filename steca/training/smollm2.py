@@ -91,9 +91,11 @@ def convert_smollm2(output_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output_dir", required=True, help="folder to write (kept when already converted)")
+    p.add_argument("--output_dir", help="folder to write (kept when already converted); required unless --check")
     p.add_argument("--check", action="store_true", help="only say whether the packages are installed (exit 0/1)")
     args = p.parse_args(argv)
+    if not args.check and not args.output_dir:
+        p.error("--output_dir is required (unless --check)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check:
         ok = available()
