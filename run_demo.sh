@@ -8,6 +8,8 @@
 #                                    # means with 95 % intervals, paired tests pooled over seeds, per-type columns)
 #   BASELINES=true bash run_demo.sh  # add RFT, ETO, IPR and STeCa's ablations (finished stages are skipped)
 #   DEMO_PROFILE=full bash run_demo.sh  # every row, 3 seeds, 200 ALFWorld games per split (runs_full/)
+#   DEMO_PROFILE=gpu bash run_demo.sh   # one GPU: a larger model, 200 ALFWorld games per split (runs_gpu/)
+#   SETTINGS_ONLY=true DEMO_PROFILE=gpu bash run_demo.sh  # print the values a run would use, run nothing
 #
 # Stages (each one the very stage script a GPU user runs, with its variables set for the tiny setting):
 #   generate -> bootstrap -> sft -> expert/explore steps + Monte Carlo step rewards -> D_s / D_c / D_e ->
@@ -27,8 +29,10 @@ source scripts/stage_common.sh
 # DEMO_PROFILE: default (the rows STeCa, SFT and the fair baseline, seed 0, 40 ALFWorld games per split: about
 # 14 minutes on 2 cores) | full (every row of the paper's table, seeds 0 1 2, 200 ALFWorld games per split and
 # about 100 VirtualHome tasks per split, 1200 ALFWorld training games and 12 SFT epochs, into runs_full and
-# assets/full: see the README for its time). A profile only changes the defaults below; a variable set in the
-# environment still wins.
+# assets/full: see the README for its time) | gpu (one CUDA GPU: seed 0, the rows of the default profile, 200
+# ALFWorld games per split, the 30M-parameter "small" model trained from scratch, stages through the stage
+# scripts' gpu profile; into runs_gpu and assets/gpu). A profile only changes the defaults below; a variable set
+# in the environment still wins.
 DEMO_PROFILE=${DEMO_PROFILE:-default}
 case "$DEMO_PROFILE" in
   default) ;;
@@ -36,7 +40,13 @@ case "$DEMO_PROFILE" in
     : "${SEEDS=0 1 2}" "${RUNS_DIR:=runs_full}" "${ASSETS_DIR=assets/full}" "${BASELINES:=true}"
     : "${N_TRAIN:=1200}" "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${SFT_EPOCHS:=12}"
     : "${VH_HOMES:=12}" "${VH_UNSEEN_HOMES:=4}" "${VH_SEEN_PER_HOME:=13}" ;;  # 104 seen, ~120 unseen, ~136 train tasks
-  *) echo "DEMO_PROFILE must be default or full, not '$DEMO_PROFILE'" >&2; exit 2 ;;
+  gpu)  # batch 8 and the learning rates scaled down for the larger model: a first setting, not yet run on a GPU
+    : "${DEVICE:=cuda}" "${RUNS_DIR:=runs_gpu}" "${ASSETS_DIR=assets/gpu}" "${JOBS:=4}"
+    : "${N_TRAIN:=1200}" "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${MODEL_SIZE:=small}" "${SFT_EPOCHS:=10}"
+    : "${SFT_LR:=1e-3}" "${SFT_BATCH:=8}" "${RL_LR:=1.5e-4}" "${RL_BATCH:=8}" "${MAX_ACTIVE:=256}"
+    : "${VH_HOMES:=12}" "${VH_UNSEEN_HOMES:=4}" "${VH_SEEN_PER_HOME:=13}" "${VH_MODEL_SIZE:=small}"
+    : "${VH_SFT_LR:=2e-3}" "${VH_SFT_BATCH:=8}" "${VH_RL_LR:=3e-4}" "${VH_RL_BATCH:=8}" ;;
+  *) echo "DEMO_PROFILE must be default, full or gpu, not '$DEMO_PROFILE'" >&2; exit 2 ;;
 esac
 SEED=${SEED:-0}
 SEEDS=${SEEDS:-}                          # e.g. "0 1 2": run each seed, then the mean ± sd table
@@ -52,7 +62,10 @@ N_SEEN=${N_SEEN:-40}                      # valid_seen games (the "seen" column)
 N_UNSEEN=${N_UNSEEN:-40}                  # valid_unseen games: held-out layouts and goal combinations
 BENCH_SIZE=${BENCH_SIZE:-tiny}            # room size: tiny (4-7 receptacles) | small | medium | large
 INSTRUCTION=${INSTRUCTION:-short}         # first user turn: short (reply format only) | full (actions and rules)
-# model and SFT (sft/my_sft.sh, PROFILE=cpu)
+# where the stages run: cpu | cuda (one GPU: trainings through the stage scripts' gpu profile, i.e. accelerate
+# launch with sft/configs/fsdp.yaml and bf16, gradient accumulation 1; generation through the hf backend on CUDA)
+DEVICE=${DEVICE:-cpu}
+# model and SFT (sft/my_sft.sh)
 MODEL_SIZE=${MODEL_SIZE:-mini}            # nano | mini | tiny | small (bootstrap model trained from scratch)
 SFT_EPOCHS=${SFT_EPOCHS:-12}
 SFT_LR=${SFT_LR:-3e-3}
@@ -88,7 +101,7 @@ REFLECTOR=${REFLECTOR:-offline}           # who writes D_c's reflections: offlin
                                           # auto (smollm2 when its packages are installed, else offline) |
                                           # a model folder (any instruction-tuned model, through hf)
 SMOLLM2_DIR=${SMOLLM2_DIR:-$RUNS_DIR/models/smollm2}
-# reinforced training (Reinfoced_train/steca_train.sh, PROFILE=cpu) and the fair baseline
+# reinforced training (Reinfoced_train/steca_train.sh) and the fair baseline
 RL_LR=${RL_LR:-5e-4}                      # 0.15 x SFT_LR, the released 7B ratio (3e-6 / 2e-5)
 RL_BATCH=${RL_BATCH:-2}
 RL_EPOCHS=${RL_EPOCHS:-1}
@@ -122,6 +135,13 @@ VH_MAX_STEPS=${VH_MAX_STEPS:-12}          # episode length, prefix included, in 
 VH_RL_LR=${VH_RL_LR:-7.5e-4}              # 0.15 x VH_SFT_LR, as for ALFWorld
 VH_RL_BATCH=${VH_RL_BATCH:-2}
 # ------------------------------------------------------------------
+if [[ "${SETTINGS_ONLY:-false}" == true ]]; then  # the editable variables above, as this run would use them
+  for name in $(sed -n '/^# -* editable variables$/,/^# -*$/s/^\([A-Z][A-Z0-9_]*\)=.*/\1/p' "$0"); do
+    echo "$name=${!name}"
+  done
+  exit 0
+fi
+[[ "$DEVICE" == cpu || "$DEVICE" == cuda ]] || { echo "DEVICE must be cpu or cuda, not '$DEVICE'" >&2; exit 2; }
 
 if [[ -n "$SEEDS" ]]; then
   # each seed is a part (start_part): Ctrl-C or SIGTERM here stops it with all it started, then exits
@@ -144,6 +164,11 @@ installed() {  # find_spec: importing virtualhome itself needs its Unity client,
 }
 if [[ "$SKIP_INSTALL" != "true" ]] && ! installed; then
   bash scripts/install.sh
+fi
+if [[ "$DEVICE" == cuda ]] && ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "DEVICE=cuda (DEMO_PROFILE=$DEMO_PROFILE) needs a CUDA GPU, and torch sees none here" \
+       "(torch.cuda.is_available() is false; on a CPU: DEMO_PROFILE=default or full)" >&2
+  exit 2
 fi
 
 mkdir -p "$OUT_DIR"
@@ -239,8 +264,8 @@ eval_alfworld() {
   for split in $EVAL_SPLITS; do
     side "eval_${1}_$split" stage "eval_${1}_$split" env MODEL_PATH="$MODELS/$1" DATA_DIR="$BENCH" SFT_FILE="$BENCH/sft_train.json" \
       OUTPUT_DIR="$OUT_DIR/eval/$1" SPLITS="$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" \
-      ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device cpu" \
-      bash eval/my_eval_alfworld.sh
+      ICL_NUM="$ICL_NUM" EXTRA_ARGS="--max_steps $MAX_STEPS --max_new_tokens $MAX_NEW_TOKENS --device $DEVICE" \
+      AGENT_CONFIG=hf bash eval/my_eval_alfworld.sh
   done
 }
 eval_vh() {
@@ -249,7 +274,8 @@ eval_vh() {
     side "vh_eval_${1}_$split" stage "vh_eval_${1}_$split" env MODEL_PATH="$root/models/$1" \
       DATA_DIR="$root/bench" SFT_FILE="$root/bench/vh_sft_train.json" SPLIT="$([[ $split == seen ]] && echo dev || echo unseen)" \
       OUTPUT_DIR="$root/eval/$1/$split" NUM_WORKERS="$EVAL_WORKERS" MAX_ACTIVE="$MAX_ACTIVE" ICL_NUM="$ICL_NUM" \
-      EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device cpu" bash eval/my_eval_vh.sh
+      EXTRA_ARGS="--max_steps $VH_MAX_STEPS --max_new_tokens $VH_MAX_NEW_TOKENS --device $DEVICE" AGENT_CONFIG=hf \
+      bash eval/my_eval_vh.sh
   done
 }
 # BASELINES=true: the paper's baselines (RFT, ETO, IPR; data_collection/data_baselines.py) and STeCa's ablations
@@ -299,7 +325,11 @@ baseline_rows() {
   done
   joined
 }
-export PROFILE=cpu
+case "$DEVICE" in
+  cpu) export PROFILE=cpu ;;
+  # one GPU; global batch = PER_DEVICE_BATCH, as on the CPU (the gpu profile's accumulation is the released 7B one)
+  cuda) export PROFILE=gpu NUM_GPUS=1 GRAD_ACCUM=1 ;;
+esac
 # The same numbers on every machine: THREADS threads in every process (whatever the environment said), and
 # one kernel family for every x86-64 CPU (torch's ATen dispatch, MKL's code path, oneDNN's ISA); see the
 # README's CPU mini benchmark section for what this pins and what it cannot.

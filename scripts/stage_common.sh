@@ -17,7 +17,8 @@ stage_defaults() {
 
 # launch_trainer ENTRY ARGS...: run a training entry point. PROFILE=gpu: accelerate launch with
 # ACCELERATE_CONFIG over NUM_GPUS GPUs (NUM_MACHINES, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT for
-# several nodes); PROFILE=cpu: one process, or NPROC processes under torchrun with the gloo backend
+# several nodes, where auto means 29500; on one node MAIN_PROCESS_PORT=auto, the default, takes a free port,
+# so that trainings started side by side, as the demo's gpu profile does, never share one); PROFILE=cpu: one process, or NPROC processes under torchrun with the gloo backend
 # (MASTER_PORT: a fixed port, or auto = torchrun --standalone, whose rendezvous store binds port 0: no race).
 launch_trainer() {
   if [[ "$PROFILE" == "gpu" ]]; then
@@ -25,9 +26,12 @@ launch_trainer() {
     # reinforced training: set NUM_GPUS and GRAD_ACCUM to match their global batch of 16 / 15)
     if [[ "${NUM_GPUS:-0}" -eq 0 ]]; then NUM_GPUS=$(python -c "import torch; print(torch.cuda.device_count())"); fi
     if [[ "$NUM_GPUS" -lt 1 ]]; then echo "PROFILE=gpu: no GPU found (set NUM_GPUS)" >&2; return 2; fi
+    local port=${MAIN_PROCESS_PORT:-auto}
+    if [[ "$port" == auto && "${NUM_MACHINES:-1}" -gt 1 ]]; then port=29500; fi  # every node must name the same
+    if [[ "$port" == auto ]]; then port=$(python -m steca.training.free_port) || return 1; fi
     accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
       --num_machines "${NUM_MACHINES:-1}" --machine_rank "${MACHINE_RANK:-0}" \
-      --main_process_ip "${MAIN_PROCESS_IP:-127.0.0.1}" --main_process_port "${MAIN_PROCESS_PORT:-29500}" "$@"
+      --main_process_ip "${MAIN_PROCESS_IP:-127.0.0.1}" --main_process_port "$port" "$@"
   elif [[ "${NPROC:-1}" -gt 1 ]]; then
     local rendezvous=(--standalone)
     if [[ "${MASTER_PORT:-auto}" != auto ]]; then rendezvous=(--master_port "$MASTER_PORT"); fi

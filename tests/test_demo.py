@@ -177,8 +177,44 @@ def test_an_unknown_demo_profile_is_refused_before_any_stage(tmp_path):
     env = {**os.environ, "DEMO_PROFILE": "huge", "SKIP_INSTALL": "true", "RUNS_DIR": str(tmp_path / "runs")}
     out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 2 and "DEMO_PROFILE must be default or full, not 'huge'" in out.stderr
+    assert out.returncode == 2 and "DEMO_PROFILE must be default, full or gpu, not 'huge'" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _demo_settings(**env: str) -> dict[str, str]:
+    """The values run_demo.sh would use (SETTINGS_ONLY=true) under ``env``."""
+    import os
+    import subprocess
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEMO_PROFILE", "DEVICE", "N_SEEN", "MODEL_SIZE")}
+    out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**clean, "SETTINGS_ONLY": "true", **env})
+    assert out.returncode == 0, out.stderr
+    return dict(line.split("=", 1) for line in out.stdout.splitlines())
+
+
+def test_the_gpu_profile_sets_the_device_the_larger_model_and_200_games_and_the_environment_wins():
+    default, gpu = _demo_settings(), _demo_settings(DEMO_PROFILE="gpu", N_SEEN="7")
+    assert (default["DEVICE"], default["MODEL_SIZE"], default["N_SEEN"], default["RUNS_DIR"]) == ("cpu", "mini", "40", "runs")
+    assert (gpu["DEVICE"], gpu["MODEL_SIZE"], gpu["VH_MODEL_SIZE"], gpu["RUNS_DIR"]) == ("cuda", "small", "small", "runs_gpu")
+    assert (gpu["N_UNSEEN"], gpu["N_SEEN"], gpu["SEEDS"], gpu["BASELINES"]) == ("200", "7", "", "false")
+    assert len(default) > 60 and set(default) == set(gpu)  # every editable variable, and only those
+
+
+def test_the_gpu_profile_is_refused_on_a_machine_without_a_gpu(tmp_path):
+    import os
+    import subprocess
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    for env in ({"DEMO_PROFILE": "gpu"}, {"DEVICE": "cuda"}):
+        out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "SKIP_INSTALL": "true", "RUNS_DIR": str(tmp_path / "runs"), **env})
+        assert out.returncode == 2 and "needs a CUDA GPU, and torch sees none here" in out.stderr, out.stderr
+        assert not (tmp_path / "runs").exists()
+    out = subprocess.run(["bash", str(REPO / "run_demo.sh")], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SKIP_INSTALL": "true", "RUNS_DIR": str(tmp_path / "runs"), "DEVICE": "tpu"})
+    assert out.returncode == 2 and "DEVICE must be cpu or cuda, not 'tpu'" in out.stderr
 
 
 def test_the_full_profile_runs_its_seeds_with_its_defaults_and_the_environment_wins(tmp_path):

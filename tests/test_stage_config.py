@@ -70,6 +70,42 @@ def test_stage_script_helper_keeps_what_the_script_set(tmp_path):
     assert out == ["runs/x/explore_steps_mc.jsonl", "40", "runs/o/sft/alfworld"]
 
 
+def test_gpu_trainer_launch_takes_a_free_port_on_one_node_and_a_shared_one_on_several(tmp_path):
+    """launch_trainer under PROFILE=gpu: on one node MAIN_PROCESS_PORT=auto (the default) gives each launch a port
+    that is free, so trainings started side by side (the demo's gpu profile) do not collide on accelerate's fixed
+    default; several nodes keep 29500, a port set by the user is kept. The ``accelerate`` found on PATH here is a
+    stand-in that prints its arguments: the launch itself needs GPUs (scripts/gpu_smoke.sh runs it for real)."""
+    import socket
+    fake = tmp_path / "bin" / "accelerate"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "$@"\n')
+    fake.chmod(0o755)
+
+    def port(**env: str) -> int:
+        script = f'cd "{REPO}"; source scripts/stage_common.sh; PROFILE=gpu NUM_GPUS=1 launch_trainer entry.py --x 1'
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", **env})
+        assert out.returncode == 0, out.stderr
+        args = out.stdout.split()
+        assert args[-3:] == ["entry.py", "--x", "1"] and args[args.index("--num_processes") + 1] == "1"
+        return int(args[args.index("--main_process_port") + 1])
+
+    held = socket.socket()  # accelerate's default port taken, as by a training already running
+    try:
+        held.bind(("127.0.0.1", 29500))
+        held.listen()
+    except OSError:
+        pass  # something else holds it already
+    try:
+        for chosen in (port() for _ in range(3)):
+            assert chosen != 29500
+            with socket.socket() as s:  # free when chosen: it can be bound
+                s.bind(("127.0.0.1", chosen))
+    finally:
+        held.close()
+    assert port(NUM_MACHINES="2") == 29500 and port(MAIN_PROCESS_PORT="31234") == 31234
+
+
 def test_download_unpacks_a_single_top_folder_where_the_configuration_looks(tmp_path):
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as zf:
