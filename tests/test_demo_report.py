@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steca.demo.comparison import (ablation_table, all_comparisons, best_baseline, cell_stats, compare, format_table, per_type_tables,
-                                   power_text, significance_text)
+from steca.demo.comparison import (ablation_table, all_comparisons, best_baseline, cell_stats, compare,
+                                   format_comparison, format_table, per_type_tables, power_text, significance_text)
 from steca.demo.report import plotted_columns, step_reward_curve, write_report, write_seed_report
 from steca.demo.results import COLUMNS, MISSING, SplitResult, environment_of, load_results, method_rows
 from steca.demo.significance import PairedCounts
@@ -120,6 +120,7 @@ def test_paired_comparisons_and_best_baseline(tmp_path):
     res = [load_results(run)]
     c = compare(res, "steca", "sft", "alfworld_seen")
     assert c.counts == PairedCounts(both=2, only_a=3, only_b=0, neither=5) and c.p == 0.25 and c.diff == 0.3
+    assert c.seeds is None and format_comparison(c) == "+30.0 (3:0) p=0.250"  # one run: no test over seeds
     rows = method_rows(list(res[0]))
     assert best_baseline(res, rows, "alfworld_seen").folder == "ipr"          # 4/10 beats 3/10
     assert best_baseline(res, rows, "alfworld_unseen").folder == "sft_more"   # 2/10 beats 0/10
@@ -250,6 +251,8 @@ def test_seed_report(tmp_path):
     # steca vs sft, ALFWorld seen, per seed (only steca, only sft) = (4,0), (4,0), (4,0), (3,0): 15:0 pooled
     c = compare(per_run, "steca", "sft", "alfworld_seen")
     assert c.counts.only_a == 15 and c.counts.only_b == 0 and c.n_runs == 4 and c.p == 2 / 2 ** 15
+    # the t test over the seeds: differences 0.4, 0.4, 0.4, 0.3 (tests/test_significance.py by hand)
+    assert c.seeds.mean == pytest.approx(0.375) and c.seeds.lo == pytest.approx(0.375 - 0.0795612, abs=1e-6)
     for i, r in enumerate(runs):
         run_stage(r, "sft", [sys.executable, "-c", "pass"])
         if i < 3:
@@ -258,7 +261,8 @@ def test_seed_report(tmp_path):
     assert write_seed_report(runs, out, tmp_path / "assets") == table
     text = out.read_text()
     assert out.with_suffix(".png").is_file() and (tmp_path / "assets" / "demo_seeds.png").is_file() and table in text
-    assert "pooled over the seeds" in text and "+37.5 (15:0) p<0.001" in text
+    assert "pooled over the seeds" in text and "+37.5 (15:0) p<0.001; seeds [+29.5, +45.5] p<0.001" in text
+    assert "also by the t test over the seeds" in text and "holds each trained model fixed" in text
     assert "| run | wall s | CPU s | ALFWorld wall s | ALFWorld CPU s | VirtualHome wall s | VirtualHome CPU s |" in text
     old_row = next(line for line in text.splitlines() if line.startswith("| old |"))
     assert old_row.endswith(f"| {MISSING} | {MISSING} |")

@@ -5,6 +5,7 @@ import pytest
 
 from steca.demo.significance import (PairedCounts, bootstrap_interval, exact_binomial_two_sided, games_for_difference,
                                      games_for_paired_difference, mcnemar_exact, paired_counts, pooled_mcnemar,
+                                     seed_difference_test, student_t_quantile, student_t_two_sided_p,
                                      wilson_interval, z_quantile)
 
 
@@ -94,3 +95,32 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     assert hi1 - lo1 > hi3 - lo3
     with pytest.raises(ValueError):
         bootstrap_interval([(5, 4)])
+
+
+def test_student_t_against_closed_forms_and_tables():
+    import math
+    for t in (0.1, 1.0, 2.5, 9.0, 250.0):
+        # df = 1 (Cauchy): p = 1 - (2/pi) atan|t|; df = 2: p = 1 - |t| / sqrt(2 + t^2)
+        assert student_t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-9)
+        assert student_t_two_sided_p(-t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert student_t_two_sided_p(0.0, 5) == pytest.approx(1.0) and student_t_two_sided_p(math.inf, 5) == 0.0
+    # printed tables of t_{0.975, df}
+    for df, t975 in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (30, 2.0423)):
+        assert student_t_quantile(0.975, df) == pytest.approx(t975, abs=1e-4)
+    with pytest.raises(ValueError):
+        student_t_two_sided_p(1.0, 0)
+
+
+def test_seed_difference_test_by_hand():
+    # per-seed differences 0.4, 0.4, 0.4, 0.3: mean 0.375, sd = sqrt(3 * 0.025^2 + 0.075^2) / sqrt(3) = 0.05,
+    # se = 0.025, t = 15 with 3 df; half-width t_{0.975,3} se = 3.182446 * 0.025 = 0.0795612
+    test = seed_difference_test([0.4, 0.4, 0.4, 0.3])
+    assert test.mean == pytest.approx(0.375) and test.n_seeds == 4
+    assert (test.lo, test.hi) == pytest.approx((0.375 - 0.0795612, 0.375 + 0.0795612), abs=1e-6)
+    assert test.p == pytest.approx(student_t_two_sided_p(15.0, 3)) and test.p < 0.001
+    # a spread as large as the mean: not significant, the interval covers 0
+    wide = seed_difference_test([0.2, -0.1, 0.05])
+    assert wide.lo < 0 < wide.hi and wide.p > 0.05
+    assert seed_difference_test([0.1, 0.1]).p == 0.0 and seed_difference_test([0.0, 0.0]).p == 1.0
+    with pytest.raises(ValueError, match="at least two seeds"):
+        seed_difference_test([0.1])

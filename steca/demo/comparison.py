@@ -3,8 +3,10 @@ interval, every row compared with SFT and with the best baseline on the same gam
 test, the significant differences in words, the games a 5-point difference needs, success by task type.
 
 One run: Wilson intervals and McNemar's exact test. Several runs (seeds): the mean over seeds with a
-bootstrap interval over seeds and games, and McNemar's exact test on the discordant games pooled over
-seeds (:func:`steca.demo.significance.pooled_mcnemar`). Formulas: :mod:`steca.demo.significance`.
+bootstrap interval over seeds and games, McNemar's exact test on the discordant games pooled over seeds
+(:func:`steca.demo.significance.pooled_mcnemar`), and the t test of the per-seed differences
+(:func:`steca.demo.significance.seed_difference_test`), which also sees the variation between training
+runs. Formulas: :mod:`steca.demo.significance`.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import Sequence
 
 from steca.demo.results import (BASE_ROW, COLUMNS, ENVIRONMENTS, MAIN_ROW, MISSING, Column, MethodRow,
                                 RunResults, SplitResult, method_rows)
-from steca.demo.significance import (ALPHA, DELTA, POWER, PairedCounts, bootstrap_interval, games_for_difference,
-                                     games_for_paired_difference, paired_counts, pooled_mcnemar, wilson_interval)
+from steca.demo.significance import (ALPHA, DELTA, POWER, PairedCounts, SeedTest, bootstrap_interval,
+                                     games_for_difference, games_for_paired_difference, paired_counts, pooled_mcnemar,
+                                     seed_difference_test, wilson_interval)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class Comparison:
     """Row ``row`` against row ``other`` in ``column`` on the games both were evaluated on, pooled over the
     ``n_runs`` runs where both have per-game outcomes: ``counts.only_a`` games won by ``row`` alone,
     ``counts.only_b`` by ``other`` alone; ``diff`` = (only_a - only_b) / games, the difference in success
-    rate on those games; ``p`` the exact McNemar p-value of the pooled discordant counts."""
+    rate on those games; ``p`` the exact McNemar p-value of the pooled discordant counts; ``seeds`` the t test
+    of the per-run differences (None with fewer than two runs)."""
 
     row: str
     other: str
@@ -65,6 +69,7 @@ class Comparison:
     counts: PairedCounts
     p: float
     n_runs: int
+    seeds: SeedTest | None = None
 
     @property
     def diff(self) -> float:
@@ -85,7 +90,8 @@ def compare(per_run: Sequence[RunResults], row: str, other: str, column: str) ->
     if not per_seed:
         return None
     total, p = pooled_mcnemar(per_seed)
-    return Comparison(row, other, column, total, p, len(per_seed))
+    seeds = (seed_difference_test([(c.only_a - c.only_b) / c.n for c in per_seed]) if len(per_seed) > 1 else None)
+    return Comparison(row, other, column, total, p, len(per_seed), seeds)
 
 
 def best_baseline(per_run: Sequence[RunResults], rows: Sequence[MethodRow], column: str,
@@ -146,11 +152,15 @@ def format_table(per_run: Sequence[RunResults]) -> str:
 
 def format_comparison(c: Comparison | None, name: str = "") -> str:
     """``+2.5 (3:2) p=0.688``: difference in points, games won only by the row : only by the other, p;
-    ``name`` (the other row) is written after the difference when given."""
+    ``name`` (the other row) is written after the difference when given. Several runs add the seed-level t
+    test: ``; seeds [-1.2, +6.0] p=0.120`` (95 % t interval of the mean per-seed difference, in points)."""
     if c is None:
         return MISSING
     vs = f" vs {name}" if name else ""
-    return f"{100 * c.diff:+.1f}{vs} ({c.counts.only_a}:{c.counts.only_b}) {format_p(c.p)}"
+    text = f"{100 * c.diff:+.1f}{vs} ({c.counts.only_a}:{c.counts.only_b}) {format_p(c.p)}"
+    if c.seeds is not None:
+        text += f"; seeds [{100 * c.seeds.lo:+.1f}, {100 * c.seeds.hi:+.1f}] {format_p(c.seeds.p)}"
+    return text
 
 
 def all_comparisons(per_run: Sequence[RunResults]) -> list[tuple[MethodRow, Column, Comparison | None,
@@ -207,7 +217,7 @@ def ablation_table(per_run: Sequence[RunResults]) -> list[str]:
 def significance_text(per_run: Sequence[RunResults], alpha: float = ALPHA) -> list[str]:
     """The differences significant at ``alpha``, in words (or that none is)."""
     labels = {r.folder: r.label for r in _rows(per_run)}
-    found, tested = [], 0
+    found, tested, both = [], 0, 0
     for row, col, vs_sft, best, vs_best in all_comparisons(per_run):
         for c in (vs_sft, vs_best):
             if c is None:
@@ -215,17 +225,27 @@ def significance_text(per_run: Sequence[RunResults], alpha: float = ALPHA) -> li
             tested += 1
             if c.p < alpha:
                 way = "above" if c.diff > 0 else "below"
+                seeds = ""
+                if c.seeds is not None:
+                    held = c.seeds.p < alpha
+                    both += held
+                    seeds = (f"; over the seeds {format_p(c.seeds.p)}"
+                             f"{'' if held else ', not significant once training runs vary'}")
                 found.append(f"- {row.label} is {way} {labels[c.other]} on {col.label}: {100 * c.diff:+.1f} points, "
                              f"{c.counts.only_a} game{'' if c.counts.only_a == 1 else 's'} won only by it and {c.counts.only_b} "
                              "only by "
-                             f"{labels[c.other]}, {format_p(c.p)}.")
+                             f"{labels[c.other]}, {format_p(c.p)}{seeds}.")
     if not tested:
         return ["No paired test: the runs have no per-game outcomes of two rows on the same games."]
     if not found:
         return [f"None of the {tested} paired differences is significant at p < {alpha}: at these sample sizes "
                 "the table cannot tell the methods apart."]
-    return [f"{len(found)} of the {tested} paired differences are significant at p < {alpha} (not corrected for "
-            "multiple comparisons):", *found]
+    several = any(c.seeds is not None for t in all_comparisons(per_run) for c in (t[2], t[4]) if c is not None)
+    head = (f"{len(found)} of the {tested} paired differences are significant at p < {alpha} by McNemar's test (not "
+            "corrected for multiple comparisons)")
+    if several:
+        head += f"; {both} of them also by the t test over the seeds"
+    return [head + ":", *found]
 
 
 def power_text(per_run: Sequence[RunResults], delta: float = DELTA, alpha: float = ALPHA,
@@ -294,13 +314,19 @@ def comparison_sections(per_run: Sequence[RunResults]) -> list[str]:
     interval = ("mean over the seeds [95 % percentile bootstrap interval, resampling seeds and then games] "
                 "(per-seed values)" if several else "[95 % Wilson interval] (wins/games)")
     test = ("exact McNemar test on the discordant games pooled over the seeds (stratified McNemar: under the null "
-            "each discordant game of each seed is a fair coin)" if several else "exact McNemar test")
+            "each discordant game of each seed is a fair coin), then the t test over the seeds: the 95 % t interval "
+            "of the mean per-seed difference and its p-value" if several else "exact McNemar test")
     lines = ["## Success rate", "", f"Success in %, greedy decoding: {interval}; {MISSING}: not evaluated.", "",
              format_table(per_run), "",
              "## Paired tests", "",
              f"Each row against SFT and against the best baseline on the same games, by the {test}. A cell is the "
              "difference in points on the common games, (games won only by the row : only by the other), and the "
-             "two-sided p-value.", "", *format_paired_tables(per_run), *significance_text(per_run), ""]
+             "two-sided p-value.", "", "McNemar's test holds each trained model fixed: it sees which games a model "
+             "wins, not how far its success moves when it is trained again (another data order, another seed), so "
+             "with one run a small p is no proof that the method, rather than that training run, differs."
+             + (" The t test over the seeds uses the spread of the per-seed differences, which contains that "
+                "variation; with few seeds it is weak." if several else ""), "",
+             *format_paired_tables(per_run), *significance_text(per_run), ""]
     power = power_text(per_run)
     if power:
         lines += ["## Games needed", "", *power, ""]

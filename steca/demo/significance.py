@@ -5,6 +5,12 @@ Every evaluation is greedy, so a method's outcome on a game is fixed for a seed:
 on the same games of a seed are *paired*, and only the games on which they disagree (the discordant
 games) carry information about which is better (McNemar's test). Seeds are independent replications
 (each seed generates its own games and trains its own models).
+
+McNemar's test holds each seed's trained models fixed: it measures which games a model wins, not how
+much its success moves when it is trained again. Training the same data in another order can move it by
+more than the test's noise (README, "The `full` profile"). The seed-level t test
+(:func:`seed_difference_test`) uses the spread of the per-seed differences instead, which contains that
+variation; with a handful of seeds it is weak.
 """
 from __future__ import annotations
 
@@ -183,3 +189,77 @@ def games_for_paired_difference(discordant: float, delta: float = DELTA, alpha: 
     za, zb = z_quantile(1 - alpha / 2), z_quantile(power)
     root = za * math.sqrt(psi) + zb * math.sqrt(psi - delta * delta)
     return math.ceil(root * root / (delta * delta))
+
+
+def student_t_two_sided_p(t: float, df: int) -> float:
+    """``P(|T| >= |t|)`` for Student's t distribution with ``df`` degrees of freedom.
+
+    With ``t = sqrt(df) tan(theta)`` the density of ``theta`` on ``(-pi/2, pi/2)`` is proportional to
+    ``cos(theta)^(df-1)``, so
+
+        p = 1 - F(atan(|t| / sqrt(df))) / F(pi/2),   F(x) = int_0^x cos(u)^(df-1) du,
+
+    both integrals by Simpson's rule (bounded, smooth integrand; error far below the printed digits).
+    """
+    if df < 1:
+        raise ValueError(f"student_t_two_sided_p needs df >= 1, got {df}")
+    if math.isinf(t):
+        return 0.0
+
+    def integral(x: float, panels: int = 2000) -> float:
+        h = x / panels
+        total = 1.0 + math.cos(x) ** (df - 1)
+        for i in range(1, panels):
+            total += (4 if i % 2 else 2) * math.cos(i * h) ** (df - 1)
+        return total * h / 3
+
+    return max(0.0, 1.0 - integral(math.atan(abs(t) / math.sqrt(df))) / integral(math.pi / 2))
+
+
+def student_t_quantile(q: float, df: int) -> float:
+    """The quantile ``t`` with ``P(T <= t) = q`` (``0.5 < q < 1``), by bisection on
+    :func:`student_t_two_sided_p` (``P(T <= t) = 1 - p(t) / 2`` for ``t > 0``)."""
+    if not 0.5 < q < 1:
+        raise ValueError(f"student_t_quantile needs 0.5 < q < 1, got {q}")
+    lo, hi = 0.0, 1.0
+    while 1 - student_t_two_sided_p(hi, df) / 2 < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 1 - student_t_two_sided_p(mid, df) / 2 < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """Seed-level comparison of two rows: ``mean`` of the per-seed differences in success rate, its 95 %
+    t interval ``[lo, hi]`` and the two-sided p-value of the one-sample t test of mean 0 (fractions)."""
+
+    mean: float
+    lo: float
+    hi: float
+    p: float
+    n_seeds: int
+
+
+def seed_difference_test(diffs: Sequence[float], alpha: float = ALPHA) -> SeedTest:
+    """One-sample t test over seeds of the per-seed differences ``d_s`` (row minus other, each on its seed's
+    common games), S >= 2 seeds:
+
+        mean = sum_s d_s / S,  sd = sqrt(sum_s (d_s - mean)^2 / (S - 1)),  se = sd / sqrt(S)
+        interval = mean -/+ t_{1-alpha/2, S-1} se,   p = P(|T_{S-1}| >= |mean / se|)
+
+    The seeds are the replications: the spread of ``d_s`` contains the variation between training runs,
+    which McNemar's test on the games does not see. With ``sd = 0`` the interval is the point ``mean`` and
+    ``p`` is 0 (1 when ``mean`` is 0 too).
+    """
+    if len(diffs) < 2:
+        raise ValueError(f"seed_difference_test needs at least two seeds, got {len(diffs)}")
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return SeedTest(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
+    se = sd / math.sqrt(n)
+    half = student_t_quantile(1 - alpha / 2, n - 1) * se
+    return SeedTest(mean, mean - half, mean + half, student_t_two_sided_p(mean / se, n - 1), n)
