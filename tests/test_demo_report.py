@@ -121,6 +121,9 @@ def test_paired_comparisons_and_best_baseline(tmp_path):
     c = compare(res, "steca", "sft", "alfworld_seen")
     assert c.counts == PairedCounts(both=2, only_a=3, only_b=0, neither=5) and c.p == 0.25 and c.diff == 0.3
     assert c.seeds is None and format_comparison(c) == "+30.0 (3:0) p=0.250"  # one run: no test over seeds
+    # two runs with the same difference (here the same run twice): no spread, so no t statistic and no p
+    twice = compare(res + res, "steca", "sft", "alfworld_seen")
+    assert twice.seeds.p is None and format_comparison(twice) == "+30.0 (6:0) p=0.031; seeds [+30.0, +30.0] no spread"
     rows = method_rows(list(res[0]))
     assert best_baseline(res, rows, "alfworld_seen").folder == "ipr"          # 4/10 beats 3/10
     assert best_baseline(res, rows, "alfworld_unseen").folder == "sft_more"   # 2/10 beats 0/10

@@ -121,6 +121,7 @@ def test_seed_difference_test_by_hand():
     # a spread as large as the mean: not significant, the interval covers 0
     wide = seed_difference_test([0.2, -0.1, 0.05])
     assert wide.lo < 0 < wide.hi and wide.p > 0.05
-    assert seed_difference_test([0.1, 0.1]).p == 0.0 and seed_difference_test([0.0, 0.0]).p == 1.0
+    # no spread: no t statistic (None), not a p of 0; no difference at all: p = 1
+    assert seed_difference_test([0.1, 0.1]).p is None and seed_difference_test([0.0, 0.0]).p == 1.0
     with pytest.raises(ValueError, match="at least two seeds"):
         seed_difference_test([0.1])

@@ -159,7 +159,8 @@ def format_comparison(c: Comparison | None, name: str = "") -> str:
     vs = f" vs {name}" if name else ""
     text = f"{100 * c.diff:+.1f}{vs} ({c.counts.only_a}:{c.counts.only_b}) {format_p(c.p)}"
     if c.seeds is not None:
-        text += f"; seeds [{100 * c.seeds.lo:+.1f}, {100 * c.seeds.hi:+.1f}] {format_p(c.seeds.p)}"
+        p = "no spread" if c.seeds.p is None else format_p(c.seeds.p)
+        text += f"; seeds [{100 * c.seeds.lo:+.1f}, {100 * c.seeds.hi:+.1f}] {p}"
     return text
 
 
@@ -227,10 +228,11 @@ def significance_text(per_run: Sequence[RunResults], alpha: float = ALPHA) -> li
                 way = "above" if c.diff > 0 else "below"
                 seeds = ""
                 if c.seeds is not None:
-                    held = c.seeds.p < alpha
+                    held = c.seeds.p is not None and c.seeds.p < alpha
                     both += held
-                    seeds = (f"; over the seeds {format_p(c.seeds.p)}"
-                             f"{'' if held else ', not significant once training runs vary'}")
+                    over = ("every seed has the same difference, so no t test" if c.seeds.p is None
+                            else f"over the seeds {format_p(c.seeds.p)}")
+                    seeds = f"; {over}{'' if held else ', not significant once training runs vary'}"
                 found.append(f"- {row.label} is {way} {labels[c.other]} on {col.label}: {100 * c.diff:+.1f} points, "
                              f"{c.counts.only_a} game{'' if c.counts.only_a == 1 else 's'} won only by it and {c.counts.only_b} "
                              "only by "

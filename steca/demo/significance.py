@@ -233,12 +233,13 @@ def student_t_quantile(q: float, df: int) -> float:
 @dataclass(frozen=True)
 class SeedTest:
     """Seed-level comparison of two rows: ``mean`` of the per-seed differences in success rate, its 95 %
-    t interval ``[lo, hi]`` and the two-sided p-value of the one-sample t test of mean 0 (fractions)."""
+    t interval ``[lo, hi]`` and the two-sided p-value of the one-sample t test of mean 0 (fractions); ``p`` is
+    None when every seed has the same nonzero difference (no spread: the t statistic is undefined)."""
 
     mean: float
     lo: float
     hi: float
-    p: float
+    p: float | None
     n_seeds: int
 
 
@@ -251,7 +252,8 @@ def seed_difference_test(diffs: Sequence[float], alpha: float = ALPHA) -> SeedTe
 
     The seeds are the replications: the spread of ``d_s`` contains the variation between training runs,
     which McNemar's test on the games does not see. With ``sd = 0`` the interval is the point ``mean`` and
-    ``p`` is 0 (1 when ``mean`` is 0 too).
+    ``p`` is None (1 when ``mean`` is 0 too): equal differences on a few seeds happen by chance with counts of
+    games, and a p of 0 would claim a certainty that two or three seeds cannot give.
     """
     if len(diffs) < 2:
         raise ValueError(f"seed_difference_test needs at least two seeds, got {len(diffs)}")
@@ -259,7 +261,7 @@ def seed_difference_test(diffs: Sequence[float], alpha: float = ALPHA) -> SeedTe
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     if sd == 0:
-        return SeedTest(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
+        return SeedTest(mean, mean, mean, 1.0 if mean == 0 else None, n)
     se = sd / math.sqrt(n)
     half = student_t_quantile(1 - alpha / 2, n - 1) * se
     return SeedTest(mean, mean - half, mean + half, student_t_two_sided_p(mean / se, n - 1), n)
