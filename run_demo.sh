@@ -38,8 +38,9 @@ case "$DEMO_PROFILE" in
   default) ;;
   full)
     : "${SEEDS=0 1 2}" "${RUNS_DIR:=runs_full}" "${ASSETS_DIR=assets/full}" "${BASELINES:=true}"
-    # 10 epochs: the base agents of seeds 0 and 1 inside 40-70 % of seen games (12: seed 1 at 76 %); RL_LR 0.05 x SFT_LR (probes on seed 0's seen
-    # split, README "The `full` profile"; the 0.15 ratio of the released 7B runs lowered every trained row here)
+    # 10 epochs: the base agents of seeds 0 and 1 inside 40-70 % of seen games (12: seed 1 at 76 %);
+    # RL_LR 0.05 x SFT_LR (probes on seed 0's seen split, README "The `full` profile"; the 0.15 ratio of the
+    # released 7B runs lowered every trained row here)
     : "${N_TRAIN:=1200}" "${N_SEEN:=200}" "${N_UNSEEN:=200}" "${SFT_EPOCHS:=10}" "${RL_LR:=1.5e-4}"
     : "${VH_HOMES:=12}" "${VH_UNSEEN_HOMES:=4}" "${VH_SEEN_PER_HOME:=13}" ;;  # 104 seen, ~120 unseen, ~136 train tasks
   gpu)  # batch 8 and the learning rates scaled down for the larger model: a first setting, not yet run on a GPU
