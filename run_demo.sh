@@ -28,11 +28,11 @@ source scripts/stage_common.sh
 # ------------------------------------------------------------------ editable variables
 # DEMO_PROFILE: default (the rows STeCa, SFT and the fair baseline, seed 0, 40 ALFWorld games per split: about
 # 14 minutes on 2 cores) | full (every row of the paper's table, seeds 0 1 2, 200 ALFWorld games per split and
-# about 100 VirtualHome tasks per split, 1200 ALFWorld training games, 10 SFT epochs and RL_LR 1.5e-4, into runs_full and
-# assets/full: see the README for its time) | gpu (one CUDA GPU: seed 0, the rows of the default profile, 200
-# ALFWorld games per split, the 30M-parameter "small" model trained from scratch, stages through the stage
-# scripts' gpu profile; into runs_gpu and assets/gpu). A profile only changes the defaults below; a variable set
-# in the environment still wins.
+# about 100 VirtualHome tasks per split, 1200 ALFWorld training games, 10 SFT epochs and RL_LR 1.5e-4, into
+# runs_full and assets/full: see the README for its time) | gpu (one CUDA GPU: seed 0, the rows of the default
+# profile, 200 ALFWorld games per split, the 30M-parameter "small" model trained from scratch, stages through
+# the stage scripts' gpu profile; into runs_gpu and assets/gpu). A profile only changes the defaults below; a
+# variable set in the environment still wins.
 DEMO_PROFILE=${DEMO_PROFILE:-default}
 case "$DEMO_PROFILE" in
   default) ;;

@@ -18,8 +18,9 @@ stage_defaults() {
 # launch_trainer ENTRY ARGS...: run a training entry point. PROFILE=gpu: accelerate launch with
 # ACCELERATE_CONFIG over NUM_GPUS GPUs (NUM_MACHINES, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT for
 # several nodes, where auto means 29500; on one node MAIN_PROCESS_PORT=auto, the default, takes a free port,
-# so that trainings started side by side, as the demo's gpu profile does, never share one); PROFILE=cpu: one process, or NPROC processes under torchrun with the gloo backend
-# (MASTER_PORT: a fixed port, or auto = torchrun --standalone, whose rendezvous store binds port 0: no race).
+# so that trainings started side by side, as the demo's gpu profile does, never share one); PROFILE=cpu: one
+# process, or NPROC processes under torchrun with the gloo backend (MASTER_PORT: a fixed port, or auto =
+# torchrun --standalone, whose rendezvous store binds port 0: no race).
 launch_trainer() {
   if [[ "$PROFILE" == "gpu" ]]; then
     # NUM_GPUS 0 (the default): the GPUs of this node (the released runs used 4 for SFT and 5 for
