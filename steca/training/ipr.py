@@ -26,8 +26,9 @@ import torch
 
 from steca.records import load_pairs
 from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLengthArguments, TrainResult,
-                                          load_model, load_tokenizer, lora_config, parse_trainer_args,
-                                          record_indices, run_trainer_main, train_and_save)
+                                          load_model, load_tokenizer, load_trainable_model, parse_trainer_args,
+                                          record_indices, reference_model_arguments, run_trainer_main,
+                                          train_and_save)
 from steca.training.losses import IGNORE_INDEX, sequence_logprobs
 from steca.training.preference_losses import LEVEL_CODES, ipr_loss, level_scales
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
@@ -118,22 +119,15 @@ def _ipr_trainer_class():
 def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IPRArguments, config,
               callbacks: list | None = None) -> TrainResult:
     """Run IPR's objective from ``model_args.model_name_or_path``; ``config`` is a ``transformers.TrainingArguments``."""
-    from peft import get_peft_model
-
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset = build_ipr_dataset(data_args.data_path, tokenizer, ipr_args, data_args.strict_data,
                                 data_args.skip_invalid)
-    ref_args = ModelArguments(model_name_or_path=ipr_args.ref_model_name_or_path or model_args.model_name_or_path,
-                              dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+    ref_args = reference_model_arguments(model_args, ipr_args.ref_model_name_or_path)
     dataset = attach_reference_logps(dataset, data_args.data_path, ref_args.model_name_or_path,
                                      ipr_args.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
                                      lambda: load_model(ref_args), tokenizer.pad_token_id)
-    model = load_model(model_args)
-    peft_cfg = lora_config(model_args)
-    if peft_cfg is not None:
-        model = get_peft_model(model, peft_cfg)
     config.remove_unused_columns = False
-    trainer = _ipr_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+    trainer = _ipr_trainer_class()(model=load_trainable_model(model_args), args=config, train_dataset=dataset, processing_class=tokenizer,
                                    data_collator=LevelCollator(tokenizer.pad_token_id), beta=ipr_args.beta,
                                    callbacks=callbacks)
     return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)

@@ -27,8 +27,9 @@ import torch
 from steca.records import PairRecord, RecordError, load_pairs
 from steca.training.chat import IGNORE_INDEX, RELEASED_MAX_LENGTH, PromptTooLongError, encode_prompt_continuation
 from steca.training.trainer_setup import (DataArguments, ModelArguments, PairLengthArguments, TrainResult,
-                                          encode_records, load_model, load_tokenizer, lora_config,
-                                          parse_trainer_args, record_indices, run_trainer_main, train_and_save)
+                                          encode_records, load_model, load_tokenizer, load_trainable_model,
+                                          parse_trainer_args, record_indices, reference_model_arguments,
+                                          run_trainer_main, train_and_save)
 from steca.training.losses import sequence_logprobs, steca_loss
 from steca.training.reference_logps import COLUMNS as REF_COLUMNS
 from steca.training.reference_logps import FILE_NAME as REF_FILE_NAME
@@ -199,8 +200,6 @@ def make_reinforced_trainer(model, tokenizer, train_dataset, args, beta: float =
 def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_args: ReinforcedArguments, config,
                      callbacks: list | None = None) -> TrainResult:
     """Run STeCa's reinforced training; ``config`` is a ``transformers.TrainingArguments``."""
-    from peft import get_peft_model
-
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     need_rejected = rl_args.beta > 0
     dataset = build_pair_dataset(data_args.data_path, tokenizer, rl_args.max_prompt_length,
@@ -210,16 +209,11 @@ def train_reinforced(model_args: ModelArguments, data_args: DataArguments, rl_ar
                 model_args.model_name_or_path, len(dataset), data_args.data_path, rl_args.beta,
                 "off" if rl_args.no_reward_weighting else "on")
     if need_rejected:  # the reference is never loaded in the training processes (see reference_logps.py)
-        ref_args = ModelArguments(model_name_or_path=rl_args.ref_model_name_or_path or model_args.model_name_or_path,
-                                  dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+        ref_args = reference_model_arguments(model_args, rl_args.ref_model_name_or_path)
         dataset = attach_reference_logps(dataset, data_args.data_path, ref_args.model_name_or_path,
                                          rl_args.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
                                          lambda: load_model(ref_args), tokenizer.pad_token_id)
-    model = load_model(model_args)
-    peft_cfg = lora_config(model_args)
-    if peft_cfg is not None:
-        model = get_peft_model(model, peft_cfg)
-    trainer = make_reinforced_trainer(model, tokenizer, dataset, config, rl_args.beta,
+    trainer = make_reinforced_trainer(load_trainable_model(model_args), tokenizer, dataset, config, rl_args.beta,
                                       not rl_args.no_reward_weighting, None, callbacks)
     return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 

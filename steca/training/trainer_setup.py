@@ -165,6 +165,24 @@ def lora_config(args: ModelArguments):
                       task_type="CAUSAL_LM", bias="none")
 
 
+def load_trainable_model(args: ModelArguments):
+    """:func:`load_model`, wrapped in a peft LoRA model when ``args.use_lora`` (see :func:`lora_config`)."""
+    model = load_model(args)
+    peft_cfg = lora_config(args)
+    if peft_cfg is None:
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_cfg)
+
+
+def reference_model_arguments(args: ModelArguments, ref_model_name_or_path: str | None) -> ModelArguments:
+    """The frozen reference model's arguments: ``ref_model_name_or_path`` (the policy's start when empty),
+    loaded with the policy's dtype and attention implementation and never with LoRA."""
+    return ModelArguments(model_name_or_path=ref_model_name_or_path or args.model_name_or_path,
+                          dtype=args.dtype, attn_implementation=args.attn_implementation)
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why a ``checkpoint-N`` directory cannot be resumed from (torn by a crash while saving), or None.
 
