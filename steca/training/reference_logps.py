@@ -78,11 +78,15 @@ def dataset_fingerprint(data_path: str | os.PathLike, dataset) -> dict[str, Any]
     return out
 
 
+TRAINING_ARGS_FILE = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME: not weights
+
+
 def model_fingerprint(model_path: str | os.PathLike, samples: int = 16, chunk: int = 1 << 16) -> str:
     """What identifies the reference model in the file's header (field ``reference_sha256``).
 
-    For a local folder: a sha256 over ``config.json`` and, for every weight file (``*.safetensors``, ``*.bin``),
-    its name, size and ``samples`` evenly spaced ``chunk``-byte pieces. Another checkpoint of the same
+    For a local folder: a sha256 over ``config.json`` and, for every weight file (``*.safetensors``, ``*.bin``
+    but the Trainer's pickled ``training_args.bin``, which holds the output folder's path), its name, size and
+    ``samples`` evenly spaced ``chunk``-byte pieces. Another checkpoint of the same
     architecture changes nearly every tensor (a merged LoRA adapter changes every adapted layer), so it gets
     another value, while reading stays cheap for a 7B model. A name that is not a folder (a hub id) is used as it is.
     """
@@ -90,7 +94,8 @@ def model_fingerprint(model_path: str | os.PathLike, samples: int = 16, chunk: i
     if not folder.is_dir():
         return f"name:{model_path}"
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".bin")))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name == "config.json" or (p.suffix in (".safetensors", ".bin") and p.name != TRAINING_ARGS_FILE)))
     for p in files:
         size = p.stat().st_size
         digest.update(f"{p.name}:{size}".encode())
