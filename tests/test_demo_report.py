@@ -280,3 +280,6 @@ def test_seed_report_into_its_own_assets_folder(tmp_path):
     write_seed_report(runs, out, out.parent)
     png = out.parent / "demo_seeds.png"
     assert png.is_file() and png.stat().st_size > 0
+    assert out.read_text().startswith("# STeCa CPU demo over 2 seeds\n")
+    write_seed_report(runs[:1], out)  # SEEDS=0
+    assert out.read_text().startswith("# STeCa CPU demo over 1 seed\n")

@@ -224,8 +224,9 @@ def write_seed_report(run_dirs: Sequence[str | os.PathLike], output: str | os.Pa
     per_run = [load_results(d) for d in run_dirs]
     table = format_table(per_run)
     out = Path(output)
+    seeds = f"{len(per_run)} seed" + ("" if len(per_run) == 1 else "s")
     png = plot_success(per_run, out.with_suffix(".png"),
-                       title=f"CPU mini benchmark: mean over {len(per_run)} seeds, 95 % bootstrap interval")
+                       title=f"CPU mini benchmark: mean over {seeds}, 95 % bootstrap interval")
     header = "| run | wall s | CPU s | " + " | ".join(f"{e.name} wall s | {e.name} CPU s" for e in ENVIRONMENTS) + " |"
     timing_rows = [header, "|---" * (3 + 2 * len(ENVIRONMENTS)) + "|"]
     for d in run_dirs:
@@ -235,7 +236,7 @@ def write_seed_report(run_dirs: Sequence[str | os.PathLike], output: str | os.Pa
             own = [t for t in ts if environment_of(t.name) == env]
             cells += [f"{elapsed_wall(own):.0f}", f"{sum(t.cpu_s for t in own):.0f}"] if own else [MISSING, MISSING]
         timing_rows.append("| " + " | ".join(cells) + " |")
-    text = "\n".join([f"# STeCa CPU demo over {len(per_run)} seeds", "",
+    text = "\n".join([f"# STeCa CPU demo over {seeds}", "",
                       "Runs: " + ", ".join(Path(d).name for d in run_dirs), "", *reflection_lines(run_dirs),
                       *comparison_sections(per_run), "",
                       "## Stage times", "", *timing_rows, "", f"![seeds]({png.name})", ""])
