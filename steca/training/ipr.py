@@ -127,9 +127,9 @@ def train_ipr(model_args: ModelArguments, data_args: DataArguments, ipr_args: IP
                                      ipr_args.ref_logps_file or Path(config.output_dir) / REF_FILE_NAME,
                                      lambda: load_model(ref_args), tokenizer.pad_token_id)
     config.remove_unused_columns = False
-    trainer = _ipr_trainer_class()(model=load_trainable_model(model_args), args=config, train_dataset=dataset, processing_class=tokenizer,
-                                   data_collator=LevelCollator(tokenizer.pad_token_id), beta=ipr_args.beta,
-                                   callbacks=callbacks)
+    trainer = _ipr_trainer_class()(model=load_trainable_model(model_args), args=config, train_dataset=dataset,
+                                   processing_class=tokenizer, data_collator=LevelCollator(tokenizer.pad_token_id),
+                                   beta=ipr_args.beta, callbacks=callbacks)
     return train_and_save(trainer, tokenizer, data_args.resume, config.output_dir, model_args.merge_lora)
 
 
