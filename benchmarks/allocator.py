@@ -38,6 +38,40 @@ def tuned_value() -> str:
     return match.group(1)
 
 
+def demo_evaluation(model_dir: str, data_dir: str) -> list[str]:
+    """The demo's greedy ALFWorld evaluation (seen split) of ``model_dir``; ``{output}`` marks the output folder."""
+    command = [sys.executable, "-m", "eval_agent.main", "--exp_config", "alfworld", "--split", "dev",
+               "--agent_config", "hf", "--model_name", model_dir, "--data_dir", data_dir,
+               "--output_path", "{output}", "--override", "--num_workers", "0", "--max_active", "128",
+               "--icl_num", "0", "--max_steps", "20", "--max_new_tokens", "64", "--device", "cpu"]
+    instruction = Path(data_dir) / "sft_train.json"  # the demo's games carry their SFT file
+    if instruction.is_file():
+        command += ["--sft_file", os.fspath(instruction)]
+    return command
+
+
+def run_together(runs: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, tuple[float, os.struct_rusage]]:
+    """Start every ``name: (command, environment)`` at the same moment (from the repository root, output
+    discarded); return each one's wall seconds and resource usage. Exits naming the run that failed."""
+    started = time.perf_counter()
+    procs = {name: subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, (command, env) in runs.items()}
+    by_pid = {p.pid: name for name, p in procs.items()}
+    results: dict[str, tuple[float, os.struct_rusage]] = {}
+    while by_pid:
+        pid, status, usage = os.wait4(-1, 0)
+        name = by_pid.pop(pid, None)
+        if name is None:
+            continue
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{name}: {' '.join(runs[name][0])} exited with {os.waitstatus_to_exitcode(status)}")
+        results[name] = (time.perf_counter() - started, usage)
+    for name, (wall, usage) in results.items():
+        print(f"{name}: {wall:.1f} s wall, {usage.ru_utime:.1f} s user, {usage.ru_stime:.1f} s system, "
+              f"{usage.ru_minflt} minor faults, peak {usage.ru_maxrss / 1024:.0f} MiB")
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", help="the model the default command evaluates (e.g. the demo's SFT model)")
@@ -49,34 +83,13 @@ def main() -> None:
     if not command:
         if not (args.model_dir and args.data_dir):
             ap.error("give --model_dir and --data_dir (or a command after --)")
-        command = [sys.executable, "-m", "eval_agent.main", "--exp_config", "alfworld", "--split", "dev",
-                   "--agent_config", "hf", "--model_name", args.model_dir, "--data_dir", args.data_dir,
-                   "--output_path", "{output}", "--override", "--num_workers", "0", "--max_active", "128",
-                   "--icl_num", "0", "--max_steps", "20", "--max_new_tokens", "64", "--device", "cpu"]
-        instruction = Path(args.data_dir) / "sft_train.json"  # the demo's games carry their SFT file
-        if instruction.is_file():
-            command += ["--sft_file", os.fspath(instruction)]
+        command = demo_evaluation(args.model_dir, args.data_dir)
     base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"OMP_NUM_THREADS": "1",
                                                                               "MKL_NUM_THREADS": "1"}
     settings = {"glibc default": base | {"MALLOC_TUNING": "false"},
                 "stage scripts": base | {"GLIBC_TUNABLES": tuned_value()}}
-    started = time.perf_counter()
-    procs = {name: subprocess.Popen([part.replace("{output}", f"{args.output_dir}/{i}") for part in command],
-                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for i, (name, env) in enumerate(settings.items())}
-    by_pid = {p.pid: name for name, p in procs.items()}
-    results: dict[str, tuple[float, os.struct_rusage]] = {}
-    while by_pid:
-        pid, status, usage = os.wait4(-1, 0)
-        name = by_pid.pop(pid, None)
-        if name is None:
-            continue
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{name}: {' '.join(command)} exited with {os.waitstatus_to_exitcode(status)}")
-        results[name] = (time.perf_counter() - started, usage)
-    for name, (wall, usage) in results.items():
-        print(f"{name}: {wall:.1f} s wall, {usage.ru_utime:.1f} s user, {usage.ru_stime:.1f} s system, "
-              f"{usage.ru_minflt} minor faults, peak {usage.ru_maxrss / 1024:.0f} MiB")
+    results = run_together({name: ([part.replace("{output}", f"{args.output_dir}/{i}") for part in command], env)
+                            for i, (name, env) in enumerate(settings.items())})
     print(f"ratio={results['glibc default'][0] / results['stage scripts'][0]:.2f}")
 
 

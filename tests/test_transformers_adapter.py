@@ -74,3 +74,34 @@ def test_cache_argument_follows_the_models_signature(model_dir):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     (name,) = cache_kwargs(model, None)
     assert name in inspect.signature(type(model).forward).parameters
+
+
+@pytest.mark.parametrize("heads,kv_heads,q_len,s_len", [(4, 2, 1, 300), (4, 2, 9, 37), (8, 2, 1, 1100), (8, 4, 64, 600)])
+def test_grouped_heads_attend_without_the_copy_bit_for_bit(monkeypatch, heads, kv_heads, q_len, s_len):
+    """adapter.sdpa_attention skips transformers' repeat_kv on a CPU and gives its outputs exactly (padded rows, causal)."""
+    import types
+
+    import torch
+    from transformers.integrations import sdpa_attention as transformers_sdpa
+
+    from eval_agent.agents.transformers_adapter import sdpa_attention
+
+    g = torch.Generator().manual_seed(heads * 1000 + s_len)
+    b, d = 5, 32
+    query = torch.randn(b, q_len, heads, d, generator=g).transpose(1, 2)  # the layout the Llama layer hands over
+    key, value = (torch.randn(b, s_len, kv_heads, d, generator=g).transpose(1, 2) for _ in range(2))
+    padding = torch.arange(s_len)[None, :] >= torch.tensor([0, 3, s_len // 3, 1, 7])[:, None]
+    causal = torch.arange(s_len)[None, :] <= (s_len - q_len + torch.arange(q_len))[:, None]
+    mask = (padding[:, None, :] & causal[None])[:, None]
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    copies = []
+    real_repeat = transformers_sdpa.repeat_kv
+    monkeypatch.setattr(transformers_sdpa, "repeat_kv", lambda x, n_rep: copies.append(n_rep) or real_repeat(x, n_rep))
+
+    expected, _ = transformers_sdpa.sdpa_attention_forward(module, query, key, value, mask, scaling=d ** -0.5)
+    assert copies == [heads // kv_heads] * 2  # transformers copies the keys and the values
+    copies.clear()
+    got, _ = sdpa_attention(module, query, key, value, mask, scaling=d ** -0.5)
+    assert copies == []
+    assert got.shape == expected.shape == (b, q_len, heads, d)
+    assert torch.equal(got, expected)

@@ -7,7 +7,8 @@ Fast path, for the transformers releases in :data:`TESTED_TRANSFORMERS` (the pin
   and calls its ``lazy_initialization``);
 - the shared-prefix (cascade) attention of :mod:`eval_agent.agents.shared_prefix`, registered with
   ``AttentionInterface`` / ``AttentionMaskInterface`` and switched on with
-  ``set_attn_implementation``; plain calls go to transformers' own SDPA function;
+  ``set_attn_implementation``; plain calls go to transformers' own SDPA function (on a CPU without
+  its copy of the keys per grouped query head: :func:`sdpa_attention`);
 - PyTorch's CPU flash-attention op that also returns the log-sum-exp
   (``aten._scaled_dot_product_flash_attention_for_cpu``), for that attention on a CPU.
 
@@ -46,7 +47,7 @@ def fast_path_supported() -> bool:
     try:
         from transformers import AttentionInterface  # noqa: F401
         from transformers.cache_utils import DynamicLayer
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa  # noqa: F401
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: F401
     except ImportError as e:
         logger.warning("transformers internals missing (%s): the hf backend uses public API only", e)
@@ -143,10 +144,35 @@ def prefixed_layer_class(growing_layer: type) -> type:
 
 
 def sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
-    """transformers' own SDPA attention function (what ``attn_implementation="sdpa"`` runs)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """transformers' own SDPA attention function (what ``attn_implementation="sdpa"`` runs), on a CPU
+    without its copy of the keys and values per query head.
 
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    With grouped-query heads (``rep = heads / kv_heads > 1``) and a mask, transformers repeats each kv
+    head ``rep`` times (``repeat_kv``: a copy of the whole cache per layer per decoding step, about a
+    fifth of a tiny model's evaluation time). Here query heads ``r, r + rep, r + 2 rep, ...`` (one per
+    kv head) attend in one call to the unrepeated keys, for ``r < rep``, and the outputs are put back in
+    head order. Each (row, head) is computed by the same kernel on the same numbers as after
+    ``repeat_kv``, so the output is the same bit for bit (``tests/test_transformers_adapter.py``).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
+
+    rep = getattr(module, "num_key_value_groups", 1)
+    if rep <= 1 or query.device.type != "cpu" or use_gqa_in_sdpa(attention_mask, key, value):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    import torch
+
+    one_group = _OneGroup(getattr(module, "is_causal", True))
+    outs = [sdpa_attention_forward(one_group, query[:, r::rep], key, value, attention_mask, **kwargs)[0]
+            for r in range(rep)]  # each [B, q, kv_heads, d]: query head g * rep + r at [:, :, g]
+    return torch.stack(outs, dim=3).flatten(2, 3), None
+
+
+@dataclass(frozen=True)
+class _OneGroup:
+    """The attributes of an attention module that ``sdpa_attention_forward`` reads, for one query head per kv head."""
+
+    is_causal: bool
+    num_key_value_groups: int = 1
 
 
 @functools.lru_cache(maxsize=None)
