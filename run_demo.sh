@@ -78,7 +78,8 @@ SFT_NPROC=${SFT_NPROC:-2}                 # data-parallel SFT processes: part of
 JOBS=${JOBS:-2}                           # independent stages side by side (sampling chains, trainings, evaluations);
                                           # changes the wall time only, never a number
 ENVS_BESIDE=${ENVS_BESIDE:-true}          # JOBS >= 2: VirtualHome's stages run one at a time beside ALFWorld's, from
-                                          # ALFWorld's sampling on (false: after them); wall time only
+                                          # ALFWorld's first stage on, its sampling once ALFWorld's SFT has ended
+                                          # (false: after ALFWorld's stages); wall time only
 THREADS=${THREADS:-1}                     # threads per process (OMP/MKL/torch); tiny models run fastest on one
 CPU_KERNELS=${CPU_KERNELS:-avx2}          # torch/MKL/oneDNN code path: avx2 (the same numbers on every x86-64 CPU
                                           # with AVX2) | native (the CPU's best, e.g. AVX-512: numbers depend on the CPU)
@@ -181,6 +182,7 @@ MODELS=$OUT_DIR/models
 # a stage's own output (progress bars, library warnings) goes to OUT_DIR/logs/stages/NAME.log; the console shows
 # each stage's start and end, with the count of finished stages, and the end of the log when one fails
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
+is_done_stage() { [[ -f "$OUT_DIR/.stages/$1.json" ]]; }  # the marker steca/demo/stage_markers.py writes at a stage's end
 # side by side (scripts/demo_jobs.sh): `side NAME CMD...` runs stages two at a time (JOBS), `beside NAME FUNCTION...`
 # runs one environment's chain of stages beside the other's
 source scripts/demo_jobs.sh
@@ -371,7 +373,8 @@ case "$REFLECTOR" in
 esac
 
 # VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
-# evolving_graph simulator; no download), into OUT_DIR/vh (step 7 below)
+# evolving_graph simulator; no download), into OUT_DIR/vh (step 7 below).
+# virtualhome_block [STAGE]: with STAGE (beside ALFWorld), the sampling waits until ALFWorld's stage STAGE has ended
 virtualhome_block() {
   local root=$OUT_DIR/vh
   local bench=$root/bench data=$root/data models=$root/models
@@ -381,6 +384,12 @@ virtualhome_block() {
   base_agent vh_ "$bench/vh_sft_train.json" "$VH_MC_TASKS" "$data" "$models" "$VH_MODEL_SIZE" "$VH_SFT_EPOCHS" \
     "$VH_SFT_LR" "$VH_SFT_BATCH" "$VH_MAX_LENGTH" 50
 
+  # beside ALFWorld: generation and SFT ran next to ALFWorld's generation and SFT, which leave part of a core idle
+  # (its two SFT processes wait for each other every step); the rest waits for ALFWorld's SFT to end, to fill the
+  # core that ALFWorld's uneven sampling chains and one-process stages leave idle
+  if [[ -n "${1:-}" ]]; then
+    until is_done_stage "$1"; do sleep 1; done
+  fi
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
   local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"
                          MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
@@ -402,6 +411,10 @@ virtualhome_block() {
 }
 
 if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
+# (7. with JOBS >= 2, VirtualHome's stages start here, one at a time beside ALFWorld's, and its sampling waits for
+# ALFWorld's SFT: see virtualhome_block)
+if [[ "$VH" == "true" ]] && beside_on; then beside virtualhome virtualhome_block sft; fi
+
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
   --n_train "$N_TRAIN" --n_seen "$N_SEEN" --n_unseen "$N_UNSEEN" --size "$BENCH_SIZE" --instruction "$INSTRUCTION" --no_progress
@@ -409,10 +422,6 @@ stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" -
 # 2. the MC task subset; bootstrap the tiny model (tokenizer + random Llama) and SFT it -> the base agent
 base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE" "$SFT_EPOCHS" "$SFT_LR" "$SFT_BATCH" \
   "$MAX_LENGTH" 100
-
-# (7. with JOBS >= 2, VirtualHome's stages start here, one at a time beside ALFWorld's: ALFWorld's sampling chains
-# and evaluations leave a core idle part of the time; the SFT before uses both)
-if [[ "$VH" == "true" ]] && beside_on; then beside virtualhome virtualhome_block; fi
 
 # 3. expert and explored steps with Monte Carlo step rewards, on MC_TASKS training trajectories
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
@@ -434,7 +443,7 @@ joined
 
 fi  # ALFWORLD
 
-# 7. VirtualHome (beside ALFWorld's stages since step 2, or here)
+# 7. VirtualHome (beside ALFWorld's stages since step 1, or here)
 if [[ "$VH" == "true" ]]; then
   if [[ "$ALFWORLD" == "true" ]] && beside_on; then beside_joined; else virtualhome_block; fi
 fi

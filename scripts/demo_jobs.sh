@@ -4,16 +4,34 @@
 # by the caller (with `stop_parts_on_signals NAME` and `trap stop_beside EXIT`).
 #
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
-# its output in OUT_DIR/logs/NAME.log; `joined` waits for all of them and fails, naming the log, if one failed.
-# Ctrl-C or SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits
-# for them.
+# its output in OUT_DIR/logs/NAME.log, as soon as fewer than JOBS side stages run (a pool: it first waits for any
+# one of them to finish); `joined` waits for all of them and fails, naming the log, if one failed. Ctrl-C or
+# SIGTERM stops every side stage with all it started (start_part, scripts/stage_common.sh) and waits for them.
 side() {
   mkdir -p "$OUT_DIR/logs"
   if [[ "$JOBS" -le 1 ]]; then "${@:2}"; return; fi
+  while [[ ${#side_pids[@]} -ge "$JOBS" ]]; do one_joined; done
   echo "started $1 (log: $OUT_DIR/logs/$1.log)"
   start_part "${@:2}" > "$OUT_DIR/logs/$1.log" 2>&1
   side_pids+=("${part_pids[-1]}"); side_names+=("$1")
-  if [[ ${#side_pids[@]} -ge "$JOBS" ]]; then joined; fi
+}
+side_failed() {  # side_failed NAME: say so with the end of its log
+  echo "stage $1 failed; the end of $OUT_DIR/logs/$1.log:" >&2
+  tail -n 20 "$OUT_DIR/logs/$1.log" >&2
+}
+one_joined() {  # wait for whichever side stage ends first; if it failed, wait for the others too and fail
+  local pid= rc=0 i
+  wait -n -p pid "${side_pids[@]}" || rc=$?
+  for i in "${!side_pids[@]}"; do
+    if [[ "${side_pids[$i]}" == "$pid" ]]; then break; fi
+  done
+  local name=${side_names[$i]}
+  unset 'side_pids[i]' 'side_names[i]'
+  side_pids=("${side_pids[@]}"); side_names=("${side_names[@]}")
+  if [[ $rc -eq 0 ]]; then echo "finished $name"; return 0; fi
+  side_failed "$name"
+  joined || true
+  return 1
 }
 joined() {
   local rc=0 i
@@ -21,8 +39,7 @@ joined() {
     if wait "${side_pids[$i]}"; then
       echo "finished ${side_names[$i]}"
     else
-      rc=1; echo "stage ${side_names[$i]} failed; the end of $OUT_DIR/logs/${side_names[$i]}.log:" >&2
-      tail -n 20 "$OUT_DIR/logs/${side_names[$i]}.log" >&2
+      rc=1; side_failed "${side_names[$i]}"
     fi
   done
   side_pids=(); side_names=(); part_pids=(${beside_pid:+"$beside_pid"})

@@ -315,6 +315,7 @@ beside virtualhome vh_chain
 echo "beside $beside_pid"
 side alf_a alf_stage ok a
 side alf_b alf_stage "$ALF_B" b
+joined
 beside_joined
 echo "all joined"
 """
@@ -375,6 +376,42 @@ def test_sigterm_stops_the_side_stages_and_the_environment_beside(tmp_path: Path
     assert proc.returncode == 143 and "jobs_test: got SIGTERM; stopping 3 part(s)" in err, err
     assert _processes_in_groups({proc.pid}, field=3) == []  # nothing of the script's session is left
     assert not any((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
+
+
+POOL_SCRIPT = """
+set -euo pipefail
+source scripts/stage_common.sh
+source scripts/demo_jobs.sh
+side_names=(); side_pids=(); beside_pid=; beside_name=
+stop_parts_on_signals pool_test
+OUT_DIR=$OUT JOBS=2
+timed() { touch "$OUT/$1.started"; sleep "$2"; if [[ $3 == fail ]]; then echo "$1 went wrong"; return 5; fi; touch "$OUT/$1.end"; }
+side short timed short 0.3 "$SHORT"
+side long timed long 2 ok
+side third timed third 0.3 ok
+joined
+echo "all joined"
+"""
+
+
+def test_side_starts_the_next_stage_when_any_one_ends(tmp_path: Path) -> None:
+    """JOBS=2: the third stage starts when the short one ends, while the long one still runs."""
+    proc = subprocess.run(["bash", "-c", POOL_SCRIPT], cwd=REPO, env={**os.environ, "OUT": str(tmp_path), "SHORT": "ok"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    started = {n: (tmp_path / f"{n}.started").stat().st_mtime for n in ("short", "long", "third")}
+    ended = {n: (tmp_path / f"{n}.end").stat().st_mtime for n in ("short", "long", "third")}
+    assert ended["short"] <= started["third"] < ended["long"]
+    out = proc.stdout
+    assert out.index("finished short") < out.index("started third") < out.index("finished long") < out.index("all joined")
+
+
+def test_a_failed_stage_in_the_pool_starts_no_further_stage(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", "-c", POOL_SCRIPT], cwd=REPO, env={**os.environ, "OUT": str(tmp_path), "SHORT": "fail"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "all joined" not in proc.stdout
+    assert f"stage short failed; the end of {tmp_path}/logs/short.log:" in proc.stderr and "short went wrong" in proc.stderr
+    assert (tmp_path / "long.end").exists() and not (tmp_path / "third.started").exists()  # the running one was waited for
 
 
 def test_sigterm_to_a_several_seeds_demo_stops_the_seed_it_runs(tmp_path: Path) -> None:
