@@ -224,20 +224,21 @@ reflector_args() {
   args_out=(--reflector hf --reflection_model "$REFLECTOR_MODEL" --reflection_cache "${2%.json}_reflections.jsonl"
             --reflection_max_tokens "$REFLECTION_MAX_TOKENS")
 }
-# D_s, D_c (reflections: REFLECTOR, the offline stand-in by default), D_e and the merged training file of one
-# environment:
+# D_s, D_c (reflections: REFLECTOR, the offline stand-in by default) and D_e of one environment side by side (each
+# reads only the sampling outputs), then the merged training file:
 # build_sets STAGE_PREFIX DATA_DIR SAMPLING_DIR D_S_SCRIPT D_C_SCRIPT D_E_SCRIPT (scripts in data_collection/)
 build_sets() {
   local pre=$1 data=$2 sampling=$3
   local steps_args=(--sft "$data/mc_tasks.json" --expert_steps "$sampling/expert_steps_mc.jsonl"
                     --explore_steps "$sampling/explore_steps_mc.jsonl")
-  stage "${pre}d_s" python "data_collection/$4" "${steps_args[@]}" --output "$data/d_s.json"
+  side "${pre}d_s" stage "${pre}d_s" python "data_collection/$4" "${steps_args[@]}" --output "$data/d_s.json"
   local reflect
   reflector_args reflect "$data/d_c.json"
-  stage "${pre}d_c" python "data_collection/$5" "${steps_args[@]}" "${reflect[@]}" --rule "$CALI_RULE" \
+  side "${pre}d_c" stage "${pre}d_c" python "data_collection/$5" "${steps_args[@]}" "${reflect[@]}" --rule "$CALI_RULE" \
     --output "$data/d_c.json"
-  stage "${pre}d_e" python "data_collection/$6" --sft "$data/mc_tasks.json" \
+  side "${pre}d_e" stage "${pre}d_e" python "data_collection/$6" --sft "$data/mc_tasks.json" \
     --explore_steps "$sampling/explore_steps_mc.jsonl" --output "$data/d_e.json"
+  joined
   stage "${pre}merge" python data_collection/merge_data.py --output "$data/steca_pairs.json" \
     "$data/d_s.json" "$data/d_c.json" "$data/d_e.json"
 }
