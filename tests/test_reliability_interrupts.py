@@ -299,12 +299,13 @@ def test_a_script_forwards_ctrl_c_and_sigterm_to_its_background_parts(tmp_path: 
 
 # ------------------------------------------------------------------ run_demo.sh's two environments side by side
 # (scripts/demo_jobs.sh: `side` runs ALFWorld's stages two at a time, `beside` VirtualHome's chain next to them)
-JOBS_SCRIPT = """
+DEMO_JOBS_PRELUDE = """
 set -euo pipefail
 source scripts/stage_common.sh
 source scripts/demo_jobs.sh
 side_names=(); side_pids=(); beside_pid=; beside_name=
-stop_parts_on_signals jobs_test
+"""
+JOBS_SCRIPT = DEMO_JOBS_PRELUDE + """stop_parts_on_signals jobs_test
 trap stop_beside EXIT
 OUT_DIR=$OUT JOBS=2 ENVS_BESIDE=true
 vh_chain() { touch "$OUT/vh.started"; sleep "$VH_SLEEP"; if [[ $VH_FAIL == 1 ]]; then echo "vh went wrong"; exit 3; fi
@@ -378,12 +379,7 @@ def test_sigterm_stops_the_side_stages_and_the_environment_beside(tmp_path: Path
     assert not any((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
 
 
-POOL_SCRIPT = """
-set -euo pipefail
-source scripts/stage_common.sh
-source scripts/demo_jobs.sh
-side_names=(); side_pids=(); beside_pid=; beside_name=
-stop_parts_on_signals pool_test
+POOL_SCRIPT = DEMO_JOBS_PRELUDE + """stop_parts_on_signals pool_test
 OUT_DIR=$OUT JOBS=2
 timed() { touch "$OUT/$1.started"; sleep "$2"; if [[ $3 == fail ]]; then echo "$1 went wrong"; return 5; fi; touch "$OUT/$1.end"; }
 side short timed short 0.3 "$SHORT"
