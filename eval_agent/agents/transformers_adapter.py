@@ -149,7 +149,7 @@ def sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask
 
     With grouped-query heads (``rep = heads / kv_heads > 1``) and a mask, transformers repeats each kv
     head ``rep`` times (``repeat_kv``: a copy of the whole cache per layer per decoding step, about a
-    fifth of a tiny model's evaluation time). Here query heads ``r, r + rep, r + 2 rep, ...`` (one per
+    sixth of the demo model's evaluation time). Here query heads ``r, r + rep, r + 2 rep, ...`` (one per
     kv head) attend in one call to the unrepeated keys, for ``r < rep``, and the outputs are put back in
     head order. Each (row, head) is computed by the same kernel on the same numbers as after
     ``repeat_kv``, so the output is the same bit for bit (``tests/test_transformers_adapter.py``).
