@@ -78,8 +78,10 @@ SFT_NPROC=${SFT_NPROC:-2}                 # data-parallel SFT processes: part of
 JOBS=${JOBS:-2}                           # independent stages side by side (sampling chains, trainings, evaluations);
                                           # changes the wall time only, never a number
 ENVS_BESIDE=${ENVS_BESIDE:-true}          # JOBS >= 2: VirtualHome's stages run one at a time beside ALFWorld's, from
-                                          # ALFWorld's first stage on, its sampling once ALFWorld's SFT has ended
-                                          # (false: after ALFWorld's stages); wall time only
+                                          # ALFWorld's first stage on (false: after ALFWorld's stages); wall time only
+BESIDE_PRIORITY=${BESIDE_PRIORITY:-idle}  # CPU priority of VirtualHome's stages beside ALFWorld's: idle (Linux
+                                          # SCHED_IDLE: they get the CPU time ALFWorld's stages leave idle, e.g. while
+                                          # its two SFT processes wait for each other) | normal; wall time only
 THREADS=${THREADS:-1}                     # threads per process (OMP/MKL/torch); tiny models run fastest on one
 CPU_KERNELS=${CPU_KERNELS:-avx2}          # torch/MKL/oneDNN code path: avx2 (the same numbers on every x86-64 CPU
                                           # with AVX2) | native (the CPU's best, e.g. AVX-512: numbers depend on the CPU)
@@ -182,7 +184,6 @@ MODELS=$OUT_DIR/models
 # a stage's own output (progress bars, library warnings) goes to OUT_DIR/logs/stages/NAME.log; the console shows
 # each stage's start and end, with the count of finished stages, and the end of the log when one fails
 stage() { python -m steca.demo stage --run_dir "$OUT_DIR" --name "$1" --log "$OUT_DIR/logs/stages/$1.log" -- "${@:2}"; }
-is_done_stage() { [[ -f "$OUT_DIR/.stages/$1.json" ]]; }  # the marker steca/demo/stage_markers.py writes at a stage's end
 # side by side (scripts/demo_jobs.sh): `side NAME CMD...` runs stages two at a time (JOBS), `beside NAME FUNCTION...`
 # runs one environment's chain of stages beside the other's
 source scripts/demo_jobs.sh
@@ -354,6 +355,7 @@ for split in $VH_EVAL_SPLITS; do
 done
 [[ "$FAIR_BASELINE" == true || "$FAIR_BASELINE" == false ]] || { echo "FAIR_BASELINE must be true or false" >&2; exit 2; }
 [[ "$ENVS_BESIDE" == true || "$ENVS_BESIDE" == false ]] || { echo "ENVS_BESIDE must be true or false" >&2; exit 2; }
+[[ "$BESIDE_PRIORITY" == idle || "$BESIDE_PRIORITY" == normal ]] || { echo "BESIDE_PRIORITY must be idle or normal" >&2; exit 2; }
 REFLECTION_MAX_TOKENS=${REFLECTION_MAX_TOKENS:-96}
 REFLECTOR_MODEL=
 case "$REFLECTOR" in
@@ -375,7 +377,6 @@ esac
 
 # VirtualHome: the same stages on generated tasks (homes, goals and expert programs from the real
 # evolving_graph simulator; no download), into OUT_DIR/vh (step 7 below).
-# virtualhome_block [STAGE]: with STAGE (beside ALFWorld), the sampling waits until ALFWorld's stage STAGE has ended
 virtualhome_block() {
   local root=$OUT_DIR/vh
   local bench=$root/bench data=$root/data models=$root/models
@@ -385,12 +386,6 @@ virtualhome_block() {
   base_agent vh_ "$bench/vh_sft_train.json" "$VH_MC_TASKS" "$data" "$models" "$VH_MODEL_SIZE" "$VH_SFT_EPOCHS" \
     "$VH_SFT_LR" "$VH_SFT_BATCH" "$VH_MAX_LENGTH" 50
 
-  # beside ALFWorld: generation and SFT ran next to ALFWorld's generation and SFT, which leave part of a core idle
-  # (its two SFT processes wait for each other every step); the rest waits for ALFWorld's SFT to end, to fill the
-  # core that ALFWorld's uneven sampling chains and one-process stages leave idle
-  if [[ -n "${1:-}" ]]; then
-    until is_done_stage "$1"; do sleep 1; done
-  fi
   # expert / explored steps with Monte Carlo step rewards (SPLIT=train: the generated vh_train.jsonl)
   local vh_sampling_env=(ENV_DATA="$bench" SPLIT=train SFT_FILE="$data/mc_tasks.json" OUT_DIR="$root/sampling" ICL_NUM="$ICL_NUM"
                          MODEL_PATH="$models/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
@@ -412,9 +407,8 @@ virtualhome_block() {
 }
 
 if [[ "$ALFWORLD" == "true" ]]; then  # steps 1-6 (not indented, to keep them readable as the stage list)
-# (7. with JOBS >= 2, VirtualHome's stages start here, one at a time beside ALFWorld's, and its sampling waits for
-# ALFWorld's SFT: see virtualhome_block)
-if [[ "$VH" == "true" ]] && beside_on; then beside virtualhome virtualhome_block sft; fi
+# (7. with JOBS >= 2, VirtualHome's stages start here, one at a time beside ALFWorld's, at BESIDE_PRIORITY)
+if [[ "$VH" == "true" ]] && beside_on; then beside virtualhome virtualhome_block; fi
 
 # 1. the mini benchmark: games in ALFWorld's layout + expert SFT trajectories from the real engine
 stage generate python -m steca.generators.alfworld_games --output_dir "$BENCH" --seed "$SEED" \
@@ -428,7 +422,11 @@ base_agent "" "$BENCH/sft_train.json" "$MC_TASKS" "$DATA" "$MODELS" "$MODEL_SIZE
 sampling_env=(ENV_DATA="$BENCH" SPLIT=train SFT_FILE="$DATA/mc_tasks.json" OUT_DIR="$OUT_DIR/sampling" ICL_NUM="$ICL_NUM"
               MODEL_PATH="$MODELS/sft" BACKEND=hf PART_NUM="$PART_NUM" NUM_WORKERS=0 MAX_ACTIVE="$MAX_ACTIVE" BATCH_INVARIANT="$BATCH_INVARIANT"
               MAX_NEW_TOKENS="$MAX_NEW_TOKENS" MAX_STEPS="$SAMPLE_MAX_STEPS" NUM_ROLLOUTS="$NUM_ROLLOUTS" SEED="$SEED")
-sample_both "" sampling/alfworld "${sampling_env[@]}"
+# The SFT model's evaluation (step 6) reads no sampling output: it starts here, when the shorter chain ends
+side expert_sampling expert_chain "" sampling/alfworld "${sampling_env[@]}"
+side explore_sampling explore_chain "" sampling/alfworld "${sampling_env[@]}"
+eval_alfworld sft
+joined
 
 # 4. D_s (expert sub-trajectories), D_c (calibrated; reflections from REFLECTOR), D_e (explored successes)
 build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfworld.py data_explored_alfworld.py
@@ -436,9 +434,9 @@ build_sets "" "$DATA" "$OUT_DIR/sampling" data_expert_alfworld.py data_cali_alfw
 # 5. reinforced training and the fair baseline: the same number of optimizer steps from the SFT model
 train_both "" "$MODELS" "$DATA" "$RL_LR" "$RL_BATCH" "$RL_EPOCHS" "$MAX_LENGTH"
 
-# 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy
+# 6. evaluation on seen (dev = valid_seen) and unseen (test = valid_unseen), greedy (the SFT model's: step 3)
 for method in $(evaluated_models); do
-  eval_alfworld "$method"
+  if [[ "$method" != sft ]]; then eval_alfworld "$method"; fi
 done
 joined
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by run_demo.sh after scripts/stage_common.sh: how the demo's stages share the cores.
-# Needs OUT_DIR, JOBS and ENVS_BESIDE, and the arrays side_names=() side_pids=() and beside_pid= beside_name= set
+# Needs OUT_DIR, JOBS, ENVS_BESIDE and BESIDE_PRIORITY, and the arrays side_names=() side_pids=() and beside_pid= beside_name= set
 # by the caller (with `stop_parts_on_signals NAME` and `trap stop_beside EXIT`).
 #
 # side by side: `side NAME CMD...` starts CMD (a stage, or a function running stages) in the background with
@@ -46,12 +46,22 @@ joined() {
   return $rc
 }
 # One environment beside the other: `beside NAME FUNCTION ARGS...` starts FUNCTION (a chain of stages) in the
-# background with JOBS=1 (its stages one after the other) and its output in OUT_DIR/logs/NAME.log, while this
+# background with JOBS=1 (its stages one after the other), at BESIDE_PRIORITY (idle: only the CPU time this
+# script's own stages leave idle) and its output in OUT_DIR/logs/NAME.log, while this
 # script goes on with its own stages side by side; `beside_joined` waits for it and fails, naming the log, if it
 # failed; `beside_on` says whether environments run beside each other (JOBS >= 2 and ENVS_BESIDE=true). A failure
 # of the caller's own stages stops the one beside (`trap stop_beside EXIT`); a rerun resumes both.
 beside_on() { [[ "$JOBS" -ge 2 && "$ENVS_BESIDE" == true ]]; }
-one_job() { JOBS=1; "$@"; }
+one_job() {
+  if [[ "$BESIDE_PRIORITY" == idle ]]; then lowest_cpu_priority; fi
+  JOBS=1; "$@"
+}
+# This shell and every process it starts from now on: Linux's SCHED_IDLE (chrt), else nice 19, else unchanged
+# (with a message). Only the scheduling changes, never a number (tests/test_demo_same_numbers.py).
+lowest_cpu_priority() {
+  chrt --idle -p 0 "$BASHPID" >/dev/null 2>&1 || renice -n 19 -p "$BASHPID" >/dev/null 2>&1 ||
+    echo "could not lower the CPU priority of the stages beside (no chrt or renice here): normal priority" >&2
+}
 beside() {
   mkdir -p "$OUT_DIR/logs"
   echo "started $1 beside the next stages, one stage at a time (log: $OUT_DIR/logs/$1.log)"

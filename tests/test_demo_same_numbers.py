@@ -56,7 +56,10 @@ def test_reduced_demo_same_files_for_jobs_and_threads(tmp_path):
     a, b = (result_files(tmp_path / name) for name in layouts)
     assert any(k.startswith("eval/steca/dev/") and k.endswith("summary.json") for k in a)
     assert any(k.startswith("vh/eval/steca/seen/") and k.endswith("summary.json") for k in a)
-    assert "started virtualhome beside the next stages" in (tmp_path / "jobs2_threads1.log").read_text()
+    side_log = (tmp_path / "jobs2_threads1.log").read_text()
+    assert "started virtualhome beside the next stages" in side_log
+    # the SFT model's evaluation starts beside the sampling chains, before D_s (which waits for both chains)
+    assert side_log.index("started eval_sft_dev") < side_log.index("started d_s")
     assert any(k.endswith("model.safetensors") for k in a) and "data/steca_pairs.json" in a
     assert sorted(a) == sorted(b)
     differ = [k for k in a if a[k] != b[k]]

@@ -307,7 +307,7 @@ side_names=(); side_pids=(); beside_pid=; beside_name=
 """
 JOBS_SCRIPT = DEMO_JOBS_PRELUDE + """stop_parts_on_signals jobs_test
 trap stop_beside EXIT
-OUT_DIR=$OUT JOBS=2 ENVS_BESIDE=true
+OUT_DIR=$OUT JOBS=2 ENVS_BESIDE=true BESIDE_PRIORITY=idle
 vh_chain() { touch "$OUT/vh.started"; sleep "$VH_SLEEP"; if [[ $VH_FAIL == 1 ]]; then echo "vh went wrong"; exit 3; fi
              touch "$OUT/vh.end"; }
 alf_stage() { touch "$OUT/alf_$2.started"; sleep "$ALF_SLEEP"; if [[ $1 == fail ]]; then echo "alf went wrong"; return 4; fi
@@ -377,6 +377,31 @@ def test_sigterm_stops_the_side_stages_and_the_environment_beside(tmp_path: Path
     assert proc.returncode == 143 and "jobs_test: got SIGTERM; stopping 3 part(s)" in err, err
     assert _processes_in_groups({proc.pid}, field=3) == []  # nothing of the script's session is left
     assert not any((tmp_path / f"{n}.end").exists() for n in ("vh", "alf_a", "alf_b"))
+
+
+PRIORITY_SCRIPT = DEMO_JOBS_PRELUDE + """OUT_DIR=$OUT JOBS=2 ENVS_BESIDE=true
+policy() { python3 -c "import os, sys; print(sys.argv[1], os.sched_getscheduler(0), os.nice(0))" "$1"; }
+beside vh policy beside
+side alf policy side
+joined
+beside_joined
+policy script
+"""
+
+
+@pytest.mark.parametrize("priority", ["idle", "normal"])
+def test_the_environment_beside_runs_at_its_priority_and_the_side_stages_at_the_script_s(tmp_path: Path,
+                                                                                          priority: str) -> None:
+    """BESIDE_PRIORITY=idle: the chain beside (and every process it starts) runs under SCHED_IDLE, so it only
+    gets the CPU time the side stages leave idle; the side stages and the script keep their priority."""
+    proc = subprocess.run(["bash", "-c", PRIORITY_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OUT": str(tmp_path), "BESIDE_PRIORITY": priority})
+    assert proc.returncode == 0, proc.stderr
+    normal = f"{os.sched_getscheduler(0)} {os.nice(0)}"
+    beside = f"{os.SCHED_IDLE} {os.nice(0)}" if priority == "idle" else normal
+    assert (tmp_path / "logs" / "vh.log").read_text().splitlines()[-1] == f"beside {beside}"
+    assert (tmp_path / "logs" / "alf.log").read_text().splitlines()[-1] == f"side {normal}"
+    assert proc.stdout.splitlines()[-1] == f"script {normal}"
 
 
 POOL_SCRIPT = DEMO_JOBS_PRELUDE + """stop_parts_on_signals pool_test
