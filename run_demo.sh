@@ -79,9 +79,10 @@ JOBS=${JOBS:-2}                           # independent stages side by side (sam
                                           # changes the wall time only, never a number
 ENVS_BESIDE=${ENVS_BESIDE:-true}          # JOBS >= 2: VirtualHome's stages run one at a time beside ALFWorld's, from
                                           # ALFWorld's first stage on (false: after ALFWorld's stages); wall time only
-BESIDE_PRIORITY=${BESIDE_PRIORITY:-idle}  # CPU priority of VirtualHome's stages beside ALFWorld's: idle (Linux
-                                          # SCHED_IDLE: they get the CPU time ALFWorld's stages leave idle, e.g. while
-                                          # its two SFT processes wait for each other) | normal; wall time only
+BESIDE_PRIORITY=${BESIDE_PRIORITY:-idle}  # CPU priority of VirtualHome's stages beside ALFWorld's (not of the
+                                          # BASELINES rows): idle (Linux SCHED_IDLE: they get the CPU time ALFWorld's
+                                          # stages leave idle, e.g. while its two SFT processes wait for each other)
+                                          # | normal; wall time only
 THREADS=${THREADS:-1}                     # threads per process (OMP/MKL/torch); tiny models run fastest on one
 CPU_KERNELS=${CPU_KERNELS:-avx2}          # torch/MKL/oneDNN code path: avx2 (the same numbers on every x86-64 CPU
                                           # with AVX2) | native (the CPU's best, e.g. AVX-512: numbers depend on the CPU)
@@ -453,7 +454,8 @@ if [[ "$BASELINES" == "true" ]]; then
   vh_rows_beside=false
   if [[ "$VH" == "true" && "$ALFWORLD" == "true" ]] && beside_on; then  # VirtualHome's rows beside ALFWorld's
     vh_rows_beside=true
-    beside vh_baselines baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
+    # normal priority: ALFWorld's rows (trainings and evaluations two at a time) leave no core idle for idle priority
+    BESIDE_PRIORITY=normal beside vh_baselines baseline_rows vh_ "$OUT_DIR/vh" "$VH_RL_LR" "$VH_RL_BATCH" "$VH_MAX_LENGTH" data_cali_vh.py eval_vh
   fi
   if [[ "$ALFWORLD" == "true" ]]; then
     baseline_rows "" "$OUT_DIR" "$RL_LR" "$RL_BATCH" "$MAX_LENGTH" data_cali_alfworld.py eval_alfworld
