@@ -140,12 +140,8 @@ def _assert_stored_reference_is_start_model(data: Path, model_dir: Path, file: P
     assert torch.allclose(torch.tensor(stored), torch.tensor(want), atol=1e-4)
 
 
-@pytest.mark.slow(seconds=25)
-@pytest.mark.parametrize("method", ["rft", "eto", "ipr"])
-def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano_dir, tmp_path):
-    """data_collection/data_baselines.py writes the method's file; its stage script trains on it with NPROC=2."""
-    from transformers import AutoModelForCausalLM
-
+def _build_baseline_file(method: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """data_collection/data_baselines.py METHOD on the hand-made step files: the file, and the environment used."""
     args = [a for kv in _step_files(tmp_path).items() for a in kv]
     data = tmp_path / f"{method}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -154,15 +150,33 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / f"{method}_summary.json").read_text())
     assert summary["records"] == {"rft": 3, "eto": 1, "ipr": 4}[method], summary  # ipr: outcome, step t1:2, 2 sft
+    return data, env
 
+
+def test_rft_builder_writes_the_sft_file_the_sft_stage_reads(tmp_path):
+    """RFT's file is an SFT file of the successful trajectories: sft/my_sft.sh reads it as it reads the expert
+    file, and that script's two-process run is test_training_e2e's (a second one here would add nothing)."""
+    data, _ = _build_baseline_file("rft", tmp_path)
+    records = load_sft(data, strict=True).records
+    assert [r.id for r in records] == ["t1", "t2", "t2_rft_0"]  # the expert trajectories, then t2's success
+    def acts(rec):
+        return " | ".join(m.content for m in rec.conversations if m.role == "assistant")
+    assert "my own idea" in acts(records[2]) and "my own idea" not in acts(records[1])  # the explored turns
+    assert records[2].game_file == records[1].game_file
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("method", ["eto", "ipr"])
+def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano_dir, tmp_path):
+    """data_collection/data_baselines.py writes the method's file; its stage script trains on it with NPROC=2."""
+    from transformers import AutoModelForCausalLM
+
+    data, env = _build_baseline_file(method, tmp_path)
     out = tmp_path / "model"
     env.update(NPROC="2", MODEL_PATH=str(nano_dir), OUTPUT_DIR=str(out), **{RANK_DIGEST_ENV: str(tmp_path / "ranks")})
     extra = ["--max_steps", "2", "--per_device_train_batch_size", "1", "--save_steps", "2", "--logging_steps", "1",
              "--disable_tqdm", "true", "--use_cpu", "true"]
-    if method == "rft":
-        script, env["SFT_DATA"], env["MAX_LENGTH"] = "sft/my_sft.sh", str(data), "400"
-    else:
-        script, env["TRAIN_DATA"], env["VARIANT"] = "Reinfoced_train/steca_train.sh", str(data), method
+    script, env["TRAIN_DATA"], env["VARIANT"] = "Reinfoced_train/steca_train.sh", str(data), method
     proc = subprocess.run(["bash", str(REPO / script), *extra], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -178,12 +192,15 @@ def test_builder_then_two_process_stage_script_saves_loadable_model(method, nano
     assert ranks[0] != weights_digest(nano_dir, tmp_path / "start")
 
 
-@pytest.mark.slow(seconds=45)
-@pytest.mark.parametrize("method", ["eto", "ipr"])
+@pytest.mark.slow(seconds=30)
+@pytest.mark.parametrize("method", ["ipr"])
 def test_second_iteration_explores_with_the_first_agent_and_trains_from_it(method, nano_dir, alfworld_data,
                                                                           alfworld_sft_sample, tmp_path):
     """Reinfoced_train/iterate_baseline.sh on one real ALFWorld task: the nano model stands for iteration 1's
-    agent; iteration 2 explores with it in the engine, rebuilds the method's file and trains a model that reloads."""
+    agent; iteration 2 explores with it in the engine, rebuilds the method's file and trains a model that reloads.
+    IPR only: its iteration runs the steps ETO's runs (exploration with the previous agent, the builder, training
+    from the previous agent) plus the Monte Carlo step rewards; ETO's builder and training on its file are
+    test_builder_then_two_process_stage_script_saves_loadable_model[eto]."""
     from transformers import AutoModelForCausalLM
 
     write_records(tmp_path / "sft.json", load_sft(alfworld_sft_sample, strict=True).records[:1])

@@ -16,26 +16,32 @@ GPU_STEPS = ["sft_fsdp", "sft_fsdp_resume", "rl_fsdp_beta0", "rl_fsdp_beta", "rl
 CPU_STEPS = ["model", "pairs", "hf_backend", "eval_alfworld"]
 
 
-@pytest.mark.slow(seconds=60)
-@pytest.mark.parametrize("parallel", ["1", "3"])
+@pytest.mark.slow(seconds=40)
+@pytest.mark.parametrize("parallel", ["3", "1"])
 def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path, parallel):
-    """One step at a time, and three side by side (--parallel 3): the same lines, in step order."""
+    """Three steps side by side (--parallel 3): every step; one at a time (the default), the GPU steps only
+    (--only: the model and the pairs they need, not the CPU steps the first run already ran): the same lines,
+    in step order."""
     out = tmp_path / "smoke"
+    cpu_steps = CPU_STEPS if parallel != "1" else ["model", "pairs"]
+    only = [] if parallel != "1" else ["--only", ",".join(GPU_STEPS)]
     proc = subprocess.run(["bash", "scripts/gpu_smoke.sh", "--dry-run", "--data", str(alfworld_data), "--out", str(out),
-                           "--parallel", parallel],
+                           "--parallel", parallel, *only],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=3000)
     report = (out / "report.md").read_text()
     assert proc.returncode == 0, report + proc.stderr[-3000:]
     lines = report.splitlines()
-    for name in CPU_STEPS:
+    for name in cpu_steps:
         assert any(line.startswith(f"PASS {name} (") for line in lines), (name, report)
     for name in GPU_STEPS:
         assert any(line.startswith(f"DRY {name}: ") for line in lines), (name, report)
     table = [line for line in lines if line.startswith("| ")]
-    assert table[0].startswith("| step | result") and len(table) == 1 + len(CPU_STEPS) + len(GPU_STEPS)  # header + rows
+    assert table[0].startswith("| step | result") and len(table) == 1 + len(cpu_steps) + len(GPU_STEPS)  # header + rows
     steps = [row.split(" | ")[0].removeprefix("| ") for row in table[1:]]
-    assert steps.index("model") < steps.index("hf_backend") < steps.index("sft_fsdp_resume") < steps.index("eval_alfworld")
+    assert steps.index("model") < steps.index("pairs") < steps.index("sft_fsdp") < steps.index("sft_fsdp_resume")
+    if parallel != "1":
+        assert steps.index("model") < steps.index("hf_backend") < steps.index("sft_fsdp_resume") < steps.index("eval_alfworld")
     reported = [line.split()[1].rstrip(":") for line in lines if line.startswith(("PASS ", "DRY "))]
     assert reported == steps  # the report's lines in step order, whatever order the steps finished in
     from transformers import AutoConfig
