@@ -159,9 +159,8 @@ def test_rft_builder_writes_the_sft_file_the_sft_stage_reads(tmp_path):
     data, _ = _build_baseline_file("rft", tmp_path)
     records = load_sft(data, strict=True).records
     assert [r.id for r in records] == ["t1", "t2", "t2_rft_0"]  # the expert trajectories, then t2's success
-    def acts(rec):
-        return " | ".join(m.content for m in rec.conversations if m.role == "assistant")
-    assert "my own idea" in acts(records[2]) and "my own idea" not in acts(records[1])  # the explored turns
+    acts = [" | ".join(m.content for m in r.conversations if m.role == "assistant") for r in records]
+    assert "my own idea" in acts[2] and "my own idea" not in acts[1]  # the explored turns
     assert records[2].game_file == records[1].game_file
 
 

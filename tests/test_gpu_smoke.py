@@ -20,8 +20,8 @@ CPU_STEPS = ["model", "pairs", "hf_backend", "eval_alfworld"]
 @pytest.mark.parametrize("parallel", ["3", "1"])
 def test_dry_run_builds_every_step_and_runs_the_cpu_ones(alfworld_data, tmp_path, parallel):
     """Three steps side by side (--parallel 3): every step; one at a time (the default), the GPU steps only
-    (--only: the model and the pairs they need, not the CPU steps the first run already ran): the same lines,
-    in step order."""
+    (--only: with the model and the pairs they need; the CPU steps are the parallel run's): the same lines, in
+    step order."""
     out = tmp_path / "smoke"
     cpu_steps = CPU_STEPS if parallel != "1" else ["model", "pairs"]
     only = [] if parallel != "1" else ["--only", ",".join(GPU_STEPS)]
