@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from eval_agent.envs import textworld_adapter
 from eval_agent.envs.alfworld_env import AlfWorldEnv
 from eval_agent.types import parse_action

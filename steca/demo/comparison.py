@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from steca.demo.results import (BASE_ROW, COLUMNS, ENVIRONMENTS, MAIN_ROW, MISSING, Column, MethodRow,
+from steca.demo.results import (BASE_ROW, COLUMNS, MAIN_ROW, MISSING, Column, MethodRow,
                                 RunResults, SplitResult, method_rows)
 from steca.demo.significance import (ALPHA, DELTA, POWER, PairedCounts, SeedTest, bootstrap_interval,
                                      games_for_difference, games_for_paired_difference, paired_counts, pooled_mcnemar,
